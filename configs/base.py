@@ -1,0 +1,66 @@
+"""Defaults shared by every job; each job file starts from `get_base_config()`."""
+
+import ml_collections
+
+
+def get_base_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Data: a BraTS-layout folder, or '' for the embedded MNI152-derived data.
+  c.data = ml_collections.ConfigDict()
+  c.data.root = ""
+  c.data.synthetic = ml_collections.ConfigDict(dict(
+      num_train=24, num_eval=4, resolution_mm=4, seed=0))
+  c.data.axis = "axial"          # axial | coronal | sagittal
+  c.data.slices = "mask"         # mask: slices that intersect the mask; brain: all brain slices
+  c.data.target = "t1n"
+  c.data.conditions = ("t1n-voided", "mask")
+  c.data.image_size = (64, 64)   # slices are centre-padded/cropped to this
+  c.data.batch_size = 16
+  c.data.num_workers = 0         # grain worker processes; 0 = in-process
+  c.data.cache_dir = ""          # where TFDS writes prepared slices; '' = <workdir>/data
+
+  # Network: a registry name and its keyword arguments.
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "unet"
+  c.model.spatial_dims = 2
+  c.model.in_channels = 3        # x_t + len(data.conditions)
+  c.model.out_channels = 1
+  c.model.channels = (32, 64, 128)
+  c.model.num_res_blocks = 2
+  c.model.attention_levels = (False, False, True)
+  c.model.num_head_channels = 32
+  c.model.num_groups = 8
+  c.model.dropout = 0.0
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = "linear"   # linear | cosine
+  c.diffusion.num_timesteps = 1000
+  c.diffusion.beta_start = 1e-4
+  c.diffusion.beta_end = 0.02
+  c.diffusion.parameterization = "eps"  # eps | x0 | v
+  c.diffusion.sample_steps = 50
+  c.diffusion.stepper = "ddim"      # ddim | ddpm
+  c.diffusion.eta = 0.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-4
+  c.optim.warmup_steps = 500
+  c.optim.end_lr_factor = 0.01
+  c.optim.weight_decay = 1e-4
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.grad_clip_norm = 1.0
+  c.optim.ema_decay = 0.999
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 100_000
+  c.train.compute_dtype = "float32"  # bfloat16 on GPU/TPU
+  c.train.log_every = 100
+  c.train.checkpoint_every = 5_000
+  c.train.max_checkpoints = 3
+  c.train.sample_every = 10_000      # PNG of sampled held-out slices; 0 = never
+  c.train.num_sample_images = 4
+  c.train.progress_bar = True
+  return c

@@ -1,0 +1,85 @@
+"""The BraTS inpainting folder layout: one folder per case, one NIfTI file per key.
+
+    ROOT/BraTS-GLI-00000-000/BraTS-GLI-00000-000-t1n.nii.gz
+                             BraTS-GLI-00000-000-t1n-voided.nii.gz
+                             BraTS-GLI-00000-000-mask.nii.gz            (union: given at inference)
+                             BraTS-GLI-00000-000-mask-healthy.nii.gz    (scored region)
+                             BraTS-GLI-00000-000-mask-unhealthy.nii.gz  (tumour)
+
+The embedded data (`data_pipelines.synthetic_brats`) writes the same layout and adds
+`-t2w`, `-t2f` (FLAIR-like) and `-mask-brain`. Real BraTS folders load unchanged.
+"""
+
+import dataclasses
+import pathlib
+
+import numpy as np
+
+from sciimg_jax import nifti
+from sciimg_jax.errors import InputError
+
+IMAGE_KEYS = ("t1n", "t1n-voided", "t2w", "t2f", "t1n-inference")
+MASK_KEYS = ("mask", "mask-healthy", "mask-unhealthy", "mask-brain")
+ALL_KEYS = IMAGE_KEYS + MASK_KEYS
+
+
+def case_file(case_dir, key):
+  """Path of `key` (e.g. 't1n-voided') inside a case folder."""
+  case_dir = pathlib.Path(case_dir)
+  if key not in ALL_KEYS:
+    raise InputError(case_dir, f"unknown volume key {key!r}; known: {', '.join(ALL_KEYS)}")
+  return case_dir / f"{case_dir.name}-{key}.nii.gz"
+
+
+def find_cases(root, required=("t1n-voided", "mask")):
+  """Sorted case folders under `root` that hold every `required` file.
+
+  Raises InputError if `root` is missing, not a folder, or holds no such case.
+  """
+  root = pathlib.Path(root)
+  if not root.exists():
+    raise InputError(root, "data folder not found")
+  if not root.is_dir():
+    raise InputError(root, "expected a folder of BraTS case folders")
+  cases = [d for d in sorted(root.iterdir())
+           if d.is_dir() and all(case_file(d, k).is_file() for k in required)]
+  if not cases:
+    names = ", ".join(f"<case>/<case>-{k}.nii.gz" for k in required)
+    raise InputError(root, f"no case folders found (each needs {names})")
+  return cases
+
+
+@dataclasses.dataclass
+class Case:
+  """The volumes of one case, all on one voxel grid."""
+  name: str
+  directory: pathlib.Path
+  volumes: dict  # key -> float32 array (masks are 0/1)
+  affine: np.ndarray
+  header: object  # nibabel header of the first loaded volume
+
+  @property
+  def shape(self):
+    return next(iter(self.volumes.values())).shape
+
+
+def load_case(case_dir, keys=("t1n", "t1n-voided", "mask"), optional=()):
+  """Loads the volumes `keys` (and `optional` ones that exist) of one case.
+
+  Every volume must be 3D, finite and share the shape and affine of the first;
+  image volumes must not be zero everywhere. Masks are binarised at 0.5.
+  """
+  case_dir = pathlib.Path(case_dir)
+  keys = list(keys) + [k for k in optional if case_file(case_dir, k).is_file()]
+  volumes, ref = {}, None
+  for key in keys:
+    path = case_file(case_dir, key)
+    is_mask = key in MASK_KEYS
+    data, img = nifti.load_volume(path, allow_all_zero=is_mask)
+    if ref is None:
+      ref = (path, img)
+    else:
+      nifti.check_same_grid(ref[0], ref[1], path, img)
+    volumes[key] = (data > 0.5).astype(np.float32) if is_mask else data
+  return Case(name=case_dir.name, directory=case_dir, volumes=volumes,
+              affine=ref[1].affine, header=ref[1].header)

@@ -1,0 +1,88 @@
+"""NIfTI input and output with checks that name the file and the problem.
+
+Reading goes through nibabel; every check raises `InputError(path, problem)`.
+Writing is atomic: the volume goes to a temporary file in the destination folder
+and is renamed into place, so a crash never leaves a half-written output.
+"""
+
+import os
+import pathlib
+import tempfile
+
+import nibabel as nib
+import numpy as np
+
+from sciimg_jax.errors import InputError
+
+AFFINE_ATOL = 1e-3
+
+
+def load_image(path):
+  """Opens a NIfTI file and checks that it is a finite 3D volume."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise InputError(path, "file not found")
+  try:
+    img = nib.load(str(path))
+  except Exception as e:  # nibabel raises several types for broken files.
+    raise InputError(path, f"not a readable NIfTI file ({e})") from None
+  shape = img.shape
+  if len(shape) == 4 and shape[3] == 1:
+    img = img.slicer[..., 0]
+  elif len(shape) != 3:
+    raise InputError(path, f"expected a 3D volume, got shape {tuple(shape)}")
+  if not np.all(np.isfinite(img.affine)):
+    raise InputError(path, "affine contains NaN or inf")
+  return img
+
+
+def load_volume(path, *, allow_all_zero=False):
+  """Returns (float32 array, nibabel image) for a 3D NIfTI volume.
+
+  Raises InputError if the file is missing, not 3D, contains NaN/inf or (unless
+  `allow_all_zero`) is zero everywhere.
+  """
+  img = load_image(path)
+  data = np.asarray(img.dataobj, dtype=np.float32)
+  if not np.all(np.isfinite(data)):
+    raise InputError(path, f"{int(np.sum(~np.isfinite(data)))} voxels are NaN or inf")
+  if not allow_all_zero and not np.any(data):
+    raise InputError(path, "volume is zero everywhere")
+  return data, img
+
+
+def check_same_grid(ref_path, ref_img, path, img):
+  """Raises InputError unless `img` has the shape and affine of `ref_img`."""
+  if tuple(img.shape[:3]) != tuple(ref_img.shape[:3]):
+    raise InputError(
+        path, f"shape {tuple(img.shape[:3])} differs from {tuple(ref_img.shape[:3])} "
+        f"of {pathlib.Path(ref_path).name}")
+  if not np.allclose(img.affine, ref_img.affine, atol=AFFINE_ATOL):
+    raise InputError(
+        path, f"affine differs from that of {pathlib.Path(ref_path).name}:\n"
+        f"{np.round(img.affine, 4)}\nvs\n{np.round(ref_img.affine, 4)}")
+
+
+def save_volume(path, data, affine, header=None, dtype=None):
+  """Writes a NIfTI volume atomically (temporary file in the same folder, then rename)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  data = np.asarray(data)
+  if dtype is not None:
+    data = data.astype(dtype)
+  header = header.copy() if header is not None else None
+  img = nib.Nifti1Image(data, affine, header)
+  img.set_data_dtype(data.dtype)
+  img.set_qform(affine, code=1)
+  img.set_sform(affine, code=1)
+  suffix = "".join(path.suffixes) or ".nii.gz"
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+  os.close(fd)
+  try:
+    nib.save(img, tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  return path
