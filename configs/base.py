@@ -5,11 +5,13 @@ import ml_collections
 
 def get_base_config():
   c = ml_collections.ConfigDict()
+  c.job = "train"
   c.seed = 0
 
   # Data: a BraTS-layout folder, or '' for the embedded MNI152-derived data.
   c.data = ml_collections.ConfigDict()
   c.data.root = ""
+  c.data.eval_root = ""          # held-out cases when `root` has no train/ and eval/ subfolders
   c.data.synthetic = ml_collections.ConfigDict(dict(
       num_train=24, num_eval=4, resolution_mm=4, seed=0))
   c.data.axis = "axial"          # axial | coronal | sagittal
@@ -63,4 +65,30 @@ def get_base_config():
   c.train.sample_every = 10_000      # PNG of sampled held-out slices; 0 = never
   c.train.num_sample_images = 4
   c.train.progress_bar = True
+  return c
+
+
+def tiny(c):
+  """Seconds-scale settings for tests: 4 mm embedded data, 32 px slices, a small U-Net."""
+  c.data.synthetic.update(dict(num_train=3, num_eval=2, resolution_mm=4))
+  c.data.image_size = (32, 32)
+  c.data.batch_size = 4
+  c.model.update(dict(channels=(8, 16), num_res_blocks=1, attention_levels=(False, True),
+                      num_head_channels=8, num_groups=4))
+  c.diffusion.sample_steps = 4
+  c.optim.warmup_steps = 2
+  c.train.update(dict(num_steps=4, log_every=2, checkpoint_every=2, sample_every=4,
+                      num_sample_images=4, progress_bar=False))
+  return c
+
+
+VARIANTS = {"tiny": tiny}
+
+
+def apply_variant(c, variant):
+  """Applies the named variant (`config.py:variant` on the command line)."""
+  if variant:
+    if variant not in VARIANTS:
+      raise ValueError(f"unknown config variant {variant!r}; known: {', '.join(VARIANTS)}")
+    VARIANTS[variant](c)
   return c

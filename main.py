@@ -1,0 +1,43 @@
+"""Runs a job from a config file.
+
+  python main.py --config=configs/quickstart.py --workdir=runs/quickstart
+  python main.py --config=configs/inpaint_axial.py:tiny --workdir=/tmp/w --config.train.num_steps=10
+
+The job is `config.job` (a key of `JOBS`); bad input stops with one line that
+names the file or config key and the problem.
+"""
+
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sciimg_jax import jobs
+from sciimg_jax.errors import InputError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.", required=True)
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (multi-host runs).")
+config_flags.DEFINE_config_file("config", None, "Job config file (path[:variant]).",
+                                lock_config=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.multihost:
+    jax.distributed.initialize()
+  logging.info("JAX %s, devices: %s", jax.__version__, jax.devices())
+  config = FLAGS.config
+  try:
+    jobs.run(config, FLAGS.workdir)
+  except (InputError, FloatingPointError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -1,0 +1,14 @@
+"""The jobs `main.py` can run, keyed by `config.job`."""
+
+from sciimg_jax import train
+from sciimg_jax.errors import InputError
+
+JOBS = {
+    "train": train.train_and_evaluate,
+}
+
+
+def run(config, workdir):
+  if config.job not in JOBS:
+    raise InputError("job", f"unknown job {config.job!r}; known: {', '.join(sorted(JOBS))}")
+  return JOBS[config.job](config, workdir)
