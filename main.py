@@ -23,6 +23,18 @@ config_flags.DEFINE_config_file("config", None, "Job config file (path[:variant]
                                 lock_config=True)
 
 
+def parse_flags(argv):
+  """absl flag parsing that reports a bad config file, variant or key in one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+  except (AttributeError, KeyError) as e:  # An override names a key the config lacks.
+    detail = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "")
+    keys = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    sys.exit(f"error: unknown config key in {' '.join(keys)}: {detail}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -40,4 +52,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

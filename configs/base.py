@@ -43,6 +43,7 @@ def get_base_config():
   c.diffusion.beta_end = 0.02
   c.diffusion.parameterization = "eps"  # eps | x0 | v
   c.diffusion.sample_steps = 50
+  c.diffusion.spacing = "uniform"   # uniform: 0, T/n, 2T/n, ... | linspace: round(linspace(0, T-1, n))
   c.diffusion.stepper = "ddim"      # ddim | ddpm
   c.diffusion.eta = 0.0
 

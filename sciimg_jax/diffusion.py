@@ -17,7 +17,7 @@ to 0 inside one `jax.lax.fori_loop`. Denoisers and inpainting plug in through
 
 import math
 
-import flax
+from flax import struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,13 +27,13 @@ from sciimg_jax.errors import InputError
 PARAMETERIZATIONS = ("eps", "x0", "v")
 
 
-@flax.struct.dataclass
+@struct.dataclass
 class Schedule:
   """The per-index constants of a diffusion chain."""
   betas: jax.Array           # (K,) float32 betas of this (possibly respaced) chain.
   alphas_cumprod: jax.Array  # (K,) float32.
   timesteps: jax.Array       # (K,) int32 original training timestep of each index.
-  num_train_timesteps: int = flax.struct.field(pytree_node=False)
+  num_train_timesteps: int = struct.field(pytree_node=False)
 
 
 def linear_betas(num_timesteps, beta_start, beta_end):

@@ -145,7 +145,7 @@ def make_inpaint_fn(config, graphdef, rest, mesh):
   d = config.diffusion
   schedule = diffusion.respace(
       diffusion.make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end),
-      d.sample_steps)
+      d.sample_steps, d.spacing)
 
   def inpaint(params, batch, key):
     cond = batch["cond"]
@@ -174,8 +174,12 @@ def write_samples(path, config, inpaint_fn, params, batch, mesh, key):
   return {"sample_mse_in_mask": float(err.sum() / max(mask.sum(), 1.0))}
 
 
-def train_and_evaluate(config, workdir):
-  """Trains, checkpoints and logs in `workdir`; resumes from its latest checkpoint."""
+def train_and_evaluate(config, workdir, *, stop_at_step=None):
+  """Trains, checkpoints and logs in `workdir`; resumes from its latest checkpoint.
+
+  `stop_at_step` ends this call early (checkpointing there), as a preempted run
+  would; a later call with the same config continues to `train.num_steps`.
+  """
   check_config(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -206,9 +210,9 @@ def train_and_evaluate(config, workdir):
   writer.write_text("config", f"```\n{config}\n```")
   key = jax.random.key(config.seed)
   train_key, sample_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
-  first, last = int(state.step), config.train.num_steps
+  first, last = int(state.step), min(config.train.num_steps, stop_at_step or config.train.num_steps)
   losses = []
-  bar = tqdm.trange(first, last, initial=first, total=last, desc="train",
+  bar = tqdm.trange(first, last, initial=first, total=config.train.num_steps, desc="train",
                     disable=not (is_main and config.train.progress_bar))
   for step in bar:
     batch = sharding.shard_batch(next(train_iter), mesh)

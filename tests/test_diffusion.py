@@ -1,0 +1,280 @@
+"""Tests for sciimg_jax.diffusion."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sciimg_jax import diffusion
+from sciimg_jax.errors import InputError
+
+# Inputs shared by the MONAI reference checks: shape (1, 1, 2, 3).
+X_T = np.array([0.3, -1.2, 0.8, 0.05, -0.6, 1.5], np.float32).reshape(1, 1, 2, 3)
+MODEL_OUT = np.array([0.1, 0.7, -0.4, 1.1, -0.9, 0.2], np.float32).reshape(1, 1, 2, 3)
+
+# Reference values computed once with MONAI 1.6.1 (torch 2.13, CPU, float32) via
+# monai.networks.schedulers, clip_sample=False, num_train_timesteps=1000, inputs
+# sample=X_T and model_output=MODEL_OUT above:
+#  * schedules: DDPMScheduler(1000, schedule=S).alphas_cumprod[[0, 499, 999]]
+#    for S = "linear_beta" (beta 1e-4..0.02) and "cosine".
+#  * DDPM: DDPMScheduler(1000, schedule=S, variance_type="fixed_small",
+#    prediction_type=P).step(MODEL_OUT, t, X_T, generator=torch.Generator()
+#    .manual_seed(0)). For t > 0 the step adds std * z with
+#    z = torch.randn((1, 1, 2, 3), generator=torch.Generator().manual_seed(0))
+#    and std = _get_variance(t) ** 0.5; we record std and mean = output - std * z,
+#    so the comparison does not depend on torch's random numbers.
+#  * DDIM: DDIMScheduler(1000, prediction_type=P) (set_alpha_to_one=True,
+#    steps_offset=0), .set_timesteps(50), then .step(MODEL_OUT, t, X_T, eta)
+#    which goes from t to t - 1000 // 50. For eta > 0, std = eta *
+#    _get_variance(t, t - 20) ** 0.5 and mean = output - std * z as above.
+MONAI_ABAR_LINEAR = [9.998999834060669e-01, 7.858723402023315e-02, 4.035830352222547e-05]
+MONAI_ABAR_COSINE = [9.9995875358581543e-01, 4.9384382367134094e-01, 2.4288902000790813e-09]
+# DDPM, linear, epsilon, t=500.
+MONAI_DDPM_EPS_T500_STD = 0.10025634616613388
+MONAI_DDPM_EPS_T500_MEAN = [0.3004675805568695, -1.2134521007537842, 0.8082660436630249,
+                            0.038671739399433136, -0.593565046787262, 1.5054965019226074]
+# DDPM, linear, v_prediction, t=0 (no noise added).
+MONAI_DDPM_V_T0 = [0.29893532395362854, -1.206740379333496, 0.8038269281387329,
+                   0.038990117609500885, -0.590871274471283, 1.4976762533187866]
+# DDPM, cosine, sample (x0), t=700.
+MONAI_DDPM_X0_COSINE_T700_STD = 0.078465536236763
+MONAI_DDPM_X0_COSINE_T700_MEAN = [0.29895246028900146, -1.1919795274734497, 0.7948850989341736,
+                                  0.05359769985079765, -0.6003423929214478, 1.4937175512313843]
+# DDIM, linear, epsilon, t=500 -> 480, eta=0.
+MONAI_DDIM_EPS_T500 = [0.32037776708602905, -1.4014952182769775, 0.9270581007003784,
+                       -0.06476998329162598, -0.5644021034240723, 1.6346116065979004]
+# DDIM, linear, epsilon, t=500 -> 480, eta=0.5.
+MONAI_DDIM_EPS_ETA05_T500_STD = 0.21013276278972626
+MONAI_DDIM_EPS_ETA05_T500_MEAN = [0.31802812218666077, -1.4179425239562988, 0.9364566206932068,
+                                  -0.09061574935913086, -0.5432554483413696, 1.6299123764038086]
+# DDIM, linear, v_prediction, t=20 -> 0, eta=0.
+MONAI_DDIM_V_T20 = [0.292363703250885, -1.245548963546753, 0.8257541060447693,
+                    -0.02621377632021904, -0.5363039970397949, 1.4825713634490967]
+
+KEY = jax.random.key(0)
+
+
+def _close(actual, expected, rtol=2e-5, atol=2e-6):
+  np.testing.assert_allclose(np.ravel(actual), np.ravel(expected), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_schedule_is_monotone(name):
+  s = diffusion.make_schedule(name, 1000)
+  betas, abar = np.asarray(s.betas), np.asarray(s.alphas_cumprod)
+  assert betas.shape == abar.shape == (1000,)
+  assert np.all(betas > 0) and np.all(betas < 1)
+  assert np.all(np.diff(abar) < 0)
+  np.testing.assert_array_equal(np.asarray(s.timesteps), np.arange(1000))
+  assert s.num_train_timesteps == 1000
+
+
+@pytest.mark.parametrize("name,expected", [("linear", MONAI_ABAR_LINEAR),
+                                           ("cosine", MONAI_ABAR_COSINE)])
+def test_schedule_matches_monai(name, expected):
+  # We compute in float64; MONAI's float32 cumprod drifts by up to 5e-5
+  # (relative) at t=999 of the cosine schedule (MONAI run in float64 gives
+  # 2.42876691e-09, our value), hence rtol=1e-4.
+  abar = diffusion.make_schedule(name, 1000).alphas_cumprod
+  _close(abar[np.array([0, 499, 999])], expected, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "linspace"])
+def test_respace_keeps_alphas_cumprod(spacing):
+  full = diffusion.make_schedule("cosine", 1000)
+  s = diffusion.respace(full, 50, spacing)
+  t = np.asarray(s.timesteps)
+  assert t.shape == (50,) and t.dtype == np.int32 and np.all(np.diff(t) > 0)
+  if spacing == "uniform":
+    np.testing.assert_array_equal(t, np.arange(0, 1000, 20))
+  else:
+    assert t[0] == 0 and t[-1] == 999
+  np.testing.assert_array_equal(np.asarray(s.alphas_cumprod),
+                                np.asarray(full.alphas_cumprod)[t])
+  # The new betas reproduce the kept abar as a cumulative product.
+  _close(np.cumprod(1.0 - np.asarray(s.betas, np.float64)), s.alphas_cumprod, rtol=1e-5)
+  assert s.num_train_timesteps == 1000
+  # Respacing twice maps back to the original timesteps.
+  twice = diffusion.respace(s, 10, spacing)
+  np.testing.assert_array_equal(np.asarray(twice.timesteps),
+                                t[np.asarray(diffusion.respace(
+                                    diffusion.make_schedule("cosine", 50), 10, spacing).timesteps)])
+
+
+def test_q_sample_mean_and_variance():
+  s = diffusion.make_schedule("linear", 1000)
+  t = jnp.array([10, 300, 900], jnp.int32)
+  x0 = jnp.array([0.7, -0.4, 1.0])[:, None] * jnp.ones((3, 100_000))
+  noise = jax.random.normal(KEY, x0.shape)
+  x_t = jax.jit(diffusion.q_sample)(s, x0, t, noise)
+  abar = np.asarray(s.alphas_cumprod)[np.asarray(t)]
+  n = x0.shape[1]
+  # Standard errors with N = 1e5 draws: of the mean, sqrt(var / N); of the
+  # variance (Gaussian), var * sqrt(2 / N). A 5-sigma band fails by chance with
+  # probability < 1e-6 and the key is fixed, while a wrong coefficient (e.g.
+  # sqrt(1 - abar) -> 1 - abar) moves these statistics by many bands.
+  var = 1.0 - abar
+  np.testing.assert_array_less(
+      np.abs(np.mean(x_t, axis=1) - np.sqrt(abar) * np.asarray(x0[:, 0])),
+      5 * np.sqrt(var / n))
+  np.testing.assert_array_less(np.abs(np.var(x_t, axis=1) - var), 5 * var * np.sqrt(2 / n))
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
+def test_target_and_prediction_round_trip(parameterization):
+  s = diffusion.make_schedule("cosine", 1000)
+  k1, k2 = jax.random.split(KEY)
+  x0 = jax.random.normal(k1, (4, 5, 5, 1))
+  noise = jax.random.normal(k2, x0.shape)
+  t = jnp.array([0, 100, 500, 900], jnp.int32)
+  x_t = diffusion.q_sample(s, x0, t, noise)
+  target = diffusion.training_target(s, parameterization, x0, noise, t)
+  pred_x0, pred_eps = diffusion.predict_x0_eps(s, parameterization, x_t, t, target)
+  _close(pred_x0, x0, rtol=1e-4, atol=2e-4)
+  _close(pred_eps, noise, rtol=1e-4, atol=2e-4)
+  assert float(diffusion.diffusion_loss(s, parameterization, target, x0, noise, t)) < 1e-12
+
+
+def test_loss_gradient_under_jit():
+  s = diffusion.make_schedule("linear", 100)
+  x0 = jnp.ones((2, 3))
+  noise = jnp.full((2, 3), 0.5)
+  t = jnp.array([3, 70], jnp.int32)
+  out = jnp.zeros((2, 3))
+  grad = jax.jit(jax.grad(diffusion.diffusion_loss, argnums=2),
+                 static_argnums=1)(s, "v", out, x0, noise, t)
+  target = diffusion.training_target(s, "v", x0, noise, t)
+  _close(grad, 2.0 * (out - target) / out.size)
+
+
+def _oracle(full, x0, parameterization):
+  """A model that knows x0: its output is exact for any x_t at timestep t."""
+  def model_fn(x_t, t_model):
+    abar = full.alphas_cumprod[t_model][:, None, None, None]
+    eps = (x_t - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
+    return {"eps": eps, "x0": x0,
+            "v": jnp.sqrt(abar) * eps - jnp.sqrt(1.0 - abar) * x0}[parameterization]
+  return model_fn
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
+@pytest.mark.parametrize("stepper", ["ddim", "ddpm"])
+def test_sample_with_oracle_recovers_x0(parameterization, stepper):
+  # DDIM with eta=0 keeps x_i on the line through x0 and the true noise; DDPM's
+  # last step returns the predicted x0. The oracle is told the original
+  # timestep, so a wrong `timesteps` mapping in respace or sample breaks this.
+  full = diffusion.make_schedule("linear", 1000)
+  s = diffusion.respace(full, 20)
+  k1, k2 = jax.random.split(KEY)
+  x0 = jax.random.uniform(k1, (2, 6, 6, 1), minval=-1, maxval=1)
+  x_init = diffusion.q_sample(s, x0, s.betas.shape[0] - 1, jax.random.normal(k2, x0.shape))
+  run = jax.jit(lambda x, key: diffusion.sample(
+      _oracle(full, x0, parameterization), s, x, key,
+      parameterization=parameterization, stepper=stepper))
+  out = run(x_init, jax.random.key(1))
+  assert out.shape == x0.shape
+  _close(out, x0, rtol=0, atol=1e-4)
+
+
+def test_ddim_recovers_x0_from_partial_start():
+  full = diffusion.make_schedule("cosine", 1000)
+  s = diffusion.respace(full, 25)
+  x0 = jnp.linspace(-1, 1, 16).reshape(1, 4, 4, 1)
+  x_init = diffusion.q_sample(s, x0, 12, jnp.ones_like(x0))
+  out = jax.jit(lambda x, i: diffusion.sample(_oracle(full, x0, "eps"), s, x, KEY,
+                                              start_index=i))(x_init, 12)
+  _close(out, x0, rtol=0, atol=1e-4)
+
+
+def _step(stepper, schedule_name, parameterization, i, eta=0.0, num_steps=None, key=KEY):
+  s = diffusion.make_schedule(schedule_name, 1000)
+  if num_steps:
+    s = diffusion.respace(s, num_steps)
+  step = jax.jit(diffusion.STEPPERS[stepper], static_argnums=1)
+  return step(s, parameterization, jnp.asarray(X_T), i, jnp.asarray(MODEL_OUT), key,
+              eta=eta, clip_x0=None)
+
+
+def test_ddpm_step_matches_monai():
+  z = jax.random.normal(KEY, X_T.shape)
+  out = _step("ddpm", "linear", "eps", 500)
+  _close(out, np.array(MONAI_DDPM_EPS_T500_MEAN) + MONAI_DDPM_EPS_T500_STD * np.ravel(z))
+  out = _step("ddpm", "cosine", "x0", 700)
+  _close(out, np.array(MONAI_DDPM_X0_COSINE_T700_MEAN)
+         + MONAI_DDPM_X0_COSINE_T700_STD * np.ravel(z))
+  _close(_step("ddpm", "linear", "v", 0), MONAI_DDPM_V_T0)
+
+
+def test_ddim_step_matches_monai():
+  # uniform respacing to 50 steps: index 25 is t=500, index 1 is t=20.
+  _close(_step("ddim", "linear", "eps", 25, num_steps=50), MONAI_DDIM_EPS_T500)
+  _close(_step("ddim", "linear", "v", 1, num_steps=50), MONAI_DDIM_V_T20)
+  z = jax.random.normal(KEY, X_T.shape)
+  out = _step("ddim", "linear", "eps", 25, eta=0.5, num_steps=50)
+  _close(out, np.array(MONAI_DDIM_EPS_ETA05_T500_MEAN)
+         + MONAI_DDIM_EPS_ETA05_T500_STD * np.ravel(z))
+
+
+def test_clip_x0_bounds_the_final_sample():
+  s = diffusion.respace(diffusion.make_schedule("linear", 1000), 10)
+  x_init = jnp.full((2, 3, 3, 1), 4.0)
+  out = diffusion.sample(lambda x, t: jnp.full_like(x, 5.0), s, x_init, KEY,
+                         parameterization="x0", clip_x0=1.0)
+  _close(out, jnp.ones_like(x_init))
+
+
+def test_sample_calls_hook_and_model_in_order():
+  s = diffusion.respace(diffusion.make_schedule("linear", 1000), 8)
+  seen_t, seen_i = [], []
+  mask = jnp.zeros((2, 4, 4, 1)).at[:, :2].set(1.0)
+
+  def model_fn(x, t):
+    jax.debug.callback(lambda t: seen_t.append(np.asarray(t)), t, ordered=True)
+    return jnp.zeros_like(x)
+
+  def post_step_fn(x, i, key):
+    jax.debug.callback(lambda i: seen_i.append(int(i)), i, ordered=True)
+    assert key.dtype == KEY.dtype
+    return jnp.where(mask > 0, 7.0, x)
+
+  run = jax.jit(lambda x, key: diffusion.sample(
+      model_fn, s, x, key, stepper="ddpm", start_index=5, post_step_fn=post_step_fn))
+  out = run(jax.random.normal(KEY, mask.shape), KEY)
+  jax.effects_barrier()
+  assert out.shape == mask.shape
+  np.testing.assert_array_equal(np.asarray(out)[:, :2], 7.0)
+  assert not np.any(np.asarray(out)[:, 2:] == 7.0)
+  assert seen_i == [5, 4, 3, 2, 1, 0]
+  expected_t = np.asarray(s.timesteps)[[5, 4, 3, 2, 1, 0]]
+  assert [tuple(t) for t in seen_t] == [(t, t) for t in expected_t]
+
+
+def test_sample_noise_depends_on_key():
+  s = diffusion.respace(diffusion.make_schedule("linear", 1000), 5)
+  x = jnp.zeros((1, 3, 3, 1))
+  model_fn = lambda x, t: jnp.zeros_like(x)
+  a = diffusion.sample(model_fn, s, x, jax.random.key(1), stepper="ddim", eta=1.0)
+  b = diffusion.sample(model_fn, s, x, jax.random.key(1), stepper="ddim", eta=1.0)
+  c = diffusion.sample(model_fn, s, x, jax.random.key(2), stepper="ddim", eta=1.0)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+
+
+def test_unknown_names_raise_input_error():
+  s = diffusion.make_schedule("linear", 10)
+  x = jnp.zeros((1, 2))
+  t = jnp.zeros((1,), jnp.int32)
+  cases = [
+      ("diffusion.schedule", lambda: diffusion.make_schedule("quadratic")),
+      ("diffusion.stepper", lambda: diffusion.sample(lambda x, t: x, s, x, KEY, stepper="euler")),
+      ("diffusion.parameterization",
+       lambda: diffusion.sample(lambda x, t: x, s, x, KEY, parameterization="score")),
+      ("diffusion.parameterization", lambda: diffusion.training_target(s, "score", x, x, t)),
+      ("diffusion.parameterization", lambda: diffusion.predict_x0_eps(s, "score", x, t, x)),
+      ("diffusion.spacing", lambda: diffusion.respace(s, 5, "cubic")),
+      ("diffusion.sample_steps", lambda: diffusion.respace(s, 11)),
+  ]
+  for where, fn in cases:
+    with pytest.raises(InputError) as info:
+      fn()
+    assert info.value.where == where

@@ -1,0 +1,44 @@
+"""main.py: bad input stops with one clear line, no traceback."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_main(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc, *fragments):
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  for fragment in fragments:
+    assert fragment in proc.stderr, proc.stderr[-2000:]
+
+
+def test_unknown_config_key(tmp_path):
+  proc = run_main("--config=configs/inpaint_axial.py:tiny", f"--workdir={tmp_path}",
+                  "--config.train.num_stepz=3")
+  assert_one_line_error(proc, "num_stepz")
+
+
+def test_unknown_variant(tmp_path):
+  proc = run_main("--config=configs/inpaint_axial.py:huge", f"--workdir={tmp_path}")
+  assert_one_line_error(proc, "huge")
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_missing_or_empty_data_folder(tmp_path, make):
+  root = tmp_path / "brats"
+  if make == "empty":
+    root.mkdir()
+  proc = run_main("--config=configs/inpaint_axial.py:tiny", f"--workdir={tmp_path / 'w'}",
+                  f"--config.data.root={root}")
+  assert_one_line_error(proc, str(root), "not found" if make == "missing" else "no case folders")

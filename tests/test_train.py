@@ -1,0 +1,82 @@
+"""Training: data parallel equals single device, exact resume, NaN stop, run outputs."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from sciimg_jax import sharding
+from sciimg_jax import train
+
+
+def _params(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+
+
+def _run_steps(config, devices, batches):
+  mesh = sharding.make_mesh(devices)
+  graphdef, rest, state, tx, lr = train.create_train_state(config, mesh)
+  step = train.make_train_step(config, graphdef, rest, tx, lr, mesh)
+  key = jax.random.key(0)
+  for batch in batches:
+    state, metrics = step(state, sharding.shard_batch(batch, mesh), key)
+  return state, float(metrics["loss"])
+
+
+def test_four_devices_match_one_device(tiny_config):
+  assert jax.device_count() == 4
+  tiny_config.model.dropout = 0.1  # dropout keys must not depend on the device count
+  rng = np.random.default_rng(0)
+  h, w = tiny_config.data.image_size
+  batches = [{"target": rng.uniform(-1, 1, (4, h, w, 1)).astype(np.float32),
+              "cond": rng.uniform(-1, 1, (4, h, w, 2)).astype(np.float32)} for _ in range(3)]
+  state1, loss1 = _run_steps(tiny_config, jax.devices()[:1], batches)
+  state4, loss4 = _run_steps(tiny_config, jax.devices(), batches)
+  assert len(state4.params["conv_in"]["kernel"].sharding.device_set) == 4  # replicated on 4
+  np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
+  for a, b in zip(_params(state1), _params(state4)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert int(state4.step) == 3
+
+
+def test_resume_is_exact(tiny_config, tmp_path):
+  tiny_config.train.sample_every = 0
+  straight = train.train_and_evaluate(tiny_config, tmp_path / "straight")
+  train.train_and_evaluate(tiny_config, tmp_path / "resumed", stop_at_step=2)
+  assert (tmp_path / "resumed" / "checkpoints" / "2").is_dir()
+  assert not (tmp_path / "resumed" / "checkpoints" / "4").exists()
+  resumed = train.train_and_evaluate(tiny_config, tmp_path / "resumed")
+  assert int(straight.step) == int(resumed.step) == 4
+  for a, b in zip(_params(straight), _params(resumed)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(straight.opt_state), jax.tree.leaves(resumed.opt_state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  losses = lambda d: [json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()]
+  assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+
+
+def test_run_writes_outputs(tiny_config, tmp_path):
+  state = train.train_and_evaluate(tiny_config, tmp_path)
+  assert int(state.step) == tiny_config.train.num_steps
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "loss" in r] == [2, 4]
+  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+  assert any("sample_mse_in_mask" in r for r in rows)
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert (tmp_path / "samples" / "step_0000004.png").stat().st_size > 1000
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["channels"] == [8, 16]
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
+
+
+def test_nan_loss_stops_with_message(tiny_config, tmp_path):
+  tiny_config.optim.learning_rate = float("nan")
+  tiny_config.train.sample_every = 0
+  with pytest.raises(FloatingPointError, match=r"loss is nan at step 2"):
+    train.train_and_evaluate(tiny_config, tmp_path)
+
+
+def test_in_channels_must_match_conditions(tiny_config, tmp_path):
+  tiny_config.model.in_channels = 5
+  with pytest.raises(ValueError, match="model.in_channels"):
+    train.train_and_evaluate(tiny_config, tmp_path)
