@@ -59,7 +59,7 @@ def get_base_config():
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 100_000
-  c.train.compute_dtype = "float32"  # bfloat16 on GPU/TPU
+  c.train.compute_dtype = "auto"     # auto: bfloat16 on GPU/TPU, float32 on CPU
   c.train.log_every = 100
   c.train.checkpoint_every = 5_000
   c.train.max_checkpoints = 3
@@ -78,7 +78,7 @@ def tiny(c):
                       num_head_channels=8, num_groups=4))
   c.diffusion.sample_steps = 4
   c.optim.warmup_steps = 2
-  c.train.update(dict(num_steps=4, log_every=2, checkpoint_every=2, sample_every=4,
+  c.train.update(dict(num_steps=4, compute_dtype="float32", log_every=2, checkpoint_every=2, sample_every=4,
                       num_sample_images=4, progress_bar=False))
   return c
 

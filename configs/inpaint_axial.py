@@ -20,5 +20,4 @@ def get_config(variant=""):
   c.data.synthetic.resolution_mm = 1
   c.model.channels = (64, 128, 256, 256)
   c.model.attention_levels = (False, False, False, True)
-  c.train.compute_dtype = "bfloat16"
   return base.apply_variant(c, variant)

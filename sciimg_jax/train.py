@@ -71,13 +71,22 @@ def check_config(config):
   if config.train.sample_every and config.train.num_sample_images % jax.device_count():
     raise InputError("train.num_sample_images", f"{config.train.num_sample_images} is not "
                      f"divisible by the {jax.device_count()} devices")
-  if config.train.compute_dtype not in ("float32", "bfloat16", "float16"):
-    raise InputError("train.compute_dtype", f"unknown dtype {config.train.compute_dtype!r}")
+  compute_dtype(config)
+
+
+def compute_dtype(config):
+  """The network's compute dtype; 'auto' is bfloat16 on GPU/TPU and float32 on CPU."""
+  name = config.train.compute_dtype
+  if name == "auto":
+    name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  if name not in ("float32", "bfloat16", "float16"):
+    raise InputError("train.compute_dtype", f"unknown dtype {name!r}")
+  return jnp.dtype(name)
 
 
 def create_train_state(config, mesh):
   """Builds the model and a replicated TrainState. Returns (graphdef, rest, state, tx, lr)."""
-  model = models.create_model(config.model, dtype=jnp.dtype(config.train.compute_dtype),
+  model = models.create_model(config.model, dtype=compute_dtype(config),
                               rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, lr = make_optimizer(config.optim, config.train.num_steps)
@@ -87,14 +96,22 @@ def create_train_state(config, mesh):
   return graphdef, rest, state, tx, lr
 
 
-def model_apply(graphdef, rest, params, x_t, cond, t, dropout_key=None):
-  """Runs the network on concat(x_t, cond) at timesteps t (train mode iff dropout_key)."""
-  model = nnx.merge(graphdef, params, rest)
-  if dropout_key is None:
-    model.eval()
-  else:
-    model.train()
-    nnx.reseed(model, dropout=dropout_key)
+def _fresh(state):
+  """Copies of the Variables in `state` owned by the current trace, so dropout may advance them."""
+  return jax.tree.map(lambda x: x, state)
+
+
+def reseed_dropout(graphdef, params, rest, key):
+  """`rest` with the dropout stream reset to `key` (a per-step key, so no RNG state is carried)."""
+  model = nnx.merge(graphdef, params, _fresh(rest))
+  nnx.reseed(model, dropout=key)
+  return nnx.split(model, nnx.Param, ...)[2]
+
+
+def model_apply(graphdef, rest, params, x_t, cond, t, train=False):
+  """Runs the network on concat(x_t, cond) at timesteps t; dropout is active iff `train`."""
+  model = nnx.merge(graphdef, params, _fresh(rest))
+  model.train() if train else model.eval()
   return model(jnp.concatenate([x_t, cond], axis=-1), t)
 
 
@@ -112,16 +129,17 @@ def make_train_step(config, graphdef, rest, tx, lr, mesh):
     t = jax.random.randint(t_key, (x0.shape[0],), 0, schedule.betas.shape[0])
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = diffusion.q_sample(schedule, x0, t, noise)
+    step_rest = reseed_dropout(graphdef, state.params, rest, dropout_key)
 
     def loss_fn(params):
-      out = model_apply(graphdef, rest, params, x_t, cond, schedule.timesteps[t], dropout_key)
+      out = model_apply(graphdef, step_rest, params, x_t, cond, schedule.timesteps[t], train=True)
       return diffusion.diffusion_loss(schedule, param, out.astype(jnp.float32), x0, noise, t)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": lr(state.step)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr(state.step)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                       ema_params=ema), metrics
 

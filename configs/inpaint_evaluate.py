@@ -1,0 +1,25 @@
+"""Scores inpainted volumes as the BraTS inpainting challenge does (`sciimg_jax.evaluate`).
+
+  python main.py --config=configs/inpaint_evaluate.py --workdir=runs/eval \
+      --config.evaluate.predictions=runs/infer/predictions \
+      --config.evaluate.ground_truth=/data/BraTS-inpainting/val
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config(variant=""):
+  c = base.get_base_config()
+  c.job = "inpaint_evaluate"
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.predictions = ""          # folder of <case>-t1n-inference.nii.gz (flat or per case)
+  c.evaluate.ground_truth = ""         # BraTS-layout folder with -t1n, -t1n-voided, -mask-healthy
+  c.evaluate.dilation = 2              # voxels the healthy mask grows by for `discontinuity`
+  c.evaluate.timings = "timings.json"  # {case: seconds} in the predictions folder, if present
+  c.evaluate.progress_bar = True
+  c = base.apply_variant(c, variant)
+  if variant == "tiny":
+    c.evaluate.progress_bar = False
+  return c

@@ -1,0 +1,176 @@
+"""Scores of the BraTS 2023/2024 inpainting challenge, a 3D SSIM and a seam measure.
+
+Official scores (`official_scores`)
+-----------------------------------
+Source: the challenge's metrics package, github.com/BraTS-inpainting/inpainting,
+`inpainting/challenge_metrics_2023.py` (`generate_metrics`, pinned to torchmetrics >= 1.1.2,
+torch >= 2.0.1), as called in its README with `mask` = `-mask-healthy`,
+`normalization_tensor` = `-t1n-voided`, every volume read as a float32 tensor of shape
+[1, X, Y, Z]. We match it step by step, in numpy/scipy:
+
+1. Multiply prediction and ground truth by the healthy mask M (the mask is `.bool()`: any
+   non-zero voxel counts) *before* normalising.
+2. Normalise both with the 0.5 / 99.5 percentiles of the *whole* voided volume
+   (`np.percentile`, linear interpolation, background zeros included), lower bound clipped
+   at 0 (`strictly_positive=True`); clip to that range and scale to [0, 1]. This is
+   `intensity.percentile_range`. Since the lower bound is >= 0, voxels outside M stay 0.
+3. SSIM: torchmetrics `StructuralSimilarityIndexMeasure(return_full_image=True)` with its
+   defaults on the [1, X, Y, Z] tensors. torchmetrics reads that as one image with X
+   channels, so it is a 2D SSIM on every (Y, Z) plane: Gaussian window 11 x 11
+   (torchmetrics sizes it as 2 * int(3.5 * sigma + 0.5) + 1), sigma 1.5, K1 0.01, K2 0.03,
+   population (co)variances, data range = max(range(prediction), range(ground truth)) over
+   the whole normalised volumes, 'reflect' padding of 5 voxels in Y and Z (torch's reflect
+   repeats no edge voxel: scipy's mode='mirror', not scipy's 'reflect'), variances clamped
+   at 0 (torchmetrics >= 1.3; it only changes round-off). The returned full SSIM map is the
+   *uncropped* one (the crop in torchmetrics only affects its scalar mean, which the challenge
+   discards); the score is the mean of that map over M.
+4. MSE: mean squared error over the voxels of M.
+5. PSNR: 10 log10(1 / MSE), i.e. `psnr_01` (torchmetrics PSNR with data_range 1), no
+   epsilon, so a perfect prediction scores inf. The package also returns `psnr` with a
+   range taken from the masked target; the challenge's Synapse scoring
+   (Sage-Bionetworks-Challenges/brats2023, `evaluation/inpainting/score.py`) drops that one
+   and reports `PSNR_01` as "PSNR" at the organisers' request, and so do we.
+
+Precision: float64 throughout. So does the package from step 2 on, by accident:
+`np.clip` of a float32 tensor with float64 percentile bounds returns a float64 tensor; its
+SSIM agrees with ours to ~1e-15, its MSE and PSNR (float32 metric states) to ~1e-7.
+
+Deviations: an empty healthy mask, or a voided image whose percentile range is empty,
+raises `InputError` where the package would return NaN/inf.
+
+Beside them
+-----------
+`ssim_3d`: the same normalisation, data range, constants and mirror padding, but a true 3D
+Gaussian window (11^3, sigma 1.5), averaged over M. `discontinuity`: a through-plane seam
+measure (see its docstring). Axis names x, y, z are array axes 0, 1, 2 (BraTS: sagittal,
+coronal, axial slice normal; axial 2D models leave seams along z, coronal ones along y).
+"""
+
+import numpy as np
+from scipy import ndimage
+
+from sciimg_jax import intensity
+from sciimg_jax.errors import InputError
+
+SIGMA = 1.5
+RADIUS = int(3.5 * SIGMA + 0.5)  # 5: torchmetrics' 11-voxel Gaussian window.
+K1, K2 = 0.01, 0.03
+PERCENTILES = (0.5, 99.5)
+AXES = ("x", "y", "z")
+
+
+def _check_inputs(where="scores", **volumes):
+  shapes = {name: np.shape(v) for name, v in volumes.items()}
+  if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 3:
+    raise InputError(where, f"expected 3D volumes of one shape, got {shapes}")
+  for name, v in volumes.items():
+    if not np.all(np.isfinite(v)):
+      raise InputError(where, f"{name} has {int(np.sum(~np.isfinite(v)))} NaN or inf voxels")
+
+
+def normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where="scores"):
+  """Steps 1-2 of the challenge: returns (prediction, ground truth, bool mask) on [0, 1]."""
+  _check_inputs(where, prediction=prediction, ground_truth=ground_truth, voided=voided,
+                healthy_mask=healthy_mask)
+  mask = np.asarray(healthy_mask) != 0
+  if not mask.any():
+    raise InputError(where, "healthy mask is empty")
+  lo, hi = intensity.percentile_range(voided, *PERCENTILES, where=where)
+
+  def norm(x):
+    x = np.asarray(x, np.float64) * mask
+    return (np.clip(x, lo, hi) - lo) / (hi - lo)
+
+  return norm(prediction), norm(ground_truth), mask
+
+
+def ssim_map(x, y, data_range=None, axes=(1, 2)):
+  """SSIM map of torchmetrics (Gaussian window, mirror padding) over the given axes.
+
+  `axes=(1, 2)` is torchmetrics on a [1, X, Y, Z] tensor (a 2D SSIM per (Y, Z) plane);
+  `axes=(0, 1, 2)` a 3D SSIM. `data_range=None` takes the larger value range of x and y.
+  """
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+  if data_range is None:
+    data_range = max(np.ptp(x), np.ptp(y))
+  c1, c2 = (K1 * data_range)**2, (K2 * data_range)**2
+
+  def blur(v):
+    return ndimage.gaussian_filter(v, SIGMA, mode="mirror", radius=RADIUS, axes=axes)
+
+  mu_x, mu_y = blur(x), blur(y)
+  var_x = np.maximum(blur(x * x) - mu_x**2, 0.0)
+  var_y = np.maximum(blur(y * y) - mu_y**2, 0.0)
+  cov = blur(x * y) - mu_x * mu_y
+  return (((2 * mu_x * mu_y + c1) * (2 * cov + c2)) /
+          ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)))
+
+
+def official_scores(prediction, ground_truth, voided, healthy_mask, where="scores"):
+  """SSIM, PSNR and MSE exactly as the challenge computes them (see module docstring).
+
+  Args:
+    prediction: the inpainted volume (-t1n-inference), any intensity scale.
+    ground_truth: the real volume (-t1n).
+    voided: the network's input (-t1n-voided); sets the normalisation range.
+    healthy_mask: the scored region (-mask-healthy); non-zero = inside.
+    where: names the case in InputError messages.
+
+  Returns:
+    dict(ssim=, psnr=, mse=) as Python floats; psnr is inf when mse is 0.
+  """
+  pred, gt, mask = normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where)
+  ssim = ssim_map(pred, gt, axes=(1, 2))[mask].mean()
+  mse = np.mean((pred[mask] - gt[mask])**2)
+  with np.errstate(divide="ignore"):
+    psnr = 10.0 * np.log10(1.0 / mse)
+  return dict(ssim=float(ssim), psnr=float(psnr), mse=float(mse))
+
+
+def ssim_3d(prediction, ground_truth, voided, healthy_mask, where="scores"):
+  """3D SSIM (11^3 Gaussian window, sigma 1.5) on the normalised volumes, mean over M."""
+  pred, gt, mask = normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where)
+  return float(ssim_map(pred, gt, axes=(0, 1, 2))[mask].mean())
+
+
+def _mean_abs_second_difference(volume, region, axis):
+  """Mean |v[p+1] - 2 v[p] + v[p-1]| along `axis` over the voxels p of `region`."""
+  d2 = np.diff(volume, n=2, axis=axis)  # d2[i] is centred on voxel i + 1.
+  centre = np.take(region, np.arange(1, volume.shape[axis] - 1), axis=axis)
+  return np.abs(d2)[centre].mean() if centre.any() else np.nan
+
+
+def discontinuity(prediction, ground_truth, mask, dilation=2):
+  """Through-plane roughness of the prediction relative to the ground truth's.
+
+  Let R be `mask` (non-zero voxels) dilated by `dilation` voxels (scipy binary_dilation,
+  6-connected, so it takes in the seam between known and inpainted tissue). For an axis a
+  and a volume v let
+
+      D_a(v) = mean over voxels p in R (not on the volume's first or last slice along a)
+               of |v(p + e_a) - 2 v(p) + v(p - e_a)|,
+
+  the mean absolute second difference along a. The score along a is
+  D_a(prediction) / D_a(ground truth): 1.0 is as smooth as real anatomy, > 1 means
+  extra structure across slices (slice seams of a 2D model), < 1 over-smoothing. It is
+  computed on the raw intensities, and is unchanged by any intensity scaling applied
+  to both volumes. NaN along an axis where the ground truth is flat (D_a = 0) or R
+  has no inner voxel.
+
+  Returns:
+    dict(x=, y=, z=, mean=) with mean the average of the three axis scores.
+  """
+  _check_inputs("discontinuity", prediction=prediction, ground_truth=ground_truth, mask=mask)
+  region = np.asarray(mask) != 0
+  if dilation:
+    region = ndimage.binary_dilation(region, iterations=int(dilation))
+  pred = np.asarray(prediction, np.float64)
+  gt = np.asarray(ground_truth, np.float64)
+  out = {}
+  for axis, name in enumerate(AXES):
+    with np.errstate(divide="ignore", invalid="ignore"):
+      out[name] = float(_mean_abs_second_difference(pred, region, axis) /
+                        _mean_abs_second_difference(gt, region, axis))
+  out["mean"] = float(np.mean([out[a] for a in AXES]))
+  return out

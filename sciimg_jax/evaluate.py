@@ -1,0 +1,167 @@
+"""Scores a folder of inpainted volumes against BraTS-layout ground truth.
+
+  python main.py --config=configs/inpaint_evaluate.py --workdir=runs/eval \
+      --config.evaluate.predictions=runs/infer/predictions \
+      --config.evaluate.ground_truth=/data/BraTS-inpainting/val
+
+Cases are the folders of `evaluate.ground_truth` that hold `-t1n`, `-t1n-voided` and
+`-mask-healthy`. The prediction of case C is `PRED/C/C-t1n-inference.nii.gz` or
+`PRED/C-t1n-inference.nii.gz`. A case that cannot be scored (missing prediction,
+other shape or affine, NaN, empty healthy mask, unreadable file) is listed in the
+summary and the others go on. Writes, atomically:
+
+  workdir/scores.csv    one row per scored case: case, ssim, psnr, mse (the challenge's
+                        scores, `brats_metrics.official_scores`), ssim_3d,
+                        discontinuity_x/y/z/mean, and seconds when the prediction folder
+                        has `evaluate.timings` (a JSON object {case: seconds})
+  workdir/summary.json  count, mean and std (ddof=1, as the challenge's pandas summary;
+                        null for one case) of each metric, and `failed`: [{case, error}].
+                        A perfect case has psnr inf, written as `Infinity`.
+"""
+
+import csv
+import io
+import json
+import os
+import pathlib
+import tempfile
+import zlib
+
+import numpy as np
+import tqdm
+from absl import logging
+
+from data_pipelines import brats_layout
+from sciimg_jax import brats_metrics
+from sciimg_jax import nifti
+from sciimg_jax.errors import InputError
+
+GROUND_TRUTH_KEYS = ("t1n", "t1n-voided", "mask-healthy")
+PREDICTION_SUFFIX = "-t1n-inference.nii.gz"
+METRICS = ("ssim", "psnr", "mse", "ssim_3d", "discontinuity_x", "discontinuity_y",
+           "discontinuity_z", "discontinuity_mean")
+# Besides InputError, what a truncated or corrupt .nii.gz raises while its data is read.
+READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def prediction_path(folder, case):
+  """`folder/case/case-t1n-inference.nii.gz` if that exists, else the flat file name."""
+  folder = pathlib.Path(folder)
+  nested = folder / case / f"{case}{PREDICTION_SUFFIX}"
+  return nested if nested.is_file() else folder / f"{case}{PREDICTION_SUFFIX}"
+
+
+def score_case(case_dir, pred_path, dilation):
+  """All metrics of one case as a dict; raises InputError if it cannot be scored."""
+  case = brats_layout.load_case(case_dir, keys=GROUND_TRUTH_KEYS)
+  gt, voided, mask = (case.volumes[k] for k in GROUND_TRUTH_KEYS)
+  pred, pred_img = nifti.load_volume(pred_path, allow_all_zero=True)
+  ref_path = brats_layout.case_file(case_dir, "t1n")
+  nifti.check_same_grid(ref_path, nifti.load_image(ref_path), pred_path, pred_img)
+  if not mask.any():
+    raise InputError(brats_layout.case_file(case_dir, "mask-healthy"), "healthy mask is empty")
+  scores = brats_metrics.official_scores(pred, gt, voided, mask, where=case.name)
+  scores["ssim_3d"] = brats_metrics.ssim_3d(pred, gt, voided, mask, where=case.name)
+  seams = brats_metrics.discontinuity(pred, gt, mask, dilation=dilation)
+  scores.update({f"discontinuity_{k}": v for k, v in seams.items()})
+  return scores
+
+
+def _load_timings(folder, name):
+  path = pathlib.Path(folder) / name if name else None
+  if path is None or not path.is_file():
+    return None
+  try:
+    timings = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise InputError(path, f"not valid JSON ({e})") from None
+  if not isinstance(timings, dict):
+    raise InputError(path, "expected a JSON object {case: seconds}")
+  return timings
+
+
+def _write_atomic(path, text):
+  """Writes `text` to a temporary file next to `path`, then renames it into place."""
+  path = pathlib.Path(path)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def summarize(rows, failed, columns):
+  """The summary.json content: count, mean/std of each column, failed cases."""
+  stats = {}
+  for name in columns:
+    values = np.array([r[name] for r in rows if r.get(name) is not None], np.float64)
+    stats[name] = dict(
+        mean=float(values.mean()) if len(values) else None,
+        std=float(values.std(ddof=1)) if len(values) > 1 else None)
+  return dict(count=len(rows), metrics=stats, failed=failed)
+
+
+def format_table(summary):
+  lines = [f"{'metric':<20}{'mean':>12}{'std':>12}"]
+  fmt = lambda v: f"{v:12.4f}" if v is not None else f"{'-':>12}"
+  for name, s in summary["metrics"].items():
+    lines.append(f"{name:<20}{fmt(s['mean'])}{fmt(s['std'])}")
+  lines.append(f"{summary['count']} cases scored, {len(summary['failed'])} failed")
+  lines += [f"  failed {f['case']}: {f['error']}" for f in summary["failed"]]
+  return "\n".join(lines)
+
+
+def evaluate_folder(config, workdir):
+  """Scores `config.evaluate.predictions` against `config.evaluate.ground_truth`.
+
+  Returns the summary dict (also written to `workdir/summary.json`).
+  """
+  cfg = config.evaluate
+  for key in ("predictions", "ground_truth"):
+    if not cfg[key]:
+      raise InputError(f"evaluate.{key}", f"not set; pass --config.evaluate.{key}=FOLDER")
+  predictions = pathlib.Path(cfg.predictions)
+  if not predictions.is_dir():
+    raise InputError(predictions, "predictions folder not found")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  cases = brats_layout.find_cases(cfg.ground_truth, required=GROUND_TRUTH_KEYS)
+  timings = _load_timings(predictions, cfg.timings)
+
+  rows, failed = [], []
+  bar = tqdm.tqdm(cases, desc="evaluate", unit="case", disable=not cfg.progress_bar)
+  for case_dir in bar:
+    pred_path = prediction_path(predictions, case_dir.name)
+    error = None
+    try:
+      scores = score_case(case_dir, pred_path, cfg.dilation)
+    except InputError as e:
+      error = str(e)
+    except READ_ERRORS as e:
+      error = f"unreadable NIfTI data ({type(e).__name__}: {e})"
+    if error:
+      logging.warning("%s not scored: %s", case_dir.name, error)
+      failed.append(dict(case=case_dir.name, error=error))
+      continue
+    row = dict(case=case_dir.name, **scores)
+    if timings is not None:
+      row["seconds"] = timings.get(case_dir.name)
+    rows.append(row)
+    bar.set_postfix(ssim=f"{scores['ssim']:.3f}", psnr=f"{scores['psnr']:.2f}")
+
+  columns = METRICS + (("seconds",) if timings is not None else ())
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=("case",) + columns, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  _write_atomic(workdir / "scores.csv", out.getvalue())
+
+  summary = summarize(rows, failed, columns)
+  summary.update(predictions=str(predictions), ground_truth=str(cfg.ground_truth))
+  _write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  print(format_table(summary))
+  return summary

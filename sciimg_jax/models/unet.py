@@ -1,0 +1,303 @@
+"""A diffusion U-Net for 2D slices and 3D volumes, mirroring MONAI's `DiffusionModelUNet`.
+
+One definition serves any number of spatial dimensions: `spatial_dims` picks 2D or 3D
+convolutions. Inputs are channels-last, `(B, *spatial, C)`, and the timesteps `(B,)`.
+
+The layout follows MONAI's `DiffusionModelUNet` (itself the LDM / guided-diffusion U-Net) with
+`resblock_updown=False` and no cross-attention, so a config gives the same parameter count as the
+MONAI network with the same arguments (3,939,969 for channels (32, 64, 128), two residual blocks
+per level, attention at the last level, 32 channels per head, 8 groups, in 3 / out 1):
+
+- sinusoidal timestep embedding of width `channels[0]` (cos first, then sin, as MONAI), then
+  Linear -> SiLU -> Linear to `4 * channels[0]`;
+- a 3x3 input convolution;
+- per level: `num_res_blocks` residual blocks (each followed by self-attention where
+  `attention_levels` says so), then a stride-2 3x3 convolution except at the last level;
+- a middle block: residual block, self-attention, residual block;
+- per level in reverse: `num_res_blocks + 1` residual blocks that each take one skip connection
+  (concatenated on channels), with attention as on the way down, then nearest-neighbour x2
+  upsampling and a 3x3 convolution except at the last level;
+- GroupNorm -> SiLU -> a zero-initialised 3x3 output convolution, so the network outputs exactly
+  zero before training.
+
+Residual block: GroupNorm -> SiLU -> conv3x3 -> (+ Linear(SiLU(emb))) -> GroupNorm -> SiLU ->
+dropout -> zero-initialised conv3x3, plus the input (through a 1x1 convolution when the width
+changes). MONAI adds the time embedding; `scale_shift=True` instead predicts a per-channel scale
+and shift applied after the second GroupNorm (`h * (1 + scale) + shift`, as in improved DDPM and
+guided diffusion); it doubles the width of the time projections, so the parameter count then
+differs from MONAI's. MONAI's block has no dropout; here `dropout > 0` adds one before the second
+convolution (guided-diffusion style); it has no parameters.
+
+Self-attention: GroupNorm, separate q/k/v projections with bias, `channels // num_head_channels`
+heads, softmax(q k^T / sqrt(head_dim)) v, an output projection and a residual connection.
+
+Differences from MONAI that do not change the architecture: Flax's default initialisers
+(LeCun-normal kernels, zero biases) instead of PyTorch's, and GroupNorm statistics always in
+float32 whatever the compute dtype.
+
+Precision: parameters are float32; `dtype` is the compute dtype (bfloat16 on GPU/TPU). Inputs and
+parameters are cast to it at each operation, GroupNorm statistics and the softmax run in float32,
+and the output is float32.
+"""
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def timestep_embedding(t, dim, max_period=10_000.0):
+  """Sinusoidal embedding of timesteps `t` (B,) -> (B, dim), float32, [cos, sin] as MONAI."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class Conv(nnx.Module):
+  """An N-d convolution on channels-last inputs, with explicit (PyTorch-style) padding."""
+
+  def __init__(self, spatial_dims, in_features, out_features, kernel_size=3, *, stride=1,
+               zero_init=False, dtype=jnp.float32, rngs: nnx.Rngs):
+    shape = (kernel_size,) * spatial_dims + (in_features, out_features)
+    init = nnx.initializers.zeros if zero_init else nnx.initializers.lecun_normal()
+    self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+    self.stride = (stride,) * spatial_dims
+    self.padding = ((kernel_size // 2, kernel_size // 2),) * spatial_dims
+    spatial = "DHW"[-spatial_dims:] if spatial_dims <= 3 else None
+    self.dimension_numbers = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    self.dtype = dtype
+
+  def __call__(self, x):
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+        window_strides=self.stride, padding=self.padding,
+        dimension_numbers=self.dimension_numbers)
+    return y + self.bias[...].astype(self.dtype)
+
+
+class Linear(nnx.Module):
+  """A dense layer on the last axis, computed in `dtype` with float32 parameters."""
+
+  def __init__(self, in_features, out_features, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(
+        nnx.initializers.lecun_normal()(rngs.params(), (in_features, out_features), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+    self.dtype = dtype
+
+  def __call__(self, x):
+    return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(
+        self.dtype)
+
+
+class GroupNorm(nnx.Module):
+  """GroupNorm over channels-last inputs with float32 statistics (eps 1e-6, as MONAI).
+
+  Written out by hand: the channel axis is split into (groups, channels per group), the mean
+  and variance are taken over the spatial axes and the channels of each group in float32, and
+  the normalisation and affine transform are folded into one per-channel scale and shift, so
+  XLA fuses the whole op into two reductions and one elementwise pass.
+  """
+
+  def __init__(self, num_groups, num_features, *, eps=1e-6, dtype=jnp.float32):
+    if num_features % num_groups:
+      raise ValueError(f"{num_features} channels are not divisible into {num_groups} groups")
+    self.num_groups = num_groups
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.dtype = dtype
+
+  def __call__(self, x):
+    b, c = x.shape[0], x.shape[-1]
+    g = self.num_groups
+    xg = x.reshape(b, -1, g, c // g).astype(jnp.float32)
+    mean = jnp.mean(xg, axis=(1, 3))                               # (B, G)
+    var = jnp.maximum(jnp.mean(jnp.square(xg), axis=(1, 3)) - jnp.square(mean), 0.0)
+    inv = jax.lax.rsqrt(var + self.eps)
+    # Per (sample, channel) scale and shift: y = x * a + b.
+    a = jnp.repeat(inv, c // g, axis=1) * self.scale[...]           # (B, C)
+    shift = self.bias[...] - jnp.repeat(mean, c // g, axis=1) * a
+    bshape = (b,) + (1,) * (x.ndim - 2) + (c,)
+    y = x.astype(jnp.float32) * a.reshape(bshape) + shift.reshape(bshape)
+    return y.astype(self.dtype)
+
+
+class ResBlock(nnx.Module):
+  """Residual block with timestep conditioning (MONAI's `DiffusionUNetResnetBlock`)."""
+
+  def __init__(self, spatial_dims, in_features, out_features, emb_features, *, num_groups,
+               dropout=0.0, scale_shift=False, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.norm1 = GroupNorm(num_groups, in_features, dtype=dtype)
+    self.conv1 = Conv(spatial_dims, in_features, out_features, dtype=dtype, rngs=rngs)
+    self.scale_shift = scale_shift
+    self.time_proj = Linear(emb_features, out_features * (2 if scale_shift else 1), dtype=dtype,
+                            rngs=rngs)
+    self.norm2 = GroupNorm(num_groups, out_features, dtype=dtype)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+    self.conv2 = Conv(spatial_dims, out_features, out_features, zero_init=True, dtype=dtype,
+                      rngs=rngs)
+    if in_features != out_features:
+      self.skip = Conv(spatial_dims, in_features, out_features, 1, dtype=dtype, rngs=rngs)
+    else:
+      self.skip = None
+
+  def __call__(self, x, emb):
+    h = self.conv1(nnx.silu(self.norm1(x)))
+    temb = self.time_proj(nnx.silu(emb))
+    temb = temb.reshape((temb.shape[0],) + (1,) * (x.ndim - 2) + (temb.shape[-1],))
+    if self.scale_shift:
+      scale, shift = jnp.split(temb, 2, axis=-1)
+      h = self.norm2(h) * (1 + scale) + shift
+    else:
+      h = self.norm2(h + temb)
+    h = nnx.silu(h)
+    if self.dropout is not None:
+      h = self.dropout(h)
+    h = self.conv2(h)
+    skip = x if self.skip is None else self.skip(x)
+    return skip.astype(h.dtype) + h
+
+
+class Attention(nnx.Module):
+  """Spatial multi-head self-attention with a residual connection (MONAI's
+  `SpatialAttentionBlock`)."""
+
+  def __init__(self, features, *, num_head_channels, num_groups, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    if features % num_head_channels:
+      raise ValueError(f"{features} channels are not divisible by num_head_channels "
+                       f"{num_head_channels}")
+    self.num_heads = features // num_head_channels
+    self.norm = GroupNorm(num_groups, features, dtype=dtype)
+    self.query = Linear(features, features, dtype=dtype, rngs=rngs)
+    self.key = Linear(features, features, dtype=dtype, rngs=rngs)
+    self.value = Linear(features, features, dtype=dtype, rngs=rngs)
+    self.out = Linear(features, features, dtype=dtype, rngs=rngs)
+    self.dtype = dtype
+
+  def __call__(self, x):
+    b, c = x.shape[0], x.shape[-1]
+    h = self.norm(x).reshape(b, -1, c)                                # (B, L, C)
+    heads = lambda y: y.reshape(b, -1, self.num_heads, c // self.num_heads)
+    q, k, v = heads(self.query(h)), heads(self.key(h)), heads(self.value(h))
+    y = jax.nn.dot_product_attention(q, k, v).reshape(b, -1, c)
+    return x.astype(self.dtype) + self.out(y).reshape(x.shape)
+
+
+def upsample_nearest(x):
+  """Nearest-neighbour x2 upsampling of every spatial axis of (B, *spatial, C)."""
+  for axis in range(1, x.ndim - 1):
+    x = jnp.repeat(x, 2, axis=axis)
+  return x
+
+
+class UNet(nnx.Module):
+  """The diffusion U-Net; see the module docstring.
+
+  Attributes follow MONAI's names where it matters for reading: `time_embed`, `conv_in`,
+  `down` (per level: `res`, `attn`, `downsample`), `mid_*`, `up` (per level: `res`, `attn`,
+  `upsample`), `out_norm`, `conv_out`.
+  """
+
+  def __init__(self, *, spatial_dims: int, in_channels: int, out_channels: int,
+               channels: Sequence[int] = (32, 64, 128), num_res_blocks: int = 2,
+               attention_levels: Sequence[bool] = (False, False, True),
+               num_head_channels: int = 32, num_groups: int = 8, dropout: float = 0.0,
+               scale_shift: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+    channels, attention_levels = tuple(channels), tuple(attention_levels)
+    if len(channels) != len(attention_levels):
+      raise ValueError(f"channels {channels} and attention_levels {attention_levels} differ in "
+                       "length")
+    self.spatial_dims = spatial_dims
+    self.channels = channels
+    self.dtype = dtype
+    emb_features = 4 * channels[0]
+    res = lambda cin, cout: ResBlock(spatial_dims, cin, cout, emb_features,
+                                     num_groups=num_groups, dropout=dropout,
+                                     scale_shift=scale_shift, dtype=dtype, rngs=rngs)
+    attn = lambda c: Attention(c, num_head_channels=num_head_channels, num_groups=num_groups,
+                               dtype=dtype, rngs=rngs)
+    conv = lambda cin, cout, **kw: Conv(spatial_dims, cin, cout, dtype=dtype, rngs=rngs, **kw)
+
+    self.time_embed1 = Linear(channels[0], emb_features, dtype=dtype, rngs=rngs)
+    self.time_embed2 = Linear(emb_features, emb_features, dtype=dtype, rngs=rngs)
+    self.conv_in = conv(in_channels, channels[0])
+
+    # Down path; `skips` tracks the width of every skip connection it leaves behind.
+    skips = [channels[0]]
+    down = []
+    cin = channels[0]
+    for level, (cout, use_attn) in enumerate(zip(channels, attention_levels)):
+      blocks = []
+      for _ in range(num_res_blocks):
+        blocks.append(nnx.Dict(res=res(cin, cout), attn=attn(cout) if use_attn else None))
+        cin = cout
+        skips.append(cout)
+      downsample = None
+      if level < len(channels) - 1:
+        downsample = conv(cout, cout, stride=2)
+        skips.append(cout)
+      down.append(nnx.Dict(blocks=nnx.List(blocks), downsample=downsample))
+    self.down = nnx.List(down)
+
+    self.mid_res1 = res(cin, cin)
+    self.mid_attn = attn(cin)
+    self.mid_res2 = res(cin, cin)
+
+    # Up path: every block consumes one skip connection, the last one first.
+    up = []
+    for level in reversed(range(len(channels))):
+      cout, use_attn = channels[level], attention_levels[level]
+      blocks = []
+      for _ in range(num_res_blocks + 1):
+        blocks.append(nnx.Dict(res=res(cin + skips.pop(), cout),
+                               attn=attn(cout) if use_attn else None))
+        cin = cout
+      upsample = conv(cout, cout) if level > 0 else None
+      up.append(nnx.Dict(blocks=nnx.List(blocks), upsample=upsample))
+    self.up = nnx.List(up)
+
+    self.out_norm = GroupNorm(num_groups, channels[0], dtype=dtype)
+    self.conv_out = conv(channels[0], out_channels, zero_init=True)
+
+  def __call__(self, x, t):
+    """`x` (B, *spatial, in_channels), `t` (B,) -> (B, *spatial, out_channels) float32."""
+    if x.ndim != self.spatial_dims + 2:
+      raise ValueError(f"expected a (B, {self.spatial_dims} spatial axes, C) input, got shape "
+                       f"{x.shape}")
+    t = jnp.broadcast_to(jnp.asarray(t), (x.shape[0],))
+    emb = timestep_embedding(t, self.channels[0])
+    emb = self.time_embed2(nnx.silu(self.time_embed1(emb)))
+
+    h = self.conv_in(x)
+    skips = [h]
+    for level in self.down:
+      for block in level["blocks"]:
+        h = block["res"](h, emb)
+        if block["attn"] is not None:
+          h = block["attn"](h)
+        skips.append(h)
+      if level["downsample"] is not None:
+        h = level["downsample"](h)
+        skips.append(h)
+
+    h = self.mid_res2(self.mid_attn(self.mid_res1(h, emb)), emb)
+
+    for level in self.up:
+      for block in level["blocks"]:
+        h = jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1)
+        h = block["res"](h, emb)
+        if block["attn"] is not None:
+          h = block["attn"](h)
+      if level["upsample"] is not None:
+        h = level["upsample"](upsample_nearest(h))
+
+    h = self.conv_out(nnx.silu(self.out_norm(h)))
+    return h.astype(jnp.float32)
