@@ -28,7 +28,9 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f"error: {e}")
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    # config_flags embeds the config file's traceback; its last line is the reason.
+    sys.exit(f"error: {lines[0]} {lines[-1]}" if len(lines) > 1 else f"error: {e}")
   except (AttributeError, KeyError) as e:  # An override names a key the config lacks.
     detail = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "")
     keys = [a.split("=")[0] for a in argv if a.startswith("--config.")]
@@ -38,6 +40,8 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:  # Keep the console to progress bars and results.
+    logging.set_verbosity(logging.WARNING)
   if FLAGS.multihost:
     jax.distributed.initialize()
   logging.info("JAX %s, devices: %s", jax.__version__, jax.devices())
@@ -45,9 +49,7 @@ def main(argv):
   try:
     jobs.run(config, FLAGS.workdir)
   except (InputError, FloatingPointError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

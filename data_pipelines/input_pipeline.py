@@ -153,6 +153,12 @@ def make_train_iterator(data_config, source, *, seed, batch_size_per_process,
   return iter(loader)
 
 
+def make_batch(data_config, source, indices):
+  """One batch of the records at `indices`, padded/cropped like every other batch."""
+  transform = PadCrop(data_config.image_size, data_config.conditions)
+  return _stack([transform.map(source[int(i)]) for i in indices])
+
+
 def make_eval_batches(data_config, source, batch_size, num=None, *,
                       shard_index=0, shard_count=1):
   """Yields eval batches in stored order (case, slice): deterministic, no shuffle.

@@ -1,10 +1,12 @@
 """The jobs `main.py` can run, keyed by `config.job`."""
 
+from sciimg_jax import evaluate
 from sciimg_jax import train
 from sciimg_jax.errors import InputError
 
 JOBS = {
     "train": train.train_and_evaluate,
+    "inpaint_evaluate": evaluate.evaluate_folder,
 }
 
 

@@ -205,6 +205,8 @@ def train_and_evaluate(config, workdir, *, stop_at_step=None):
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   logging.info("Config:\n%s", config)
+  tqdm.tqdm.write(f"Training {config.model.name} in {workdir} on {jax.device_count()} "
+                  f"{jax.default_backend()} device(s).")
 
   mesh = sharding.make_mesh()
   splits = data_sources.source_dirs(config.data, workdir)
@@ -213,14 +215,15 @@ def train_and_evaluate(config, workdir, *, stop_at_step=None):
   train_iter = input_pipeline.make_train_iterator(
       config.data, sources["train"], seed=config.seed,
       batch_size_per_process=config.data.batch_size // jax.process_count())
-  sample_batch = next(iter(input_pipeline.make_eval_batches(
-      config.data, sources["eval"], batch_size=config.train.num_sample_images, num=1)))
+  # Held-out slices for the sample figures, spread evenly over the eval cases.
+  sample_batch = input_pipeline.make_batch(config.data, sources["eval"], np.linspace(
+      0, len(sources["eval"]) - 1, config.train.num_sample_images).round())
 
   graphdef, rest, state, tx, lr = create_train_state(config, mesh)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.max_checkpoints)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(checkpoint.abstract_like(state, sharding.replicated(mesh)), train_iter)
-    logging.info("Resumed from step %d", int(state.step))
+    tqdm.tqdm.write(f"Resumed from the checkpoint of step {int(state.step)}.")
   train_step = make_train_step(config, graphdef, rest, tx, lr, mesh)
   inpaint_fn = make_inpaint_fn(config, graphdef, rest, mesh) if config.train.sample_every else None
 

@@ -40,6 +40,7 @@ parameters are cast to it at each operation, GroupNorm statistics and the softma
 and the output is float32.
 """
 
+import functools
 import math
 from typing import Sequence
 
@@ -96,37 +97,95 @@ class Linear(nnx.Module):
         self.dtype)
 
 
-class GroupNorm(nnx.Module):
-  """GroupNorm over channels-last inputs with float32 statistics (eps 1e-6, as MONAI).
+def _group_stats(x, num_groups, eps):
+  """Per-(sample, group) mean and 1/std of channels-last `x`, in float32."""
+  b, c = x.shape[0], x.shape[-1]
+  axes = tuple(range(1, x.ndim - 1))
+  n = x.size // (b * c) * (c // num_groups)             # elements per group
+  xf = x.astype(jnp.float32)
+  # Channel sums over space first (one fused pass over x), then sums over each group.
+  s1 = jnp.sum(xf, axes).reshape(b, num_groups, -1).sum(-1)
+  s2 = jnp.sum(jnp.square(xf), axes).reshape(b, num_groups, -1).sum(-1)
+  mean = s1 / n
+  var = jnp.maximum(s2 / n - jnp.square(mean), 0.0)
+  return mean, jax.lax.rsqrt(var + eps)
 
-  Written out by hand: the channel axis is split into (groups, channels per group), the mean
-  and variance are taken over the spatial axes and the channels of each group in float32, and
-  the normalisation and affine transform are folded into one per-channel scale and shift, so
-  XLA fuses the whole op into two reductions and one elementwise pass.
+
+def _per_channel(v, c, ndim):
+  """(B, G) group values -> (B, 1, ..., 1, C) per-channel values."""
+  v = jnp.repeat(v, c // v.shape[1], axis=1)
+  return v.reshape((v.shape[0],) + (1,) * (ndim - 2) + (c,))
+
+
+def _group_norm_fwd(x, scale, bias, num_groups, eps, silu):
+  c, nd = x.shape[-1], x.ndim
+  mean, inv = _group_stats(x, num_groups, eps)
+  a = _per_channel(inv, c, nd) * scale
+  z = x.astype(jnp.float32) * a + (bias - _per_channel(mean, c, nd) * a)
+  y = nnx.silu(z) if silu else z
+  return y.astype(x.dtype), (x, scale, bias, mean, inv)
+
+
+def _group_norm_bwd(num_groups, eps, silu, res, dy):
+  del eps
+  x, scale, bias, mean, inv = res
+  b, c, nd = x.shape[0], x.shape[-1], x.ndim
+  axes = tuple(range(1, nd - 1))
+  n = x.size // (b * c) * (c // num_groups)
+  xf, dy = x.astype(jnp.float32), dy.astype(jnp.float32)
+  mean_c, inv_c = _per_channel(mean, c, nd), _per_channel(inv, c, nd)
+  a = inv_c * scale
+  if silu:  # recompute the pre-activation rather than storing it
+    z = xf * a + (bias - mean_c * a)
+    sig = jax.nn.sigmoid(z)
+    dy = dy * (sig * (1 + z * (1 - sig)))
+  # Per-(sample, channel) sums of dy and dy * x: everything else follows from them.
+  t1 = jnp.sum(dy, axes)                                        # (B, C)
+  t2 = jnp.sum(dy * xf, axes)
+  flat = lambda v: v.reshape(b, c)
+  t_xhat = (t2 - flat(mean_c) * t1) * flat(inv_c)              # sum of dy * xhat
+  d_bias = jnp.sum(t1, 0)
+  d_scale = jnp.sum(t_xhat, 0)
+  group_sum = lambda v: (v * scale).reshape(b, num_groups, -1).sum(-1) / n
+  c1 = _per_channel(group_sum(t1), c, nd)                       # mean of dxhat over the group
+  c2 = _per_channel(group_sum(t_xhat), c, nd)                   # mean of dxhat * xhat
+  # dx = inv * (dxhat - c1 - xhat * c2) with dxhat = dy * scale, xhat = (x - mean) * inv.
+  dx = dy * a - xf * (inv_c * inv_c * c2) + inv_c * (inv_c * c2 * mean_c - c1)
+  return dx.astype(x.dtype), d_scale, d_bias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def group_norm(x, scale, bias, num_groups, eps=1e-6, silu=False):
+  """GroupNorm of channels-last `x` (optionally followed by SiLU), float32 statistics.
+
+  Hand-written forward and backward: the forward is one reduction pass (channel sums of x and
+  x^2 over space) and one elementwise pass; the backward recomputes the normalised input
+  instead of storing it and is again one reduction pass (channel sums of dy and dy * x) and one
+  elementwise pass. On CPU this is several times faster than autodiff through `nnx.GroupNorm`.
+  Returns `x.dtype`.
   """
+  return _group_norm_fwd(x, scale, bias, num_groups, eps, silu)[0]
 
-  def __init__(self, num_groups, num_features, *, eps=1e-6, dtype=jnp.float32):
+
+group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+
+
+class GroupNorm(nnx.Module):
+  """GroupNorm (eps 1e-6, as MONAI) over channels-last inputs, optionally fused with SiLU."""
+
+  def __init__(self, num_groups, num_features, *, eps=1e-6, silu=False, dtype=jnp.float32):
     if num_features % num_groups:
       raise ValueError(f"{num_features} channels are not divisible into {num_groups} groups")
     self.num_groups = num_groups
     self.eps = eps
+    self.silu = silu
     self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
     self.dtype = dtype
 
   def __call__(self, x):
-    b, c = x.shape[0], x.shape[-1]
-    g = self.num_groups
-    xg = x.reshape(b, -1, g, c // g).astype(jnp.float32)
-    mean = jnp.mean(xg, axis=(1, 3))                               # (B, G)
-    var = jnp.maximum(jnp.mean(jnp.square(xg), axis=(1, 3)) - jnp.square(mean), 0.0)
-    inv = jax.lax.rsqrt(var + self.eps)
-    # Per (sample, channel) scale and shift: y = x * a + b.
-    a = jnp.repeat(inv, c // g, axis=1) * self.scale[...]           # (B, C)
-    shift = self.bias[...] - jnp.repeat(mean, c // g, axis=1) * a
-    bshape = (b,) + (1,) * (x.ndim - 2) + (c,)
-    y = x.astype(jnp.float32) * a.reshape(bshape) + shift.reshape(bshape)
-    return y.astype(self.dtype)
+    return group_norm(x.astype(self.dtype), self.scale[...], self.bias[...], self.num_groups,
+                      self.eps, self.silu)
 
 
 class ResBlock(nnx.Module):
@@ -134,12 +193,12 @@ class ResBlock(nnx.Module):
 
   def __init__(self, spatial_dims, in_features, out_features, emb_features, *, num_groups,
                dropout=0.0, scale_shift=False, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.norm1 = GroupNorm(num_groups, in_features, dtype=dtype)
+    self.norm1 = GroupNorm(num_groups, in_features, silu=True, dtype=dtype)
     self.conv1 = Conv(spatial_dims, in_features, out_features, dtype=dtype, rngs=rngs)
     self.scale_shift = scale_shift
     self.time_proj = Linear(emb_features, out_features * (2 if scale_shift else 1), dtype=dtype,
                             rngs=rngs)
-    self.norm2 = GroupNorm(num_groups, out_features, dtype=dtype)
+    self.norm2 = GroupNorm(num_groups, out_features, silu=not scale_shift, dtype=dtype)
     self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
     self.conv2 = Conv(spatial_dims, out_features, out_features, zero_init=True, dtype=dtype,
                       rngs=rngs)
@@ -149,15 +208,14 @@ class ResBlock(nnx.Module):
       self.skip = None
 
   def __call__(self, x, emb):
-    h = self.conv1(nnx.silu(self.norm1(x)))
+    h = self.conv1(self.norm1(x))
     temb = self.time_proj(nnx.silu(emb))
     temb = temb.reshape((temb.shape[0],) + (1,) * (x.ndim - 2) + (temb.shape[-1],))
     if self.scale_shift:
       scale, shift = jnp.split(temb, 2, axis=-1)
-      h = self.norm2(h) * (1 + scale) + shift
+      h = nnx.silu(self.norm2(h) * (1 + scale) + shift)
     else:
-      h = self.norm2(h + temb)
-    h = nnx.silu(h)
+      h = self.norm2(h + temb)                                      # GroupNorm + SiLU
     if self.dropout is not None:
       h = self.dropout(h)
     h = self.conv2(h)
@@ -264,7 +322,7 @@ class UNet(nnx.Module):
       up.append(nnx.Dict(blocks=nnx.List(blocks), upsample=upsample))
     self.up = nnx.List(up)
 
-    self.out_norm = GroupNorm(num_groups, channels[0], dtype=dtype)
+    self.out_norm = GroupNorm(num_groups, channels[0], silu=True, dtype=dtype)
     self.conv_out = conv(channels[0], out_channels, zero_init=True)
 
   def __call__(self, x, t):
@@ -299,5 +357,5 @@ class UNet(nnx.Module):
       if level["upsample"] is not None:
         h = level["upsample"](upsample_nearest(h))
 
-    h = self.conv_out(nnx.silu(self.out_norm(h)))
+    h = self.conv_out(self.out_norm(h))
     return h.astype(jnp.float32)
