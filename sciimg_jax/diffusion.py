@@ -225,25 +225,60 @@ def ddim_step(schedule, parameterization, x_t, i, model_out, key, eta=0.0,
 STEPPERS = {"ddpm": ddpm_step, "ddim": ddim_step}
 
 
+@struct.dataclass
+class Resampling:
+  """RePaint resampling (Lugmayr et al. 2022), with loop counts that may vary per voxel.
+
+  After the main step at every anchor index a (a % jump_length == 0 and
+  a + jump_length - 1 <= start), the chain goes `jump_length` steps back up with
+  q(x_m | x_{m-1}) and down again, up to `max_loops` times. `loops_fn(x0_hat, a)`
+  returns how many of those loops each voxel takes part in (an int array that
+  broadcasts against x; x0_hat is the model's x0 estimate of the anchor's main
+  step); a voxel sitting a loop out keeps its value, and a loop in which no voxel
+  takes part is skipped without evaluating the model. `loops_fn=None` means every
+  voxel takes every loop (RePaint's fixed schedule).
+  """
+  jump_length: int = struct.field(pytree_node=False, default=1)
+  max_loops: int = struct.field(pytree_node=False, default=0)
+  loops_fn: object = struct.field(pytree_node=False, default=None)
+
+
+def resampling_ops(start_index, resampling):
+  """The walk as rows (index, is_down, loop): loop 0 is the main pass, 1.. the RePaint loops."""
+  j, rows = resampling.jump_length, []
+  for a in range(start_index, -1, -1):
+    rows.append((a, 1, 0))
+    if resampling.max_loops and a % j == 0 and a + j - 1 <= start_index:
+      for r in range(1, resampling.max_loops + 1):
+        rows += [(m, 0, r) for m in range(a, a + j)]            # up: level m-1 -> m
+        rows += [(m, 1, r) for m in range(a + j - 1, a - 1, -1)]  # down: level m -> m-1
+  return np.asarray(rows, np.int32)
+
+
 def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
            stepper="ddim", eta=0.0, start_index=None, post_step_fn=None,
-           clip_x0=None):
+           clip_x0=None, resampling=None):
   """Runs the reverse chain from index `start_index` (default K-1) down to 0.
 
   Args:
     model_fn: (x_t, t_model) -> model_out, with t_model the int32 (batch,)
-      training timestep `schedule.timesteps[i]`.
+      training timestep `schedule.timesteps[i]` (for a volume, one entry per
+      leading-axis slice, all equal).
     schedule: the (usually respaced) chain to walk.
     x_init: x at index `start_index`, e.g. standard normal noise.
     key: the step at index i uses `jax.random.fold_in(key, i)`.
     parameterization: how to read model_out: eps | x0 | v.
     stepper: a key of STEPPERS.
     eta: DDIM noise scale.
-    start_index: the first index to denoise; may be traced.
-    post_step_fn: optional (x_prev, i, key_i) -> x_prev applied after each step.
-      Its key is `jax.random.fold_in(fold_in(key, i), 1)`, independent of the
-      noise the stepper drew, so it may draw fresh noise with it directly.
+    start_index: the first index to denoise; may be traced unless `resampling`.
+    post_step_fn: optional (x_prev, i, key_i) -> x_prev applied after each
+      step to index i - 1 (e.g. known-region replacement). Its key is
+      `jax.random.fold_in(fold_in(key, i), 1)`, independent of the noise the
+      stepper drew, so it may draw fresh noise with it directly.
     clip_x0: None, or c to clip predicted x0 to [-c, c].
+    resampling: None, or a `Resampling` (then `start_index` must be static).
+      The main pass draws the same keys as without resampling; loop r of anchor
+      a folds (a, r) into the keys.
 
   Returns:
     x at index -1, i.e. the sample.
@@ -256,15 +291,51 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
   if start_index is None:
     start_index = schedule.betas.shape[0] - 1
 
-  def body(n, x):
-    i = start_index - n
-    key_i = jax.random.fold_in(key, i)
+  def down(x, i, key_i):
+    """x at index i -> x at index i - 1; also returns the x0 estimate."""
     t_model = jnp.full((x.shape[0],), schedule.timesteps[i], jnp.int32)
     model_out = model_fn(x, t_model)
-    x = step_fn(schedule, parameterization, x, i, model_out, key_i,
-                eta=eta, clip_x0=clip_x0)
+    x_prev = step_fn(schedule, parameterization, x, i, model_out, key_i,
+                     eta=eta, clip_x0=clip_x0)
     if post_step_fn is not None:
-      x = post_step_fn(x, i, jax.random.fold_in(key_i, 1))
-    return x
+      x_prev = post_step_fn(x_prev, i, jax.random.fold_in(key_i, 1))
+    return x_prev, model_out
 
-  return jax.lax.fori_loop(0, start_index + 1, body, x_init)
+  if resampling is None or not resampling.max_loops:
+    def body(n, x):
+      i = start_index - n
+      return down(x, i, jax.random.fold_in(key, i))[0]
+    return jax.lax.fori_loop(0, start_index + 1, body, x_init)
+
+  def up(x, m, key_m):
+    """x at index m - 1 -> x at index m, by q(x_m | x_{m-1})."""
+    beta = schedule.betas[m]
+    return jnp.sqrt(1.0 - beta) * x + jnp.sqrt(beta) * jax.random.normal(key_m, x.shape, x.dtype)
+
+  def run(carry, op):
+    x, loops = carry
+    i, is_down, r = op[0], op[1], op[2]
+    key_op = jax.random.fold_in(key, i)
+    key_op = jnp.where(r > 0, jax.random.fold_in(jax.random.fold_in(key_op, 7919), r), key_op)
+
+    def main_step(x, loops):
+      x_prev, model_out = down(x, i, key_op)
+      if resampling.loops_fn is not None:
+        x0_hat, _ = predict_x0_eps(schedule, parameterization, x, i, model_out)
+        loops = jnp.broadcast_to(resampling.loops_fn(x0_hat, i), x.shape).astype(jnp.int32)
+      return x_prev, loops
+
+    def loop_step(x, loops):
+      x_new = jax.lax.cond(is_down == 1, lambda: down(x, i, key_op)[0], lambda: up(x, i, key_op))
+      return jnp.where(loops >= r, x_new, x), loops
+
+    def skip(x, loops):
+      return x, loops
+
+    branch = jnp.where(r == 0, 0, jnp.where(jnp.any(loops >= r), 1, 2))
+    return jax.lax.switch(branch, (main_step, loop_step, skip), x, loops), None
+
+  ops = jnp.asarray(resampling_ops(int(start_index), resampling))
+  loops0 = jnp.full(x_init.shape, resampling.max_loops, jnp.int32)
+  (x, _), _ = jax.lax.scan(run, (x_init, loops0), ops)
+  return x
