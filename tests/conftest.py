@@ -24,3 +24,22 @@ def tiny_config(data_cache):
   c = inpaint_axial.get_config("tiny")
   c.data.cache_dir = str(data_cache)
   return c
+
+
+@pytest.fixture(scope="session")
+def slice_model_dirs(data_cache, tmp_path_factory):
+  """Workdirs of tiny axial and coronal inpainting models trained for a few steps.
+
+  Slices are 64x64 so that whole 4 mm volumes (50x59x48) fit: volume shape 64^3.
+  """
+  from configs import inpaint_axial, inpaint_coronal
+  from sciimg_jax import train
+  dirs = {}
+  for name, module in (("axial", inpaint_axial), ("coronal", inpaint_coronal)):
+    c = module.get_config("tiny")
+    c.data.cache_dir = str(data_cache)
+    c.data.image_size = (64, 64)
+    c.train.sample_every = 0
+    dirs[name] = tmp_path_factory.mktemp(f"{name}_model")
+    train.train_and_evaluate(c, dirs[name])
+  return dirs

@@ -1,0 +1,53 @@
+"""Pseudo-healthy 3D inpainting of BraTS-layout folders (or one image/mask pair).
+
+Stage 1 (axial model, from noise) and stage 2 (coronal model, SDEdit from the
+stage-1 volume at t0), with adaptive RePaint resampling; see sciimg_jax/pipeline.py.
+Writes <output_dir>/<case>/<case>-t1n-inference.nii.gz with the input's affine.
+
+  python main.py --config=configs/inpaint.py --workdir=runs/infer \
+      --config.inpaint.input_dir=/data/BraTS-inpainting/val \
+      --config.pipeline.axial_workdir=runs/axial --config.pipeline.coronal_workdir=runs/coronal
+  python main.py --config=configs/inpaint.py --workdir=runs/one \
+      --config.input=case-t1n-voided.nii.gz --config.mask=case-mask.nii.gz ...
+
+Baselines: --config.pipeline.method=axial|coronal|tpdm|average; resampling:
+--config.pipeline.resampling.mode=none|fixed|adaptive.
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_pipeline_config():
+  p = ml_collections.ConfigDict()
+  p.method = "hierarchical"         # hierarchical | axial | coronal | tpdm | average
+  p.axial_workdir = "runs/axial"    # training runs whose latest checkpoints (EMA) are used
+  p.coronal_workdir = "runs/coronal"
+  p.stage1 = ml_collections.ConfigDict(dict(steps=50, stepper="ddim", eta=0.0))
+  p.stage2 = ml_collections.ConfigDict(dict(steps=50, t0=0.5, stepper="ddim", eta=0.0))
+  p.resampling = ml_collections.ConfigDict(dict(
+      mode="adaptive",            # none | fixed | adaptive
+      jump_length=1, max_loops=4, context_width=3, disagreement_scale=0.1))
+  p.spacing = "uniform"
+  p.chunk_size = 32                 # slices per network call
+  p.slice_restriction = True        # evaluate only slices that meet the dilated mask
+  p.mask_dilation = 1
+  return p
+
+
+def get_config(variant=""):
+  c = base.get_base_config()
+  c.job = "inpaint"
+  c.input = ""                      # one voided T1 volume (instead of inpaint.input_dir)
+  c.mask = ""                       # and its mask
+  c.inpaint = ml_collections.ConfigDict(dict(
+      input_dir="", output_dir="", figures=True, progress_bar=True))
+  c.pipeline = get_pipeline_config()
+  c = base.apply_variant(c, variant)
+  if variant == "tiny":
+    c.pipeline.update(dict(chunk_size=8))
+    c.pipeline.stage1.steps = c.pipeline.stage2.steps = 4
+    c.pipeline.resampling.max_loops = 2
+    c.inpaint.progress_bar = False
+  return c

@@ -1,0 +1,107 @@
+"""Volume denoisers: pure functions `(x_t, t) -> epsilon` over a whole volume.
+
+They are built by composition, inside the traced function that samples, from 2D
+networks applied slice by slice along an axis, and combined by averaging or by
+alternating from step to step (TPDM). `diffusion.sample` runs them; inpainting
+(`sciimg_jax.inpainting`) wraps the sampler, not the denoiser. Fusing several
+denoisers with a learned 3D network (Diff-Ensembler) is one more combinator of
+the same shape.
+
+Volumes are (X, Y, Z) arrays in RAS voxel order. A slice along `axis` is
+`np.take(volume, k, axis)`: axial slices are (X, Y) images (axis 2), coronal
+slices (X, Z) (axis 1), sagittal slices (Y, Z) (axis 0), as in
+`data_pipelines.brats_slices`.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.ndimage as ndi
+
+from sciimg_jax import sharding
+
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def active_slices(mask, axis, *, dilation=1, chunk_size=1):
+  """Indices of the slices along `axis` that meet the mask dilated by `dilation` voxels.
+
+  The list is padded (repeating its last entry) to a multiple of `chunk_size`, so
+  that jitted samplers are compiled once per number of chunks, not per case.
+  Returns an int32 array; empty if the mask is empty.
+  """
+  mask = np.asarray(mask) > 0
+  if dilation:
+    mask = ndi.binary_dilation(mask, iterations=dilation)
+  other = tuple(a for a in range(3) if a != axis)
+  idx = np.flatnonzero(mask.any(axis=other)).astype(np.int32)
+  if len(idx) and len(idx) % chunk_size:
+    idx = np.concatenate([idx, np.full(chunk_size - len(idx) % chunk_size, idx[-1], np.int32)])
+  return idx
+
+
+def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None):
+  """A volume denoiser from a 2D network applied to the slices along `axis`.
+
+  Args:
+    apply_2d: (x (B, H, W, 1), cond (B, H, W, C), t (B,)) -> eps (B, H, W, 1).
+    cond: (X, Y, Z, C) conditioning volumes, in the network's channel order.
+    axis: 0, 1 or 2 (see AXES).
+    slices: int array of the slice indices to evaluate (from `active_slices`; its
+      length a multiple of `chunk_size`), or None for every slice. The epsilon of
+      the other slices is 0: the caller must fix their content (known-region
+      replacement does, for slices without any unknown voxel).
+    chunk_size: slices per network call; calls run one after another in
+      `lax.map`, which bounds memory.
+    mesh: if given, each chunk is split over the mesh's 'data' axis.
+
+  Returns:
+    denoise(x_t (X, Y, Z), t) -> eps (X, Y, Z); t is the training timestep, a
+    scalar or a vector of equal entries.
+  """
+  n = cond.shape[axis]
+  if slices is None:
+    slices = np.arange(n, dtype=np.int32)
+    if n % chunk_size:
+      slices = np.concatenate([slices, np.full(chunk_size - n % chunk_size, n - 1, np.int32)])
+  num_chunks = slices.shape[0] // chunk_size
+  cond_slices = jnp.moveaxis(cond, axis, 0)[slices]                 # (A, H, W, C)
+  cond_chunks = cond_slices.reshape((num_chunks, chunk_size) + cond_slices.shape[1:])
+  constrain = ((lambda a: jax.lax.with_sharding_constraint(a, sharding.batch_sharded(mesh)))
+               if mesh is not None else (lambda a: a))
+
+  def denoise(x_t, t):
+    t_batch = jnp.full((chunk_size,), jnp.ravel(t)[0], jnp.int32)
+    moved = jnp.moveaxis(x_t, axis, 0)                                # (S, H, W)
+    x_chunks = moved[slices].reshape((num_chunks, chunk_size) + moved.shape[1:] + (1,))
+
+    def one_chunk(args):
+      x, c = args
+      return apply_2d(constrain(x), constrain(c), t_batch)[..., 0]
+
+    eps = jax.lax.map(one_chunk, (x_chunks, cond_chunks))
+    eps = jnp.zeros_like(moved).at[slices].set(eps.reshape((-1,) + moved.shape[1:]))
+    return jnp.moveaxis(eps, 0, axis)
+
+  return denoise
+
+
+def average(denoisers):
+  """The mean of several denoisers' epsilons (the TOSM/MADM baseline)."""
+  def denoise(x_t, t):
+    return sum(d(x_t, t) for d in denoisers) / len(denoisers)
+  return denoise
+
+
+def alternate(denoisers, timesteps):
+  """TPDM: the denoiser changes from one step to the next, cycling through `denoisers`.
+
+  `timesteps` are the sampling chain's training timesteps (`schedule.timesteps`);
+  step index i uses denoiser i mod n.
+  """
+  timesteps = jnp.asarray(timesteps)
+
+  def denoise(x_t, t):
+    i = jnp.argmax(timesteps == jnp.ravel(t)[0])
+    return jax.lax.switch(i % len(denoisers), [lambda x, d=d: d(x, t) for d in denoisers], x_t)
+  return denoise
