@@ -66,6 +66,20 @@ class SliceModel:
     return tuple(self.config.data.image_size)
 
 
+def slice_model(config, name, mesh, checkpointer=None):
+  """A SliceModel for the training config `config`: EMA parameters restored from the
+  latest checkpoint of `checkpointer`, or a fresh initialisation (benchmarks)."""
+  graphdef, rest, state, _, _ = train.create_train_state(config, mesh)
+  if checkpointer is not None:
+    state = checkpointer.restore(checkpoint.abstract_like(state, sharding.replicated(mesh)), None)
+
+  def apply(params, x, cond, t):
+    return train.model_apply(graphdef, rest, params, x, cond, t).astype(jnp.float32)
+
+  return SliceModel(name=name, axis=volume_denoisers.AXES[name], config=config,
+                    params=state.ema_params, apply=apply)
+
+
 def load_slice_model(workdir, name, mesh):
   """The EMA parameters of the latest checkpoint of a training run in `workdir`."""
   ckpt_dir = pathlib.Path(workdir) / "checkpoints"
@@ -78,15 +92,9 @@ def load_slice_model(workdir, name, mesh):
   config = ml_collections.ConfigDict(ckpt.restore_config())
   if config.data.axis != name:
     raise InputError(workdir, f"holds a {config.data.axis} model, expected {name}")
-  graphdef, rest, state, _, _ = train.create_train_state(config, mesh)
-  state = ckpt.restore(checkpoint.abstract_like(state, sharding.replicated(mesh)), None)
+  model = slice_model(config, name, mesh, ckpt)
   ckpt.close()
-
-  def apply(params, x, cond, t):
-    return train.model_apply(graphdef, rest, params, x, cond, t).astype(jnp.float32)
-
-  return SliceModel(name=name, axis=volume_denoisers.AXES[name], config=config,
-                    params=state.ema_params, apply=apply)
+  return model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -223,6 +223,38 @@ class ResBlock(nnx.Module):
     return skip.astype(h.dtype) + h
 
 
+def _attention_fwd(q, k, v):
+  # q, k, v: (B, heads, L, head_dim), q already scaled. Scores and softmax in float32.
+  s = jnp.einsum("bnld,bnmd->bnlm", q, k, preferred_element_type=jnp.float32)
+  p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
+  return jnp.einsum("bnlm,bnmd->bnld", p, v), (q, k, v, p)
+
+
+def _attention_bwd(res, do):
+  q, k, v, p = res
+  dv = jnp.einsum("bnlm,bnld->bnmd", p, do)
+  dp = jnp.einsum("bnld,bnmd->bnlm", do, v, preferred_element_type=jnp.float32)
+  pf = p.astype(jnp.float32)
+  ds = (pf * (dp - jnp.sum(dp * pf, axis=-1, keepdims=True))).astype(q.dtype)
+  dq = jnp.einsum("bnlm,bnmd->bnld", ds, k)
+  dk = jnp.einsum("bnlm,bnld->bnmd", ds, q)
+  return dq, dk, dv
+
+
+@jax.custom_vjp
+def attention(q, k, v):
+  """softmax(q k^T) v over (B, heads, L, head_dim) arrays; `q` must be pre-scaled.
+
+  A hand-written backward that keeps the probabilities from the forward pass and touches the
+  (B, heads, L, L) tensors as few times as possible: on CPU it is about twice as fast as
+  autodiff through `jax.nn.dot_product_attention`.
+  """
+  return _attention_fwd(q, k, v)[0]
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
+
+
 class Attention(nnx.Module):
   """Spatial multi-head self-attention with a residual connection (MONAI's
   `SpatialAttentionBlock`)."""
@@ -243,9 +275,12 @@ class Attention(nnx.Module):
   def __call__(self, x):
     b, c = x.shape[0], x.shape[-1]
     h = self.norm(x).reshape(b, -1, c)                                # (B, L, C)
-    heads = lambda y: y.reshape(b, -1, self.num_heads, c // self.num_heads)
-    q, k, v = heads(self.query(h)), heads(self.key(h)), heads(self.value(h))
-    y = jax.nn.dot_product_attention(q, k, v).reshape(b, -1, c)
+    d = c // self.num_heads
+    # (B, L, C) -> (B, heads, L, head_dim)
+    heads = lambda y: y.reshape(b, -1, self.num_heads, d).transpose(0, 2, 1, 3)
+    q = heads(self.query(h) * jnp.asarray(d ** -0.5, self.dtype))
+    y = attention(q, heads(self.key(h)), heads(self.value(h)))
+    y = y.transpose(0, 2, 1, 3).reshape(b, -1, c)
     return x.astype(self.dtype) + self.out(y).reshape(x.shape)
 
 
