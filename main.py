@@ -9,12 +9,16 @@ names the file or config key and the problem.
 
 import sys
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from sciimg_jax import xla_flags
 
-from sciimg_jax import jobs
-from sciimg_jax.errors import InputError
+xla_flags.set_cpu_flags()  # before JAX starts
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from sciimg_jax import jobs  # noqa: E402
+from sciimg_jax.errors import InputError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.", required=True)

@@ -20,19 +20,21 @@ jaxlib 0.10 hands convolutions, dots, reductions and elementwise ops to YNNPACK 
 this network its convolutions (weight gradients above all) are slower than XLA's Eigen ones, and
 its elementwise fusions split XLA's loop fusions into separate passes, while its reductions are
 faster; the flag keeps YNNPACK for reductions only. Trainers on CPU should set the same flag
-(`cpu_xla_flags()` below), before JAX is imported.
+(`sciimg_jax.xla_flags.set_cpu_flags()`), before JAX is imported.
 
-Measured (2 CPU cores, AMD EPYC, shared machine, so +-10%; jax/jaxlib 0.10.2, torch 2.13 CPU,
-MONAI 1.5), float32, same command as above:
+Measured (2 CPU cores, AMD EPYC with AVX-512, a machine shared with other jobs, so +-10%;
+jax/jaxlib 0.10.2, torch 2.13 CPU), float32, median ms per step:
 
-  library code as first written (nnx-style GroupNorm by autodiff,
-    jax.nn.dot_product_attention, default XLA flags)         1380 ms/step
-  + hand-written GroupNorm(+SiLU) forward/backward (custom_vjp)   ~1420 (default flags, noisy)
-  + the YNNPACK flag above (reductions only)                 1100 ms/step
-  + hand-written attention backward (custom_vjp)              1017 ms/step
-  MONAI DiffusionModelUNet (torch, oneDNN)                     ~800 ms/step
+  first version (GroupNorm by autodiff, jax.nn.dot_product_attention,
+    default XLA flags)                                            1380
+  + hand-written GroupNorm(+SiLU) forward/backward (custom_vjp)    ~1400 (with default flags)
+  + the YNNPACK flag above (reductions only)                       1100
+  + hand-written attention backward (custom_vjp)                   1009  <- this code
+  same code without the flag (--no-cpu-flags)                      1356
+  MONAI DiffusionModelUNet, same step, 2 torch threads              790
 
-  Model FLOPs per step (XLA cost analysis): 2.08e11.
+  i.e. ours / MONAI = 1.28 on CPU (the command above, quiet machine). Model FLOPs per step
+  (XLA cost analysis): 2.082e11, so 206 GFLOP/s achieved.
 
 What did not help: --xla_cpu_use_onednn, XNNPACK / oneDNN convolution fusions, fast math,
 --xla_cpu_multi_thread_eigen=false, the concurrency-optimized scheduler (all within noise or
@@ -48,22 +50,14 @@ import subprocess
 import sys
 import time
 
+from sciimg_jax import xla_flags
+
 # Dense peak FLOP/s by device kind and compute dtype (SXM parts; no sparsity).
 PEAK_FLOPS = {
     "H100": {"bfloat16": 989e12, "float32": 67e12},
     "H200": {"bfloat16": 989e12, "float32": 67e12},
     "A100": {"bfloat16": 312e12, "float32": 19.5e12},
 }
-
-CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
-
-
-def cpu_xla_flags():
-  """Adds the recommended XLA CPU flag to XLA_FLAGS. Call before importing JAX."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_experimental_ynn_fusion_type" not in flags:
-    os.environ["XLA_FLAGS"] = (flags + " " + CPU_XLA_FLAGS).strip()
-
 
 REFERENCE = dict(spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64, 128),
                  num_res_blocks=2, attention_levels=(False, False, True), num_head_channels=32,
@@ -111,7 +105,7 @@ def parse_args():
   p.add_argument("--peer-python", default=sys.executable,
                  help="python with torch and monai, for --peer monai")
   p.add_argument("--no-cpu-flags", action="store_true",
-                 help=f"do not add {CPU_XLA_FLAGS} to XLA_FLAGS")
+                 help=f"do not add {xla_flags.CPU_FLAGS} to XLA_FLAGS")
   return p.parse_args()
 
 
@@ -131,7 +125,7 @@ def run_peer(args, threads):
 def main():
   args = parse_args()
   if not args.no_cpu_flags:
-    cpu_xla_flags()
+    xla_flags.set_cpu_flags()
 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

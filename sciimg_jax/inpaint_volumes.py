@@ -122,8 +122,12 @@ def check_fits(volume_shape, path, voided, mask):
 
 def save_triplanar(path, voided, mask, result, truth=None):
   """Axial, coronal and sagittal planes through the mask's centre of mass."""
-  centre = [int(round(c)) for c in ndi.center_of_mass(mask)] if mask.any() else [
-      n // 2 for n in voided.shape]
+  labels, n = ndi.label(mask > 0)
+  if n:  # through the largest mask component
+    largest = 1 + int(np.argmax(ndi.sum_labels(mask > 0, labels, range(1, n + 1))))
+    centre = [int(round(c)) for c in ndi.center_of_mass(labels == largest)]
+  else:
+    centre = [n // 2 for n in voided.shape]
   columns = [("input", voided), ("mask", mask), ("result", result)]
   if truth is not None:
     columns.append(("ground truth", truth))

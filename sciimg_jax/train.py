@@ -96,21 +96,16 @@ def create_train_state(config, mesh):
   return graphdef, rest, state, tx, lr
 
 
-def _fresh(state):
-  """Copies of the Variables in `state` owned by the current trace, so dropout may advance them."""
-  return jax.tree.map(lambda x: x, state)
-
-
 def reseed_dropout(graphdef, params, rest, key):
   """`rest` with the dropout stream reset to `key` (a per-step key, so no RNG state is carried)."""
-  model = nnx.merge(graphdef, params, _fresh(rest))
+  model = nnx.merge(graphdef, params, rest, copy=True)  # own Variables, so reseeding may write
   nnx.reseed(model, dropout=key)
   return nnx.split(model, nnx.Param, ...)[2]
 
 
 def model_apply(graphdef, rest, params, x_t, cond, t, train=False):
   """Runs the network on concat(x_t, cond) at timesteps t; dropout is active iff `train`."""
-  model = nnx.merge(graphdef, params, _fresh(rest))
+  model = nnx.merge(graphdef, params, rest, copy=True)
   model.train() if train else model.eval()
   return model(jnp.concatenate([x_t, cond], axis=-1), t)
 

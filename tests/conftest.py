@@ -6,6 +6,10 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 
+from sciimg_jax import xla_flags  # noqa: E402
+
+xla_flags.set_cpu_flags()
+
 import pytest  # noqa: E402
 
 from configs import base  # noqa: E402
