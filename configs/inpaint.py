@@ -1,7 +1,8 @@
 """Pseudo-healthy 3D inpainting of BraTS-layout folders (or one image/mask pair).
 
 Stage 1 (axial model, from noise) and stage 2 (coronal model, SDEdit from the
-stage-1 volume at t0), with adaptive RePaint resampling; see sciimg_jax/pipeline.py.
+stage-1 volume at t0), with RePaint resampling (fixed or adaptive loop counts);
+see sciimg_jax/pipeline.py.
 Writes <output_dir>/<case>/<case>-t1n-inference.nii.gz with the input's affine.
 
   python main.py --config=configs/inpaint.py --workdir=runs/infer \
@@ -27,8 +28,8 @@ def get_pipeline_config():
   p.stage1 = ml_collections.ConfigDict(dict(steps=50, stepper="ddim", eta=0.0))
   p.stage2 = ml_collections.ConfigDict(dict(steps=50, t0=0.5, stepper="ddim", eta=0.0))
   p.resampling = ml_collections.ConfigDict(dict(
-      mode="adaptive",            # none | fixed | adaptive
-      jump_length=1, max_loops=4, context_width=3, disagreement_scale=0.1))
+      mode="fixed",               # none | fixed | adaptive (README: what each buys)
+      jump_length=1, max_loops=4, context_width=3, size_ratio=0.4, disagreement_scale=0.1))
   p.spacing = "uniform"
   p.chunk_size = 32                 # slices per network call
   p.slice_restriction = True        # evaluate only slices that meet the dilated mask

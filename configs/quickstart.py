@@ -2,7 +2,8 @@
 
 Generates MNI152-derived subjects at 4 mm (train and held-out disjoint), trains a
 small axial and a small coronal (x_t, voided, mask) -> epsilon U-Net, inpaints the
-held-out subjects with the hierarchical sampler and with the axial-only baseline,
+held-out subjects with the hierarchical sampler (fixed and adaptive resampling)
+and with the axial-only baseline,
 scores both with the BraTS metrics and prints the comparison (also in
 `comparison.json`). Each training run writes checkpoints, metrics (JSONL +
 TensorBoard) and a PNG of inpainted held-out slices into its folder.
@@ -47,7 +48,7 @@ def get_config(variant=""):
   c.axial = slice_model("axial")
   c.coronal = slice_model("coronal")
   # Methods to compare, "method/resampling" (see sciimg_jax/pipeline.py).
-  c.compare = ("hierarchical/adaptive", "axial/none")
+  c.compare = ("hierarchical/fixed", "hierarchical/adaptive", "axial/none")
   c.inpaint = inpaint.get_config().inpaint
   c.pipeline = inpaint.get_pipeline_config()
   c.pipeline.stage1.steps = 25

@@ -312,30 +312,40 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
     beta = schedule.betas[m]
     return jnp.sqrt(1.0 - beta) * x + jnp.sqrt(beta) * jax.random.normal(key_m, x.shape, x.dtype)
 
+  def noised(x0, level, key_n):
+    """A sample of q(x_level | x0); x0 itself at level -1."""
+    t = jnp.full((x0.shape[0],), jnp.maximum(level, 0), jnp.int32)
+    return jnp.where(level >= 0, q_sample(schedule, x0, t, jax.random.normal(key_n, x0.shape, x0.dtype)), x0)
+
   def run(carry, op):
-    x, loops = carry
+    x, loops, x0_hat = carry
     i, is_down, r = op[0], op[1], op[2]
     key_op = jax.random.fold_in(key, i)
     key_op = jnp.where(r > 0, jax.random.fold_in(jax.random.fold_in(key_op, 7919), r), key_op)
 
-    def main_step(x, loops):
+    def main_step(x, loops, x0_hat):
       x_prev, model_out = down(x, i, key_op)
+      x0_hat, _ = predict_x0_eps(schedule, parameterization, x, i, model_out)
       if resampling.loops_fn is not None:
-        x0_hat, _ = predict_x0_eps(schedule, parameterization, x, i, model_out)
         loops = jnp.broadcast_to(resampling.loops_fn(x0_hat, i), x.shape).astype(jnp.int32)
-      return x_prev, loops
+      return x_prev, loops, x0_hat
 
-    def loop_step(x, loops):
-      x_new = jax.lax.cond(is_down == 1, lambda: down(x, i, key_op)[0], lambda: up(x, i, key_op))
-      return jnp.where(loops >= r, x_new, x), loops
+    def loop_step(x, loops, x0_hat):
+      # Voxels sitting this loop out keep their value, but the network sees them at
+      # the walk's current level: a fresh q-sample of their x0 estimate.
+      takes_part = loops >= r
+      level = jnp.where(is_down == 1, i, i - 1)
+      x_in = jnp.where(takes_part, x, noised(x0_hat, level, jax.random.fold_in(key_op, 2)))
+      x_new = jax.lax.cond(is_down == 1, lambda: down(x_in, i, key_op)[0], lambda: up(x_in, i, key_op))
+      return jnp.where(takes_part, x_new, x), loops, x0_hat
 
-    def skip(x, loops):
-      return x, loops
+    def skip(x, loops, x0_hat):
+      return x, loops, x0_hat
 
     branch = jnp.where(r == 0, 0, jnp.where(jnp.any(loops >= r), 1, 2))
-    return jax.lax.switch(branch, (main_step, loop_step, skip), x, loops), None
+    return jax.lax.switch(branch, (main_step, loop_step, skip), x, loops, x0_hat), None
 
   ops = jnp.asarray(resampling_ops(int(start_index), resampling))
   loops0 = jnp.full(x_init.shape, resampling.max_loops, jnp.int32)
-  (x, _), _ = jax.lax.scan(run, (x_init, loops0), ops)
+  (x, _, _), _ = jax.lax.scan(run, (x_init, loops0, jnp.zeros_like(x_init)), ops)
   return x

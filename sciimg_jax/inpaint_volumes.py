@@ -1,18 +1,33 @@
 """The inpainting job: BraTS-layout NIfTI in, `<case>-t1n-inference.nii.gz` out.
 
+  python main.py --config=configs/inpaint.py --workdir=runs/infer \
+      --config.inpaint.input_dir=/data/BraTS-inpainting/val
+  python main.py --config=configs/inpaint.py --workdir=runs/one \
+      --config.input=C-t1n-voided.nii.gz --config.mask=C-mask.nii.gz
+
 For each case (every folder of `inpaint.input_dir` with `-t1n-voided` and `-mask`,
-or the single pair `--config.input` / `--config.mask`):
-  1. load and check the voided image and the mask (3D, finite, same shape and affine);
-  2. normalise as in BraTS practice (`intensity.percentile_range` of the voided image);
-  3. centre pad/crop to the inpainter's `volume_shape` (only background may be cut);
-  4. inpaint (`pipeline.VolumeInpainter`), undo the crop and the normalisation;
-  5. write `<output_dir>/<case>/<case>-t1n-inference.nii.gz` with the input's shape,
-     affine and header, equal to the input voxel for voxel outside the mask, and a
-     tri-planar PNG (input, mask, result, and ground truth `-t1n` when present).
-A case that fails (see `check_case`) is listed in `workdir/inpaint_summary.json`
-with its reason and the others go on; an empty mask copies the input through.
-Files are written atomically; `timings.json` ({case: seconds}) goes beside the
-predictions for the scoring job.
+or the single pair `input` / `mask`, named after the file without
+`-t1n-voided.nii.gz` or `.nii.gz`):
+  1. load and check the voided image and the mask (3D, finite, same shape and
+     affine, some positive intensity, mask mostly inside the brain: `check_case`);
+  2. normalise as in BraTS practice: the 0.5/99.5 percentiles of the voided image
+     (lower bound clipped at 0) map to [-1, 1] (`intensity`); the voided region is -1;
+  3. centre pad (with -1) / crop to the inpainter's `volume_shape`; a crop may cut
+     only background (`check_fits`);
+  4. inpaint with key `fold_in(key(seed), case_index)`, clip to [-1, 1], undo the
+     crop and the normalisation;
+  5. write `<output_dir>/<case>/<case>-t1n-inference.nii.gz` (float32) with the
+     input's shape, affine and header: the input voxel for voxel outside the mask,
+     the inpainted values inside; and `<case>-triplanar.png` (axial, coronal and
+     sagittal planes through the mask's centre; input, mask, result and the ground
+     truth `-t1n` when present).
+An empty mask copies the input through unchanged (listed as `copied_through`). A
+case that fails is listed with its reason and the others go on; if every case
+fails the job raises InputError. `output_dir` defaults to `workdir/predictions`.
+All files are written atomically; after every case the job rewrites
+`<output_dir>/timings.json` ({case: seconds}, read by the scoring job) and
+`workdir/inpaint_summary.json` (seconds per case, `copied_through`, `failed`
+[{case, error}], settings), so an interrupted run leaves a valid record.
 """
 
 import json
@@ -32,64 +47,111 @@ import tqdm  # noqa: E402
 from absl import logging  # noqa: E402
 
 from data_pipelines import brats_layout  # noqa: E402
+from sciimg_jax import evaluate  # noqa: E402
 from sciimg_jax import figures  # noqa: E402
 from sciimg_jax import intensity  # noqa: E402
 from sciimg_jax import nifti  # noqa: E402
 from sciimg_jax.errors import InputError  # noqa: E402
 
 MAX_MASK_OUTSIDE_BRAIN = 0.5
+PREDICTION_SUFFIX = evaluate.PREDICTION_SUFFIX
+# Besides InputError, what a truncated or corrupt .nii.gz raises while its data is read.
+READ_ERRORS = evaluate.READ_ERRORS
 
 
 def write_json(path, obj):
+  """Writes `obj` as JSON to a temporary file next to `path`, then renames it into place."""
   path = pathlib.Path(path)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=2)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def case_name(path):
+  """'BraTS-GLI-00001-000' for '.../BraTS-GLI-00001-000-t1n-voided.nii.gz'."""
+  name = pathlib.Path(path).name
+  for suffix in ("-t1n-voided.nii.gz", ".nii.gz", ".nii"):
+    if name.endswith(suffix) and len(name) > len(suffix):
+      return name[:-len(suffix)]
+  return name
 
 
 def list_cases(config):
-  """[(case name, voided path, mask path, ground-truth path or None)]."""
-  if config.get("input") or config.get("mask"):
-    if not (config.input and config.mask):
+  """[(case name, voided path, mask path, ground-truth path or None)].
+
+  The ground truth (`-t1n`, only drawn in the figure) is the case folder's, or in
+  single-pair mode a `<case>-t1n.nii.gz` beside the voided file.
+  """
+  input_dir = config.inpaint.input_dir
+  single, mask = config.get("input", ""), config.get("mask", "")
+  if single or mask:
+    if not (single and mask):
       raise InputError("input/mask", "give both --config.input and --config.mask")
-    voided = pathlib.Path(config.input)
-    name = voided.name.replace("-t1n-voided.nii.gz", "").replace(".nii.gz", "")
-    return [(name, voided, pathlib.Path(config.mask), None)]
-  if not config.inpaint.input_dir:
-    raise InputError("inpaint.input_dir", "not set; pass a BraTS folder or --config.input/--config.mask")
+    if input_dir:
+      raise InputError("inpaint.input_dir", "give either a folder or --config.input/--config.mask, "
+                       "not both")
+    voided = pathlib.Path(single)
+    name = case_name(voided)
+    truth = voided.with_name(f"{name}-t1n.nii.gz")
+    return [(name, voided, pathlib.Path(mask), truth if truth.is_file() else None)]
+  if not input_dir:
+    raise InputError("inpaint.input_dir",
+                     "not set; pass a BraTS folder or --config.input/--config.mask")
   cases = []
-  for d in brats_layout.find_cases(config.inpaint.input_dir, required=("t1n-voided", "mask")):
-    gt = brats_layout.case_file(d, "t1n")
-    cases.append((d.name, brats_layout.case_file(d, "t1n-voided"), brats_layout.case_file(d, "mask"),
-                  gt if gt.is_file() else None))
+  for d in brats_layout.find_cases(input_dir, required=("t1n-voided", "mask")):
+    truth = brats_layout.case_file(d, "t1n")
+    cases.append((d.name, brats_layout.case_file(d, "t1n-voided"),
+                  brats_layout.case_file(d, "mask"), truth if truth.is_file() else None))
   return cases
 
 
 def estimated_brain(voided):
-  """Brain estimate from the voided image: closed, hole-filled support of voided > 0.
+  """Brain estimate from the voided image alone (the mask is never counted as brain).
 
-  The voided region is 0 inside the brain; filling holes puts it back in.
+  A voxel is brain if, along at least one of the three axes, the line through it
+  meets support (voided > 0) on both sides (or at the voxel itself). This puts back
+  the voided region, which is 0 inside the brain: a region enclosed by brain (what
+  `binary_fill_holes` would restore) and also one that reaches the brain's surface
+  (which hole filling leaves open), as long as brain remains beside it along some
+  axis. It adds nothing outside a convex brain (a line through an outside voxel meets
+  a convex body on one side only) and, for a real brain, only voxels in its folds,
+  next to the brain; a mask placed in the background stays outside.
   """
-  support = ndi.binary_closing(voided > 0, iterations=2)
-  return ndi.binary_fill_holes(support)
+  support = voided > 0
+  brain = np.zeros(voided.shape, bool)
+  for axis in range(voided.ndim):
+    before = np.logical_or.accumulate(support, axis=axis)
+    after = np.flip(np.logical_or.accumulate(np.flip(support, axis), axis=axis), axis)
+    brain |= before & after
+  return brain
 
 
 def check_case(voided_path, voided, mask_path, mask):
-  """Raises InputError for inputs the inpainter must not see (names the file)."""
+  """Raises InputError for inputs the inpainter must not see (names the file).
+
+  The mask is rejected when more than `MAX_MASK_OUTSIDE_BRAIN` of its voxels lie
+  outside `estimated_brain(voided)`.
+  """
   if not np.any(voided > 0):
     raise InputError(voided_path, "no positive intensities (negative-only or empty image)")
   if mask.any():
-    outside = np.mean(~estimated_brain(voided)[mask > 0])
+    outside = float(np.mean(~estimated_brain(voided)[mask > 0]))
     if outside > MAX_MASK_OUTSIDE_BRAIN:
-      raise InputError(mask_path, f"{outside:.0%} of the mask lies outside the brain")
+      raise InputError(mask_path, f"{outside:.0%} of the mask lies outside the brain "
+                       f"(estimated from {pathlib.Path(voided_path).name})")
 
 
 def pad_crop(volume, shape, fill):
-  """Centre pads with `fill` / crops `volume` to `shape`; returns (result, undo slices/pads)."""
-  out = volume
+  """Centre pads with `fill` / crops `volume` to `shape`; returns (result, undo pads/crops)."""
   pads, crops = [], []
-  for axis, (n, m) in enumerate(zip(volume.shape, shape)):
+  for n, m in zip(volume.shape, shape):
     before = (m - n) // 2 if m >= n else 0
     pads.append((before, m - n - before) if m >= n else (0, 0))
     start = (n - m) // 2 if n > m else 0
@@ -108,26 +170,29 @@ def unpad_crop(volume, undo, original):
 
 
 def check_fits(volume_shape, path, voided, mask):
-  """Cropping to `volume_shape` may only cut background."""
+  """Raises InputError if cropping to `volume_shape` would cut brain or mask voxels."""
   keep = (voided != 0) | (mask > 0)
   for axis, m in enumerate(volume_shape):
     n = voided.shape[axis]
     if n > m:
       start = (n - m) // 2
-      other = tuple(a for a in range(3) if a != axis)
+      other = tuple(a for a in range(voided.ndim) if a != axis)
       profile = keep.any(axis=other)
       if profile[:start].any() or profile[start + m:].any():
-        raise InputError(path, f"brain extends beyond the network's {volume_shape} crop on axis {axis}")
+        first, last = np.flatnonzero(profile)[[0, -1]]
+        raise InputError(
+            path, f"brain or mask spans voxels {first}..{last} on axis {axis}, beyond the "
+            f"centre crop {start}..{start + m - 1} to the inpainter's shape {tuple(volume_shape)}")
 
 
 def save_triplanar(path, voided, mask, result, truth=None):
-  """Axial, coronal and sagittal planes through the mask's centre of mass."""
+  """Axial, coronal and sagittal planes through the centre of the mask's largest part."""
   labels, n = ndi.label(mask > 0)
-  if n:  # through the largest mask component
+  if n:
     largest = 1 + int(np.argmax(ndi.sum_labels(mask > 0, labels, range(1, n + 1))))
     centre = [int(round(c)) for c in ndi.center_of_mass(labels == largest)]
   else:
-    centre = [n // 2 for n in voided.shape]
+    centre = [s // 2 for s in voided.shape]
   columns = [("input", voided), ("mask", mask), ("result", result)]
   if truth is not None:
     columns.append(("ground truth", truth))
@@ -145,69 +210,105 @@ def save_triplanar(path, voided, mask, result, truth=None):
   figures.save_figure(fig, path)
 
 
+def load_truth(truth_path, voided_path, voided_img):
+  """The ground truth for the figure, or None (with a warning) if it cannot be used."""
+  if truth_path is None:
+    return None
+  try:
+    truth, truth_img = nifti.load_volume(truth_path)
+    nifti.check_same_grid(voided_path, voided_img, truth_path, truth_img)
+  except (InputError, *READ_ERRORS) as e:
+    logging.warning("ground truth left out of the figure: %s", e)
+    return None
+  return truth
+
+
 def inpaint_one(config, inpainter, name, voided_path, mask_path, truth_path, out_dir, key):
-  """Inpaints one case; returns 'done' or 'copied'. Raises InputError for bad input."""
+  """Inpaints one case; returns ('done' or 'copied', seconds). Raises InputError for bad input.
+
+  The seconds run from loading to the written prediction (the figure is not counted).
+  """
+  start = time.perf_counter()
   voided, voided_img = nifti.load_volume(voided_path, allow_all_zero=True)
   mask, mask_img = nifti.load_volume(mask_path, allow_all_zero=True)
   nifti.check_same_grid(voided_path, voided_img, mask_path, mask_img)
   mask = (mask > 0.5).astype(np.float32)
   check_case(voided_path, voided, mask_path, mask)
-  out_path = out_dir / name / f"{name}-t1n-inference.nii.gz"
+  out_path = out_dir / name / f"{name}{PREDICTION_SUFFIX}"
   if not mask.any():
-    logging.warning("%s: empty mask, the input is copied through", mask_path)
-    nifti.save_volume(out_path, voided, voided_img.affine, voided_img.header, dtype=np.float32)
-    return "copied"
-  lo, hi = intensity.percentile_range(voided, where=voided_path)
-  check_fits(inpainter.volume_shape, voided_path, voided, mask)
-  x, undo = pad_crop(intensity.normalize(voided, lo, hi), inpainter.volume_shape, -1.0)
-  m, _ = pad_crop(mask, inpainter.volume_shape, 0.0)
-  result = np.asarray(inpainter(x, m, key), np.float32)
-  if not np.all(np.isfinite(result)):
-    raise InputError(voided_path, "the inpainter returned NaN or inf")
-  filled = intensity.denormalize(unpad_crop(result, undo, np.zeros_like(voided)), lo, hi)
-  out = np.where(mask > 0, filled, voided).astype(np.float32)
+    logging.warning("%s: the mask is empty; the voided input is copied through unchanged",
+                    mask_path)
+    out, status = voided, "copied"
+  else:
+    lo, hi = intensity.percentile_range(voided, where=voided_path)
+    check_fits(inpainter.volume_shape, voided_path, voided, mask)
+    x, undo = pad_crop(intensity.normalize(voided, lo, hi), inpainter.volume_shape, -1.0)
+    m, _ = pad_crop(mask, inpainter.volume_shape, 0.0)
+    x = np.where(m > 0, np.float32(-1.0), x)  # the voided region is -1, whatever the file says
+    result = np.asarray(inpainter(x, m, key), np.float32)
+    if result.shape != x.shape or not np.all(np.isfinite(result)):
+      raise InputError(f"inpainter {inpainter.name}",
+                       f"returned shape {result.shape} or NaN/inf for {voided_path}")
+    filled = unpad_crop(np.clip(result, -1.0, 1.0), undo, np.full_like(voided, -1.0))
+    out = np.where(mask > 0, intensity.denormalize(filled, lo, hi), voided)
+    status = "done"
   nifti.save_volume(out_path, out, voided_img.affine, voided_img.header, dtype=np.float32)
-  if config.inpaint.figures:
-    truth = nifti.load_volume(truth_path)[0] if truth_path is not None else None
+  seconds = time.perf_counter() - start
+  if config.inpaint.get("figures", True):
+    truth = load_truth(truth_path, voided_path, voided_img)
     save_triplanar(out_dir / name / f"{name}-triplanar.png", voided, mask, out, truth)
-  return "done"
+  return status, seconds
 
 
 def inpaint_cases(config, workdir, inpainter):
-  """Inpaints every case; returns (and writes) the summary. Raises if every case failed."""
+  """Inpaints every case with `inpainter`; returns (and writes) the summary.
+
+  `inpainter` has `name`, `volume_shape` (X, Y, Z) and is called as
+  `inpainter(voided, mask, key)` on normalised (X, Y, Z) float32 arrays. Raises
+  InputError if there is no case or every case failed.
+  """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   out_dir = pathlib.Path(config.inpaint.output_dir or workdir / "predictions")
   out_dir.mkdir(parents=True, exist_ok=True)
   cases = list_cases(config)
-  summary = dict(inpainter=inpainter.name, output_dir=str(out_dir), done={}, copied_through=[],
-                 failed=[])
+  settings = dict(inpainter=inpainter.name, volume_shape=list(inpainter.volume_shape),
+                  seed=config.seed, input=str(config.inpaint.input_dir or config.get("input")))
+  summary = dict(inpainter=inpainter.name, output_dir=str(out_dir), settings=settings,
+                 done={}, copied_through=[], failed=[])
   base_key = jax.random.key(config.seed)
-  for n, (name, voided, mask, truth) in enumerate(tqdm.tqdm(
-      cases, desc="inpaint", unit="case", disable=not config.inpaint.progress_bar)):
-    start = time.time()
+  bar = tqdm.tqdm(cases, desc="inpaint", unit="case",
+                  disable=not config.inpaint.get("progress_bar", True))
+  for index, (name, voided, mask, truth) in enumerate(bar):
     try:
-      status = inpaint_one(config, inpainter, name, voided, mask, truth, out_dir,
-                           jax.random.fold_in(base_key, n))
+      status, seconds = inpaint_one(config, inpainter, name, voided, mask, truth, out_dir,
+                           jax.random.fold_in(base_key, index))
     except InputError as e:
-      logging.warning("%s failed: %s", name, e)
-      summary["failed"].append(dict(case=name, error=str(e)))
-      continue
-    summary["done"][name] = time.time() - start
-    if status == "copied":
-      summary["copied_through"].append(name)
-  write_json(out_dir / "timings.json", summary["done"])
-  write_json(workdir / "inpaint_summary.json", summary)
-  print(f"{len(summary['done'])} cases inpainted into {out_dir} "
-        f"({len(summary['copied_through'])} copied through), {len(summary['failed'])} failed")
+      status, error = "failed", str(e)
+    except READ_ERRORS as e:
+      status = "failed"
+      error = f"{voided} or {mask}: unreadable NIfTI data ({type(e).__name__}: {e})"
+    if status == "failed":
+      logging.warning("%s failed: %s", name, error)
+      summary["failed"].append(dict(case=name, error=error))
+    else:
+      summary["done"][name] = seconds
+      if status == "copied":
+        summary["copied_through"].append(name)
+    write_json(out_dir / "timings.json", summary["done"])
+    write_json(workdir / "inpaint_summary.json", summary)
+
+  print(f"{len(summary['done'])} done ({len(summary['copied_through'])} copied through "
+        f"unchanged), {len(summary['failed'])} failed; predictions in {out_dir}")
   for f in summary["failed"]:
     print(f"  failed {f['case']}: {f['error']}")
-  if cases and not summary["done"]:
-    raise InputError(config.inpaint.input_dir or config.input, "every case failed (see above)")
+  if not summary["done"]:
+    raise InputError(settings["input"], f"every case failed ({len(cases)}); see "
+                     f"{workdir / 'inpaint_summary.json'}")
   return summary
 
 
 def inpaint_folder(config, workdir):
-  """The `inpaint` job."""
-  from sciimg_jax import pipeline
+  """The `inpaint` job: `inpaint_cases` with the configured `pipeline.build_inpainter`."""
+  from sciimg_jax import pipeline  # noqa: PLC0415 (pipeline imports the models)
   return inpaint_cases(config, workdir, pipeline.build_inpainter(config))

@@ -73,8 +73,9 @@ def save_volume(path, data, affine, header=None, dtype=None):
   header = header.copy() if header is not None else None
   img = nib.Nifti1Image(data, affine, header)
   img.set_data_dtype(data.dtype)
-  img.set_qform(affine, code=1)
-  img.set_sform(affine, code=1)
+  if header is None:  # otherwise keep the input's qform/sform codes
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
   suffix = "".join(path.suffixes) or ".nii.gz"
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
   os.close(fd)

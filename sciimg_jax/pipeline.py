@@ -20,10 +20,10 @@ loop count (`pipeline.resampling.mode`):
                 u_k(i) = round(max_loops * w(i) * s_k * d_k(i))
             loops at anchor step i, where
               w(i) = sqrt(1 - abar_i), the noise level: more loops early, none at the end;
-              s_k = rho_k / (rho_k + 1), rho_k = |R_k| / |C_k|: the unknown region's size
-                    relative to its context C_k, the known brain voxels within
+              s_k = min(1, rho_k / size_ratio), rho_k = |R_k| / |C_k|: the unknown region's
+                    size relative to its context C_k, the known brain voxels within
                     `context_width` voxels of it (large holes with little context get
-                    more loops);
+                    more loops; holes with rho_k >= size_ratio get the full count);
               d_k(i) = min(1, mean_{R_k} |x0_hat_i - x_ref| / disagreement_scale): how far
                     the current x0 estimate is from the other view's result (stage 2: the
                     axial stage-1 volume); 1 when there is no other view (stage 1).
@@ -126,7 +126,7 @@ METHODS = {
 RESAMPLING_MODES = ("none", "fixed", "adaptive")
 
 
-def mask_regions(mask, brain, *, context_width, max_regions=MAX_REGIONS):
+def mask_regions(mask, brain, *, context_width, size_ratio, max_regions=MAX_REGIONS):
   """26-connected mask components and their size term s_k (see module docstring).
 
   Returns (labels (X, Y, Z) int32 with 0 = known, s (max_regions + 1,) float32).
@@ -139,7 +139,7 @@ def mask_regions(mask, brain, *, context_width, max_regions=MAX_REGIONS):
     region = labels == k
     context = ndi.binary_dilation(region, iterations=context_width) & known_brain
     rho = region.sum() / max(context.sum(), 1)
-    s[k] = rho / (rho + 1.0)
+    s[k] = min(1.0, rho / size_ratio)
   return labels, s
 
 
@@ -254,7 +254,8 @@ class VolumeInpainter:
         idx = volume_denoisers.active_slices(mask, model.axis, dilation=p.mask_dilation,
                                              chunk_size=self.chunk_size)
         case[f"slices_{name}"] = idx if len(idx) else np.zeros(self.chunk_size, np.int32)
-    labels, size_term = mask_regions(mask, voided > -1.0, context_width=p.resampling.context_width)
+    labels, size_term = mask_regions(mask, voided > -1.0, context_width=p.resampling.context_width,
+                                     size_ratio=p.resampling.size_ratio)
     case.update(labels=labels, size_term=size_term)
     return case
 

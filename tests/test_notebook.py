@@ -16,9 +16,10 @@ def test_quickstart_notebook_runs(tmp_path):
   nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                           resources={"metadata": {"path": str(ROOT)}}).execute()
   text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-  assert "hierarchical/adaptive" in text and "axial/none" in text
+  methods = {"hierarchical/fixed", "hierarchical/adaptive", "axial/none"}
+  assert all(m in text for m in methods)
   rows = json.loads((tmp_path / "run" / "comparison.json").read_text())
-  assert set(rows) == {"hierarchical/adaptive", "axial/none"}
+  assert set(rows) == methods
   for means in rows.values():
     assert 0 < means["ssim"] <= 1 and means["mse"] > 0 and means["seconds"] > 0
   assert "figures" in text and " 0 figures" not in text

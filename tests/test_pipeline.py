@@ -81,7 +81,7 @@ def test_adaptive_loops_follow_size_and_disagreement():
   mask[2:4, 2:4, 2:4] = 1        # small hole
   mask[10:18, 10:18, 10:18] = 1  # large hole
   brain = np.ones_like(mask)
-  labels, s = pipeline.mask_regions(mask, brain, context_width=1)
+  labels, s = pipeline.mask_regions(mask, brain, context_width=1, size_ratio=4.0)
   assert labels.max() == 2 and 0 < s[1] < s[2] < 1
   from sciimg_jax import diffusion
   sched = diffusion.respace(diffusion.make_schedule(), 10)
@@ -93,7 +93,8 @@ def test_adaptive_loops_follow_size_and_disagreement():
   assert loops[3, 3, 3] < loops[12, 12, 12] <= 8           # bigger hole, more loops
   assert loops[0, 0, 0] == loops[12, 12, 12]               # known voxels follow the busiest
   assert np.asarray(fn(ref + 1.0, 0)).max() < loops.max()  # fewer loops at low noise
-  empty_labels, empty_s = pipeline.mask_regions(np.zeros_like(mask), brain, context_width=1)
+  empty_labels, empty_s = pipeline.mask_regions(np.zeros_like(mask), brain, context_width=1,
+                                                size_ratio=4.0)
   none = pipeline.adaptive_loops(sched, empty_labels, empty_s, None, max_loops=8,
                                  disagreement_scale=0.1)
   assert np.asarray(none(ref, 9)).max() == 0              # no mask: no loops at all
