@@ -19,7 +19,11 @@ Each is timed after one warm-up call (compilation excluded; reported separately)
 import argparse
 import time
 
-import jax
+from sciimg_jax import xla_flags
+
+xla_flags.set_cpu_flags()  # before JAX starts
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 
