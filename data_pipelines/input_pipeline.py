@@ -21,12 +21,9 @@ background).
 
 The training iterator is a grain `DataLoaderIterator`: infinite, reshuffled every
 epoch from `seed`, sharded over JAX processes, with `get_state()`/`set_state()`.
-Checkpoint it with orbax next to the train state:
-
-    mgr.save(step, args=ocp.args.Composite(state=..., data=iterator_save_args(it)))
-    mgr.restore(step, args=ocp.args.Composite(state=..., data=iterator_restore_args(it)))
-
-Each process writes its own `process_<i>-of-<n>.json`.
+`sciimg_jax.checkpoint` saves it with orbax next to the train state
+(`grain.checkpoint.CheckpointSave` / `CheckpointRestore`; each process writes its own
+`process_<i>-of-<n>.json`).
 """
 
 from absl import flags
@@ -35,20 +32,6 @@ import numpy as np
 
 from data_pipelines import brats_layout
 from data_pipelines import brats_slices
-
-# orbax `CheckpointArgs` classes for a grain iterator (save, restore).
-ITERATOR_CHECKPOINT_ARGS = (grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointRestore)
-
-
-def iterator_save_args(iterator):
-  """orbax args that save `iterator`'s position (use inside `ocp.args.Composite`)."""
-  return grain.checkpoint.CheckpointSave(iterator)
-
-
-def iterator_restore_args(iterator):
-  """orbax args that restore a saved position into `iterator` (in place)."""
-  return grain.checkpoint.CheckpointRestore(iterator)
-
 
 def slice_sources(data_config, source_dirs, cache_dir):
   """Builds the slice dataset if needed; returns {split: random-access data source}.

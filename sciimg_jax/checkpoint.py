@@ -6,6 +6,8 @@ One `CheckpointManager` per workdir with three items:
   config  the run's config as JSON.
 """
 
+import os
+
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -15,6 +17,7 @@ class Checkpointer:
   """Saves and restores (state, data iterator, config) under `directory`."""
 
   def __init__(self, directory, max_to_keep=3, save_interval_steps=1):
+    directory = os.path.abspath(os.fspath(directory))  # orbax's OCDBT store wants absolute paths
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True)
     self.manager = ocp.CheckpointManager(

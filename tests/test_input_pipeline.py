@@ -266,18 +266,15 @@ def test_train_iterator_orbax_checkpoint(dirs, tmp_path):
   _take(it, 5)
   with ocp.CheckpointManager(tmp_path / "ckpt") as mgr:
     mgr.save(5, args=ocp.args.Composite(
-        step=ocp.args.JsonSave({"step": 5}), data=input_pipeline.iterator_save_args(it)))
+        step=ocp.args.JsonSave({"step": 5}), data=grain.checkpoint.CheckpointSave(it)))
     mgr.wait_until_finished()
   want = _take(it, 4)
   it2 = make()
   with ocp.CheckpointManager(tmp_path / "ckpt") as mgr:
     restored = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(
-        step=ocp.args.JsonRestore(), data=input_pipeline.iterator_restore_args(it2)))
+        step=ocp.args.JsonRestore(), data=grain.checkpoint.CheckpointRestore(it2)))
   assert restored["step"] == {"step": 5}
   _assert_same(_take(it2, 4), want)
-  save_cls, restore_cls = input_pipeline.ITERATOR_CHECKPOINT_ARGS
-  assert isinstance(input_pipeline.iterator_save_args(it), save_cls)
-  assert isinstance(input_pipeline.iterator_restore_args(it), restore_cls)
 
 
 def test_process_shards_are_disjoint(dirs):

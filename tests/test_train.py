@@ -75,8 +75,9 @@ def test_resume_is_exact(tiny_config, tmp_path):
   assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
 
 
-def test_run_writes_outputs(tiny_config, tmp_path):
-  state = train.train_and_evaluate(tiny_config, tmp_path)
+def test_run_writes_outputs(tiny_config, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path.parent)  # a relative workdir, as in the README's command
+  state = train.train_and_evaluate(tiny_config, tmp_path.name)
   assert int(state.step) == tiny_config.train.num_steps
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "loss" in r] == [2, 4]
