@@ -6,8 +6,8 @@
 Volume: 240x240x155 (scaled by --scale), an ellipsoidal lesion-size mask (radii 22,
 18, 14 voxels at full scale), random-initialised reference networks (2D, in 3,
 out 1, channels 32/64/128, 2 res blocks, attention at the lowest level; timing
-does not depend on the weights), no resampling loops (`resampling.mode = 'none'`). Axial slices are padded to a multiple of 16,
-coronal slices likewise. Prints seconds for stage 1 (axial, from noise), stage 2
+does not depend on the weights), no resampling loops (`resampling.mode = 'none'`).
+Axial slices are padded to a multiple of 16, coronal slices likewise. Prints seconds for stage 1 (axial, from noise), stage 2
 (coronal, SDEdit from t0) and the total:
   jit            the whole sampler under one jit, only slices that meet the mask
   jit-all        the same, every slice evaluated
