@@ -8,6 +8,7 @@ and is renamed into place, so a crash never leaves a half-written output.
 import os
 import pathlib
 import tempfile
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -39,11 +40,14 @@ def load_image(path):
 def load_volume(path, *, allow_all_zero=False):
   """Returns (float32 array, nibabel image) for a 3D NIfTI volume.
 
-  Raises InputError if the file is missing, not 3D, contains NaN/inf or (unless
+  Raises InputError if the file is missing, unreadable, not 3D, contains NaN/inf or (unless
   `allow_all_zero`) is zero everywhere.
   """
   img = load_image(path)
-  data = np.asarray(img.dataobj, dtype=np.float32)
+  try:
+    data = np.asarray(img.dataobj, dtype=np.float32)
+  except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .nii.gz
+    raise InputError(path, f"unreadable NIfTI data ({type(e).__name__}: {e})") from None
   if not np.all(np.isfinite(data)):
     raise InputError(path, f"{int(np.sum(~np.isfinite(data)))} voxels are NaN or inf")
   if not allow_all_zero and not np.any(data):

@@ -65,3 +65,8 @@ def test_missing_and_unreadable_files(tmp_path):
   bad.write_bytes(b"not a nifti")
   with pytest.raises(InputError, match="not a readable NIfTI"):
     nifti.load_volume(bad)
+  truncated = tmp_path / "truncated.nii.gz"
+  nifti.save_volume(truncated, np.random.default_rng(0).normal(size=(20, 20, 20)), np.eye(4))
+  truncated.write_bytes(truncated.read_bytes()[:-200])   # the header still reads
+  with pytest.raises(InputError, match="truncated.nii.gz: unreadable NIfTI data"):
+    nifti.load_volume(truncated)
