@@ -51,6 +51,7 @@ from scipy import ndimage
 import tqdm
 
 from data_pipelines import brats_layout
+from sciimg_jax import atomic_files
 from sciimg_jax import nifti
 from sciimg_jax.errors import InputError
 
@@ -414,10 +415,7 @@ def _read_manifest(out_dir):
 
 
 def _write_manifest(out_dir, manifest):
-  fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=out_dir)
-  with os.fdopen(fd, "w") as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
-  os.replace(tmp, out_dir / MANIFEST)
+  atomic_files.write_json(out_dir / MANIFEST, manifest, sort_keys=True)
 
 
 def generate(out_dir, *, num_train, num_eval, resolution_mm=4, seed=0, progress=True):

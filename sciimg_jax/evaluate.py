@@ -22,15 +22,14 @@ summary and the others go on. Writes, atomically:
 import csv
 import io
 import json
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 import tqdm
 from absl import logging
 
 from data_pipelines import brats_layout
+from sciimg_jax import atomic_files
 from sciimg_jax import brats_metrics
 from sciimg_jax import nifti
 from sciimg_jax.errors import InputError
@@ -75,20 +74,6 @@ def _load_timings(folder, name):
   if not isinstance(timings, dict):
     raise InputError(path, "expected a JSON object {case: seconds}")
   return timings
-
-
-def _write_atomic(path, text):
-  """Writes `text` to a temporary file next to `path`, then renames it into place."""
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def summarize(rows, failed, columns):
@@ -153,10 +138,10 @@ def evaluate_folder(config, workdir):
   writer = csv.DictWriter(out, fieldnames=("case",) + columns, lineterminator="\n")
   writer.writeheader()
   writer.writerows(rows)
-  _write_atomic(workdir / "scores.csv", out.getvalue())
+  atomic_files.write_text(workdir / "scores.csv", out.getvalue())
 
   summary = summarize(rows, failed, columns)
   summary.update(predictions=str(predictions), ground_truth=str(cfg.ground_truth))
-  _write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  atomic_files.write_json(workdir / "summary.json", summary)
   print(format_table(summary))
   return summary

@@ -1,8 +1,6 @@
 """PNG figures, written atomically."""
 
-import os
 import pathlib
-import tempfile
 
 import matplotlib
 
@@ -10,21 +8,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sciimg_jax import atomic_files  # noqa: E402
+
 
 def save_figure(fig, path):
   """Saves a matplotlib figure to `path` via a temporary file and a rename."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-  os.close(fd)
   try:
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_files.atomic_path(path) as tmp:
+      fig.savefig(tmp, dpi=100, bbox_inches="tight")
   finally:
     plt.close(fig)
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-  return path
+  return pathlib.Path(path)
 
 
 def save_inpainting_grid(path, *, voided, mask, result, target=None):

@@ -30,10 +30,7 @@ All files are written atomically; after every case the job rewrites
 [{case, error}], settings), so an interrupted run leaves a valid record.
 """
 
-import json
-import os
 import pathlib
-import tempfile
 import time
 
 import jax
@@ -47,6 +44,7 @@ import tqdm  # noqa: E402
 from absl import logging  # noqa: E402
 
 from data_pipelines import brats_layout  # noqa: E402
+from sciimg_jax import atomic_files  # noqa: E402
 from sciimg_jax import evaluate  # noqa: E402
 from sciimg_jax import figures  # noqa: E402
 from sciimg_jax import intensity  # noqa: E402
@@ -55,21 +53,6 @@ from sciimg_jax.errors import InputError  # noqa: E402
 
 MAX_MASK_OUTSIDE_BRAIN = 0.5
 PREDICTION_SUFFIX = evaluate.PREDICTION_SUFFIX
-
-
-def write_json(path, obj):
-  """Writes `obj` as JSON to a temporary file next to `path`, then renames it into place."""
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def case_name(path):
@@ -290,8 +273,8 @@ def inpaint_cases(config, workdir, inpainter):
       summary["done"][name] = seconds
       if status == "copied":
         summary["copied_through"].append(name)
-    write_json(out_dir / "timings.json", summary["done"])
-    write_json(workdir / "inpaint_summary.json", summary)
+    atomic_files.write_json(out_dir / "timings.json", summary["done"])
+    atomic_files.write_json(workdir / "inpaint_summary.json", summary)
 
   print(f"{len(summary['done'])} done ({len(summary['copied_through'])} copied through "
         f"unchanged), {len(summary['failed'])} failed; predictions in {out_dir}")

@@ -5,14 +5,13 @@ Writing is atomic: the volume goes to a temporary file in the destination folder
 and is renamed into place, so a crash never leaves a half-written output.
 """
 
-import os
 import pathlib
-import tempfile
 import zlib
 
 import nibabel as nib
 import numpy as np
 
+from sciimg_jax import atomic_files
 from sciimg_jax.errors import InputError
 
 AFFINE_ATOL = 1e-3
@@ -69,8 +68,6 @@ def check_same_grid(ref_path, ref_img, path, img):
 
 def save_volume(path, data, affine, header=None, dtype=None):
   """Writes a NIfTI volume atomically (temporary file in the same folder, then rename)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   data = np.asarray(data)
   if dtype is not None:
     data = data.astype(dtype)
@@ -80,14 +77,6 @@ def save_volume(path, data, affine, header=None, dtype=None):
   if header is None:  # otherwise keep the input's qform/sform codes
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-  suffix = "".join(path.suffixes) or ".nii.gz"
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-  os.close(fd)
-  try:
+  with atomic_files.atomic_path(path) as tmp:
     nib.save(img, tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return path
+  return pathlib.Path(path)

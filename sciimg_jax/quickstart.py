@@ -11,15 +11,13 @@
 Each step resumes: trained models are reused, as are finished inpaintings.
 """
 
-import json
-import os
 import pathlib
-import tempfile
 import time
 
 import ml_collections
 
 from data_pipelines import sources
+from sciimg_jax import atomic_files
 from sciimg_jax import evaluate
 from sciimg_jax import inpaint_volumes
 from sciimg_jax import pipeline
@@ -27,14 +25,6 @@ from sciimg_jax import train
 
 COLUMNS = (("ssim", "SSIM"), ("psnr", "PSNR"), ("mse", "MSE"), ("discontinuity_mean", "discont."),
            ("seconds", "s/volume"))
-
-
-def write_json(path, obj):
-  """Writes JSON via a temporary file and a rename."""
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
 
 
 def format_table(rows):
@@ -69,5 +59,5 @@ def run_quickstart(config, workdir):
 
   table = format_table(rows)
   print("\nHeld-out embedded subjects, inpainted and scored as in BraTS:\n" + table)
-  write_json(workdir / "comparison.json", rows)
+  atomic_files.write_json(workdir / "comparison.json", rows)
   return rows

@@ -13,7 +13,6 @@ What a run writes to its workdir:
   samples/step_<n>.png       held-out slices: voided | mask | inpainted | ground truth
 """
 
-import json
 import logging
 import pathlib
 

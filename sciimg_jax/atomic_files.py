@@ -1,0 +1,37 @@
+"""Atomic file writes: write to a temporary file in the destination folder, then rename.
+
+A crash or an exception while writing never leaves a half-written file under the
+final name, and the temporary file is removed.
+"""
+
+import contextlib
+import json
+import os
+import pathlib
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+  """Yields a temporary path next to `path` (same suffixes); renames it to `path` on success."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes),
+                             dir=path.parent)
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def write_text(path, text):
+  with atomic_path(path) as tmp:
+    pathlib.Path(tmp).write_text(text)
+  return pathlib.Path(path)
+
+
+def write_json(path, obj, **dump_kwargs):
+  return write_text(path, json.dumps(obj, indent=2, **dump_kwargs) + "\n")
