@@ -163,6 +163,10 @@ def adaptive_loops(schedule, labels, size_term, reference, *, max_loops, disagre
   return loops_fn
 
 
+# The conditioning channels of the slice models, in any order.
+CONDITIONS = ("t1n-voided", "mask")
+
+
 class VolumeInpainter:
   """Inpaints normalised volumes with the configured method (see `sciimg_jax.inpaint_volumes`).
 
@@ -192,9 +196,9 @@ class VolumeInpainter:
       for key in ("schedule", "num_timesteps", "beta_start", "beta_end", "parameterization"):
         if m.config.diffusion[key] != d[key]:
           raise InputError("pipeline", f"the axial and coronal models differ in diffusion.{key}")
-      for key in ("t1n-voided", "mask"):
-        if key not in m.config.data.conditions:
-          raise InputError("pipeline", f"the {m.name} model is not conditioned on {key!r}")
+      if sorted(m.config.data.conditions) != sorted(CONDITIONS):
+        raise InputError("pipeline", f"the {m.name} model is conditioned on "
+                         f"{list(m.config.data.conditions)}; inpainting needs {list(CONDITIONS)}")
     self.train_schedule = diffusion.make_schedule(d.schedule, d.num_timesteps, d.beta_start,
                                                   d.beta_end)
     self.parameterization = d.parameterization
@@ -215,8 +219,8 @@ class VolumeInpainter:
       return (volume_denoisers.average(parts) if name == "average"
               else volume_denoisers.alternate(parts, schedule.timesteps))
     model = self.models[name]
-    cond = jnp.stack([case["known"] if c == "t1n-voided" else case["mask"]
-                      for c in model.config.data.conditions], axis=-1)
+    volumes = {"t1n-voided": case["known"], "mask": case["mask"]}
+    cond = jnp.stack([volumes[c] for c in model.config.data.conditions], axis=-1)
     apply = lambda x, c, t: model.apply(params[name], x, c, t)
     return volume_denoisers.slicewise(apply, cond, model.axis, case.get(f"slices_{name}"),
                                       chunk_size=self.chunk_size, mesh=self.mesh)

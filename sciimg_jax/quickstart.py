@@ -21,6 +21,7 @@ from sciimg_jax import atomic_files
 from sciimg_jax import evaluate
 from sciimg_jax import inpaint_volumes
 from sciimg_jax import pipeline
+from sciimg_jax import sharding
 from sciimg_jax import train
 
 COLUMNS = (("ssim", "SSIM"), ("psnr", "PSNR"), ("mse", "MSE"), ("discontinuity_mean", "discont."),
@@ -42,16 +43,18 @@ def run_quickstart(config, workdir):
     train.train_and_evaluate(config[name], workdir / name)
   eval_dir = sources.source_dirs(config.axial.data, workdir / "axial")["eval"]
 
+  mesh = sharding.make_mesh()
+  models = {name: pipeline.load_slice_model(workdir / name, name, mesh)
+            for name in ("axial", "coronal")}
   rows = {}
   for method in config.compare:
     c = ml_collections.ConfigDict(config.to_dict())
     c.pipeline.method, c.pipeline.resampling.mode = method.split("/")
-    c.pipeline.axial_workdir, c.pipeline.coronal_workdir = str(workdir / "axial"), str(workdir / "coronal")
     run_dir = workdir / "inpaint" / method.replace("/", "-")
     c.inpaint.input_dir = str(eval_dir)
     c.inpaint.output_dir = str(run_dir / "predictions")
     start = time.time()
-    inpaint_volumes.inpaint_cases(c, run_dir, pipeline.build_inpainter(c))
+    inpaint_volumes.inpaint_cases(c, run_dir, pipeline.VolumeInpainter(c, models, mesh))
     c.evaluate.predictions, c.evaluate.ground_truth = c.inpaint.output_dir, str(eval_dir)
     summary = evaluate.evaluate_folder(c, run_dir)
     rows[method] = {k: v["mean"] for k, v in summary["metrics"].items()}

@@ -1,5 +1,7 @@
 """The hierarchical inpainting sampler on volumes, with tiny trained models."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from data_pipelines import brats_layout
 from data_pipelines import sources
 from sciimg_jax import intensity
 from sciimg_jax import pipeline
+from sciimg_jax.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +101,11 @@ def test_adaptive_loops_follow_size_and_disagreement():
   none = pipeline.adaptive_loops(sched, empty_labels, empty_s, None, max_loops=8,
                                  disagreement_scale=0.1)
   assert np.asarray(none(ref, 9)).max() == 0              # no mask: no loops at all
+
+
+def test_models_with_other_conditions_are_refused(models):
+  config = models["coronal"].config.copy_and_resolve_references()
+  config.data.conditions = ("t1n-voided", "mask", "t2w")
+  other = dataclasses.replace(models["coronal"], config=config)
+  with pytest.raises(InputError, match=r"coronal model is conditioned on .*t2w"):
+    pipeline.VolumeInpainter(inpaint.get_config("tiny"), models={**models, "coronal": other})
