@@ -74,6 +74,11 @@ def make_schedule(name="linear", num_timesteps=1000, beta_start=1e-4,
       num_train_timesteps=num_timesteps)
 
 
+def schedule_from_config(d):
+  """The training schedule of a `config.diffusion` block."""
+  return make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
+
+
 def respace(schedule, num_steps, spacing="uniform"):
   """Keeps `num_steps` indices of `schedule` (improved-DDPM respacing).
 

@@ -199,8 +199,7 @@ class VolumeInpainter:
       if sorted(m.config.data.conditions) != sorted(CONDITIONS):
         raise InputError("pipeline", f"the {m.name} model is conditioned on "
                          f"{list(m.config.data.conditions)}; inpainting needs {list(CONDITIONS)}")
-    self.train_schedule = diffusion.make_schedule(d.schedule, d.num_timesteps, d.beta_start,
-                                                  d.beta_end)
+    self.train_schedule = diffusion.schedule_from_config(d)
     self.parameterization = d.parameterization
     self.stages = METHODS[p.method](p)
     self.schedules, self.starts = [], []
@@ -258,9 +257,10 @@ class VolumeInpainter:
         idx = volume_denoisers.active_slices(mask, model.axis, dilation=p.mask_dilation,
                                              chunk_size=self.chunk_size)
         case[f"slices_{name}"] = idx if len(idx) else np.zeros(self.chunk_size, np.int32)
-    labels, size_term = mask_regions(mask, voided > -1.0, context_width=p.resampling.context_width,
-                                     size_ratio=p.resampling.size_ratio)
-    case.update(labels=labels, size_term=size_term)
+    if p.resampling.mode == "adaptive" and p.resampling.max_loops:  # only adaptive loops use them
+      labels, size_term = mask_regions(mask, voided > -1.0, context_width=p.resampling.context_width,
+                                       size_ratio=p.resampling.size_ratio)
+      case.update(labels=labels, size_term=size_term)
     return case
 
   def __call__(self, voided, mask, key):

@@ -111,8 +111,7 @@ def model_apply(graphdef, rest, params, x_t, cond, t, train=False):
 
 def make_train_step(config, graphdef, rest, tx, lr, mesh):
   """The jitted, data-parallel train step `(state, batch, key) -> (state, metrics)`."""
-  schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps,
-                                     config.diffusion.beta_start, config.diffusion.beta_end)
+  schedule = diffusion.schedule_from_config(config.diffusion)
   param = config.diffusion.parameterization
   ema_decay = config.optim.ema_decay
 
@@ -155,9 +154,7 @@ def known_and_mask(config, cond):
 def make_inpaint_fn(config, graphdef, rest, mesh):
   """Jitted slice inpainting `(params, batch, key) -> x0` with the sampling schedule."""
   d = config.diffusion
-  schedule = diffusion.respace(
-      diffusion.make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end),
-      d.sample_steps, d.spacing)
+  schedule = diffusion.respace(diffusion.schedule_from_config(d), d.sample_steps, d.spacing)
 
   def inpaint(params, batch, key):
     cond = batch["cond"]
