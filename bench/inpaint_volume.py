@@ -17,6 +17,7 @@ Each is timed after one warm-up call (compilation excluded; reported separately)
 """
 
 import argparse
+import functools
 import time
 
 from sciimg_jax import xla_flags
@@ -56,17 +57,24 @@ def make_case(shape, scale):
   return voided, lesion.astype(np.float32)
 
 
+@functools.partial(jax.jit, static_argnames=("stepper", "parameterization", "eta"))
+def step_and_replace(schedule, x, i, model_out, key, known, mask, *, stepper, parameterization,
+                     eta):
+  """One sampler step, then the known region re-imposed (one jitted call per step)."""
+  x = diffusion.STEPPERS[stepper](schedule, parameterization, x, i, model_out,
+                                  jax.random.fold_in(key, i), eta=eta, clip_x0=1.0)
+  return inpainting.known_region_replacement(schedule, known, mask)(
+      x, i, jax.random.fold_in(key, 10_000 + i))
+
+
 def python_loop(inp, voided, mask, key):
   """Stage by stage, step by step, chunk by chunk from Python, as the PyTorch originals do."""
   p = inp.config.pipeline
+  known, mask_d = jnp.asarray(voided), jnp.asarray(mask)
   x = None
   for n, (stage, schedule, start) in enumerate(zip(inp.stages, inp.schedules, inp.starts)):
     model = inp.models[stage.denoiser]
     apply = jax.jit(model.apply)
-    step = jax.jit(lambda s, x, i, out, k: diffusion.ddim_step(s, "eps", x, i, out, k, eta=0.0,
-                                                                clip_x0=1.0))
-    replace = jax.jit(lambda s, x, i, k: inpainting.known_region_replacement(
-        s, jnp.asarray(voided), jnp.asarray(mask))(x, i, k))
     idx = volume_denoisers.active_slices(mask, model.axis, dilation=p.mask_dilation)
     cond = np.moveaxis(np.stack([voided, mask], -1), model.axis, 0)
     noise = jax.random.normal(jax.random.fold_in(key, n), voided.shape)
@@ -82,8 +90,8 @@ def python_loop(inp, voided, mask, key):
         out = apply(model.params, moved[chunk_p][..., None], cond[chunk_p], t)
         eps[chunk] = np.asarray(out)[:len(chunk), ..., 0]
       eps = jnp.asarray(np.moveaxis(eps, 0, model.axis))
-      x = step(schedule, x, i, eps, jax.random.fold_in(key, i))
-      x = replace(schedule, x, i, jax.random.fold_in(key, 10_000 + i))
+      x = step_and_replace(schedule, x, i, eps, key, known, mask_d, stepper=stage.stepper,
+                           parameterization=inp.parameterization, eta=stage.eta)
   return np.asarray(x)
 
 
