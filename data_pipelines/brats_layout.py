@@ -21,6 +21,9 @@ from sciimg_jax.errors import InputError
 IMAGE_KEYS = ("t1n", "t1n-voided", "t2w", "t2f", "t1n-inference")
 MASK_KEYS = ("mask", "mask-healthy", "mask-unhealthy", "mask-brain")
 ALL_KEYS = IMAGE_KEYS + MASK_KEYS
+# Slice axes of a BraTS volume in RAS voxel order: axial = vol[:, :, k], and so on. Training
+# slices (brats_slices) and slice-wise denoising (volume_denoisers) both cut along these.
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 def case_file(case_dir, key):

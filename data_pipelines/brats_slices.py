@@ -48,7 +48,7 @@ from data_pipelines import brats_layout
 from sciimg_jax import intensity
 from sciimg_jax.errors import InputError
 
-AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+AXES = brats_layout.AXES
 SELECTIONS = ("brain", "mask")
 # The anatomical directions (nibabel axis codes) each voxel axis should follow.
 _EXPECTED_CODES = ({"L", "R"}, {"A", "P"}, {"S", "I"})

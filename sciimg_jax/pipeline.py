@@ -76,7 +76,7 @@ def slice_model(config, name, mesh, checkpointer=None):
   def apply(params, x, cond, t):
     return train.model_apply(graphdef, rest, params, x, cond, t).astype(jnp.float32)
 
-  return SliceModel(name=name, axis=volume_denoisers.AXES[name], config=config,
+  return SliceModel(name=name, axis=volume_denoisers.AXES[config.data.axis], config=config,
                     params=state.ema_params, apply=apply)
 
 

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage as ndi
 
+from data_pipelines import brats_layout
 from sciimg_jax import sharding
 
-AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+AXES = brats_layout.AXES
 
 
 def active_slices(mask, axis, *, dilation=1, chunk_size=1):
