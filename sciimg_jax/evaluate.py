@@ -35,7 +35,6 @@ from sciimg_jax import nifti
 from sciimg_jax.errors import InputError
 
 GROUND_TRUTH_KEYS = ("t1n", "t1n-voided", "mask-healthy")
-PREDICTION_SUFFIX = "-t1n-inference.nii.gz"
 METRICS = ("ssim", "psnr", "mse", "ssim_3d", "discontinuity_x", "discontinuity_y",
            "discontinuity_z", "discontinuity_mean")
 
@@ -43,8 +42,8 @@ METRICS = ("ssim", "psnr", "mse", "ssim_3d", "discontinuity_x", "discontinuity_y
 def prediction_path(folder, case):
   """`folder/case/case-t1n-inference.nii.gz` if that exists, else the flat file name."""
   folder = pathlib.Path(folder)
-  nested = folder / case / f"{case}{PREDICTION_SUFFIX}"
-  return nested if nested.is_file() else folder / f"{case}{PREDICTION_SUFFIX}"
+  nested = brats_layout.case_file(folder / case, "t1n-inference")
+  return nested if nested.is_file() else folder / nested.name
 
 
 def score_case(case_dir, pred_path, dilation):

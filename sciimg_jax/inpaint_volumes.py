@@ -45,14 +45,12 @@ from absl import logging  # noqa: E402
 
 from data_pipelines import brats_layout  # noqa: E402
 from sciimg_jax import atomic_files  # noqa: E402
-from sciimg_jax import evaluate  # noqa: E402
 from sciimg_jax import figures  # noqa: E402
 from sciimg_jax import intensity  # noqa: E402
 from sciimg_jax import nifti  # noqa: E402
 from sciimg_jax.errors import InputError  # noqa: E402
 
 MAX_MASK_OUTSIDE_BRAIN = 0.5
-PREDICTION_SUFFIX = evaluate.PREDICTION_SUFFIX
 
 
 def case_name(path):
@@ -215,7 +213,7 @@ def inpaint_one(config, inpainter, name, voided_path, mask_path, truth_path, out
   nifti.check_same_grid(voided_path, voided_img, mask_path, mask_img)
   mask = (mask > 0.5).astype(np.float32)
   check_case(voided_path, voided, mask_path, mask)
-  out_path = out_dir / name / f"{name}{PREDICTION_SUFFIX}"
+  out_path = brats_layout.case_file(out_dir / name, "t1n-inference")
   if not mask.any():
     logging.warning("%s: the mask is empty; the voided input is copied through unchanged",
                     mask_path)
