@@ -9,7 +9,7 @@ names the file or config key and the problem.
 
 import sys
 
-from sciimg_jax import xla_flags
+from sciimg_jax.core import xla_flags
 
 xla_flags.set_cpu_flags()  # before JAX starts
 
@@ -18,7 +18,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from sciimg_jax import jobs  # noqa: E402
-from sciimg_jax.errors import InputError  # noqa: E402
+from sciimg_jax.core.errors import InputError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.", required=True)

@@ -20,7 +20,7 @@ import argparse
 import functools
 import time
 
-from sciimg_jax import xla_flags
+from sciimg_jax.core import xla_flags
 
 xla_flags.set_cpu_flags()  # before JAX starts
 
@@ -29,12 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import base
-from configs import inpaint
-from sciimg_jax import diffusion
-from sciimg_jax import inpainting
-from sciimg_jax import pipeline
-from sciimg_jax import sharding
-from sciimg_jax import volume_denoisers
+from configs.inpainting import inpaint
+from sciimg_jax.core.diffusion import schedules
+from sciimg_jax.core.diffusion import steppers
+from sciimg_jax.inpainting import known_region
+from sciimg_jax.inpainting import slice_models
+from sciimg_jax.inpainting import volume_sampler
+from sciimg_jax.core import sharding
+from sciimg_jax.core.diffusion import volume_denoisers
 
 
 def reference_model(axis, image_size):
@@ -61,9 +63,9 @@ def make_case(shape, scale):
 def step_and_replace(schedule, x, i, model_out, key, known, mask, *, stepper, parameterization,
                      eta):
   """One sampler step, then the known region re-imposed (one jitted call per step)."""
-  x = diffusion.STEPPERS[stepper](schedule, parameterization, x, i, model_out,
+  x = steppers.STEPPERS[stepper](schedule, parameterization, x, i, model_out,
                                   jax.random.fold_in(key, i), eta=eta, clip_x0=1.0)
-  return inpainting.known_region_replacement(schedule, known, mask)(
+  return known_region.known_region_replacement(schedule, known, mask)(
       x, i, jax.random.fold_in(key, 10_000 + i))
 
 
@@ -78,7 +80,7 @@ def python_loop(inp, voided, mask, key):
     idx = volume_denoisers.active_slices(mask, model.axis, dilation=p.mask_dilation)
     cond = np.moveaxis(np.stack([voided, mask], -1), model.axis, 0)
     noise = jax.random.normal(jax.random.fold_in(key, n), voided.shape)
-    x = noise if x is None else diffusion.q_sample(schedule, x, jnp.full((x.shape[0],), start), noise)
+    x = noise if x is None else schedules.q_sample(schedule, x, jnp.full((x.shape[0],), start), noise)
     for i in range(start, -1, -1):
       moved = np.moveaxis(np.asarray(x), model.axis, 0)
       eps = np.zeros_like(moved)
@@ -117,8 +119,8 @@ def main():
   padded = tuple(-(-n // 16) * 16 for n in shape)
   voided, mask = make_case(padded, args.scale)
   mesh = sharding.make_mesh()
-  models = {"axial": pipeline.slice_model(reference_model("axial", padded[:2]), "axial", mesh),
-            "coronal": pipeline.slice_model(reference_model("coronal", (padded[0], padded[2])),
+  models = {"axial": slice_models.slice_model(reference_model("axial", padded[:2]), "axial", mesh),
+            "coronal": slice_models.slice_model(reference_model("coronal", (padded[0], padded[2])),
                                             "coronal", mesh)}
   print(f"JAX {jax.__version__} on {jax.device_count()} {jax.devices()[0].device_kind}; volume "
         f"{shape} padded to {padded}; mask {int(mask.sum())} voxels; {args.steps} steps per stage, "
@@ -132,7 +134,7 @@ def main():
     c.pipeline.resampling.mode = "none"
     c.pipeline.stage1.steps = c.pipeline.stage2.steps = args.steps
     c.pipeline.stage2.t0 = args.t0
-    return pipeline.VolumeInpainter(c, models=models, mesh=mesh)
+    return volume_sampler.VolumeInpainter(c, models=models, mesh=mesh)
 
   key = jax.random.key(0)
   runs = {"jit": True, "jit-all": False}

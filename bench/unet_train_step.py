@@ -55,7 +55,7 @@ import subprocess
 import sys
 import time
 
-from sciimg_jax import xla_flags
+from sciimg_jax.core import xla_flags
 
 # Dense peak FLOP/s by device kind and compute dtype (SXM parts; no sparsity).
 PEAK_FLOPS = {
@@ -139,7 +139,7 @@ def main():
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from sciimg_jax.models.unet import UNet  # pylint: disable=g-import-not-at-top
+  from sciimg_jax.core.models.unet import UNet  # pylint: disable=g-import-not-at-top
 
   dtype = jnp.dtype(args.dtype)
   model = UNet(**REFERENCE, dtype=dtype, rngs=nnx.Rngs(0))

@@ -1,11 +1,15 @@
-"""Defaults shared by every job; each job file starts from `get_base_config()`."""
+"""Defaults shared by every job; each job file starts from `get_base_config()`.
+
+Variants (`configs/<job>.py:<variant>` on the command line) are data: a dict of
+dotted config keys and their values, applied by `apply_variant`.
+"""
 
 import ml_collections
 
 
 def get_base_config():
   c = ml_collections.ConfigDict()
-  c.job = "train"
+  c.job = ""                     # set by each job file (a key of sciimg_jax.jobs.JOBS)
   c.seed = 0
 
   # Data: a BraTS-layout folder, or '' for the embedded MNI152-derived data.
@@ -63,33 +67,44 @@ def get_base_config():
   c.train.log_every = 100
   c.train.checkpoint_every = 5_000
   c.train.max_checkpoints = 3
-  c.train.sample_every = 10_000      # PNG of sampled held-out slices; 0 = never
+  c.train.eval_every = 10_000        # the task's evaluation (sample figures); 0 = never
   c.train.num_sample_images = 4
   c.train.progress_bar = True
   return c
 
 
-def tiny(c):
-  """Seconds-scale settings for tests: 4 mm embedded data, 32 px slices, a small U-Net."""
-  c.data.synthetic.update(dict(num_train=3, num_eval=2, resolution_mm=4))
-  c.data.image_size = (32, 32)
-  c.data.batch_size = 4
-  c.model.update(dict(channels=(8, 16), num_res_blocks=1, attention_levels=(False, True),
-                      num_head_channels=8, num_groups=4))
-  c.diffusion.sample_steps = 4
-  c.optim.warmup_steps = 2
-  c.train.update(dict(num_steps=4, compute_dtype="float32", log_every=2, checkpoint_every=2, sample_every=4,
-                      num_sample_images=4, progress_bar=False))
+# Seconds-scale settings for tests: 4 mm embedded data, 32 px slices, a small U-Net.
+TINY = {
+    "data.synthetic.num_train": 3, "data.synthetic.num_eval": 2,
+    "data.synthetic.resolution_mm": 4,
+    "data.image_size": (32, 32), "data.batch_size": 4,
+    "model.channels": (8, 16), "model.num_res_blocks": 1, "model.attention_levels": (False, True),
+    "model.num_head_channels": 8, "model.num_groups": 4,
+    "diffusion.sample_steps": 4,
+    "optim.warmup_steps": 2,
+    "train.num_steps": 4, "train.compute_dtype": "float32", "train.log_every": 2,
+    "train.checkpoint_every": 2, "train.eval_every": 4, "train.num_sample_images": 4,
+    "train.progress_bar": False,
+}
+
+
+def set_keys(c, values, prefix=""):
+  """Sets `c[prefix + key] = value` for the dotted keys of `values`; returns c."""
+  for dotted, value in values.items():
+    *path, last = (prefix + dotted).split(".")
+    node = c
+    for name in path:
+      node = node[name]
+    if last not in node:
+      raise KeyError(f"variant sets unknown config key {prefix + dotted!r}")
+    node[last] = value
   return c
 
 
-VARIANTS = {"tiny": tiny}
-
-
-def apply_variant(c, variant):
-  """Applies the named variant (`config.py:variant` on the command line)."""
+def apply_variant(c, variant, variants):
+  """Applies `variants[variant]` (dotted keys -> values) to `c`; '' applies nothing."""
   if variant:
-    if variant not in VARIANTS:
-      raise ValueError(f"unknown config variant {variant!r}; known: {', '.join(VARIANTS)}")
-    VARIANTS[variant](c)
+    if variant not in variants:
+      raise ValueError(f"unknown config variant {variant!r}; known: {', '.join(variants)}")
+    set_keys(c, variants[variant])
   return c

@@ -14,12 +14,13 @@ TensorBoard) and a PNG of inpainted held-out slices into its folder.
 import ml_collections
 
 from configs import base
-from configs import inpaint
-from configs import inpaint_evaluate
+from configs.inpainting import evaluate as inpaint_evaluate
+from configs.inpainting import inpaint
 
 
 def slice_model(axis):
   c = base.get_base_config()
+  c.job = "inpaint_train"
   c.data.synthetic.update(dict(num_train=24, num_eval=4, resolution_mm=4))
   c.data.axis = axis
   c.data.slices = "mask"
@@ -36,9 +37,22 @@ def slice_model(axis):
   c.train.num_steps = 400
   c.train.log_every = 25
   c.train.checkpoint_every = 200
-  c.train.sample_every = 400
+  c.train.eval_every = 400
   c.train.num_sample_images = 4
   return c
+
+
+# The tiny slice models: 64 px so that whole 4 mm volumes fit; attention at 16x16, not
+# 32x32 (256 tokens a slice instead of 1024: 16x less work).
+TINY_SLICE_MODEL = {**base.TINY, "data.image_size": (64, 64), "model.channels": (8, 16, 16),
+                    "model.attention_levels": (False, False, True), "train.eval_every": 0}
+
+
+VARIANTS = {"tiny": {
+    **{f"{name}.{k}": v for name in ("axial", "coronal") for k, v in TINY_SLICE_MODEL.items()},
+    "pipeline.stage1.steps": 4, "pipeline.stage2.steps": 4, "pipeline.chunk_size": 8,
+    "inpaint.progress_bar": False, "evaluate.progress_bar": False,
+}}
 
 
 def get_config(variant=""):
@@ -47,7 +61,7 @@ def get_config(variant=""):
   c.seed = 0
   c.axial = slice_model("axial")
   c.coronal = slice_model("coronal")
-  # Methods to compare, "method/resampling" (see sciimg_jax/pipeline.py).
+  # Methods to compare, "method/resampling" (see sciimg_jax/inpainting/volume_sampler.py).
   c.compare = ("hierarchical/fixed", "hierarchical/adaptive", "axial/none")
   c.inpaint = inpaint.get_config().inpaint
   c.pipeline = inpaint.get_pipeline_config()
@@ -55,16 +69,4 @@ def get_config(variant=""):
   c.pipeline.stage2.steps = 25
   c.pipeline.resampling.max_loops = 2
   c.evaluate = inpaint_evaluate.get_config().evaluate
-  if variant == "tiny":
-    for name in ("axial", "coronal"):
-      base.tiny(c[name])
-      c[name].data.image_size = (64, 64)
-      # Attention at 16x16, not 32x32: 256 tokens a slice instead of 1024 (16x less work).
-      c[name].model.update(dict(channels=(8, 16, 16), attention_levels=(False, False, True)))
-      c[name].train.sample_every = 0
-    c.pipeline.stage1.steps = c.pipeline.stage2.steps = 4
-    c.pipeline.chunk_size = 8
-    c.inpaint.progress_bar = c.evaluate.progress_bar = False
-  elif variant:
-    raise ValueError(f"unknown config variant {variant!r}; known: tiny")
-  return c
+  return base.apply_variant(c, variant, VARIANTS)

@@ -15,15 +15,12 @@ import pathlib
 
 import numpy as np
 
-from sciimg_jax import nifti
-from sciimg_jax.errors import InputError
+from sciimg_jax.core import nifti
+from sciimg_jax.core.errors import InputError
 
 IMAGE_KEYS = ("t1n", "t1n-voided", "t2w", "t2f", "t1n-inference")
 MASK_KEYS = ("mask", "mask-healthy", "mask-unhealthy", "mask-brain")
 ALL_KEYS = IMAGE_KEYS + MASK_KEYS
-# Slice axes of a BraTS volume in RAS voxel order: axial = vol[:, :, k], and so on. Training
-# slices (brats_slices) and slice-wise denoising (volume_denoisers) both cut along these.
-AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 def case_file(case_dir, key):
@@ -67,16 +64,23 @@ class Case:
 
 
 def load_case(case_dir, keys=("t1n", "t1n-voided", "mask"), optional=()):
-  """Loads the volumes `keys` (and `optional` ones that exist) of one case.
+  """Loads the volumes `keys` (and `optional` ones that exist) of one case folder.
+
+  See `load_volumes` for the checks.
+  """
+  case_dir = pathlib.Path(case_dir)
+  keys = list(keys) + [k for k in optional if case_file(case_dir, k).is_file()]
+  return load_volumes(case_dir.name, {key: case_file(case_dir, key) for key in keys})
+
+
+def load_volumes(name, paths):
+  """A `Case` named `name` from {key: NIfTI path} (a case folder's files or loose ones).
 
   Every volume must be 3D, finite and share the shape and affine of the first;
   image volumes must not be zero everywhere. Masks are binarised at 0.5.
   """
-  case_dir = pathlib.Path(case_dir)
-  keys = list(keys) + [k for k in optional if case_file(case_dir, k).is_file()]
   volumes, ref = {}, None
-  for key in keys:
-    path = case_file(case_dir, key)
+  for key, path in paths.items():
     is_mask = key in MASK_KEYS
     data, img = nifti.load_volume(path, allow_all_zero=is_mask)
     if ref is None:
@@ -84,5 +88,5 @@ def load_case(case_dir, keys=("t1n", "t1n-voided", "mask"), optional=()):
     else:
       nifti.check_same_grid(ref[0], ref[1], path, img)
     volumes[key] = (data > 0.5).astype(np.float32) if is_mask else data
-  return Case(name=case_dir.name, directory=case_dir, volumes=volumes,
+  return Case(name=name, directory=pathlib.Path(ref[0]).parent, volumes=volumes,
               affine=ref[1].affine, header=ref[1].header)

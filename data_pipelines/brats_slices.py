@@ -45,10 +45,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import brats_layout
-from sciimg_jax import intensity
-from sciimg_jax.errors import InputError
+from sciimg_jax.core import intensity
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.core.volumes import AXES
 
-AXES = brats_layout.AXES
 SELECTIONS = ("brain", "mask")
 # The anatomical directions (nibabel axis codes) each voxel axis should follow.
 _EXPECTED_CODES = ({"L", "R"}, {"A", "P"}, {"S", "I"})

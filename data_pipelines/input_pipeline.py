@@ -32,6 +32,7 @@ import numpy as np
 
 from data_pipelines import brats_layout
 from data_pipelines import brats_slices
+from sciimg_jax.core.volumes import center_pad_crop
 
 def slice_sources(data_config, source_dirs, cache_dir):
   """Builds the slice dataset if needed; returns {split: random-access data source}.
@@ -44,29 +45,6 @@ def slice_sources(data_config, source_dirs, cache_dir):
       target=data_config.target, conditions=tuple(data_config.conditions),
       cache_dir=cache_dir)
   return {split: builder.as_data_source(split) for split in source_dirs}
-
-
-def center_pad_crop(x, size, fill=0.0):
-  """Centre pads (with `fill`, scalar or per channel) or crops the first two dims of `x`.
-
-  The offset is floor(|difference| / 2) either way, so applying it again with the
-  original size undoes it (up to the cropped-away border).
-  """
-  x = np.asarray(x)
-  out = np.empty(tuple(size) + x.shape[2:], dtype=x.dtype)
-  out[...] = fill
-  src, dst = [], []
-  for n, m in zip(x.shape[:2], size):
-    if m >= n:
-      off = (m - n) // 2
-      src.append(slice(0, n))
-      dst.append(slice(off, off + n))
-    else:
-      off = (n - m) // 2
-      src.append(slice(off, off + m))
-      dst.append(slice(0, m))
-  out[tuple(dst)] = x[tuple(src)]
-  return out
 
 
 def restore_slice_shape(x, orig_hw, fill=-1.0):

@@ -51,9 +51,9 @@ from scipy import ndimage
 import tqdm
 
 from data_pipelines import brats_layout
-from sciimg_jax import atomic_files
-from sciimg_jax import nifti
-from sciimg_jax.errors import InputError
+from sciimg_jax.core import atomic_files
+from sciimg_jax.core import nifti
+from sciimg_jax.core.errors import InputError
 
 VERSION = 1
 RESOLUTIONS_MM = (1, 2, 4)

@@ -1,15 +1,18 @@
-"""The jobs `main.py` can run, keyed by `config.job`."""
+"""The jobs `main.py` can run, keyed by `config.job`.
 
-from sciimg_jax import evaluate
-from sciimg_jax import inpaint_volumes
-from sciimg_jax import quickstart
-from sciimg_jax import train
-from sciimg_jax.errors import InputError
+This is the one module that sees every method; the core never imports it.
+"""
+
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.inpainting import inpaint_job
+from sciimg_jax.inpainting import quickstart
+from sciimg_jax.inpainting import scoring_job
+from sciimg_jax.inpainting import slice_task
 
 JOBS = {
-    "train": train.train_and_evaluate,
-    "inpaint": inpaint_volumes.inpaint_folder,
-    "inpaint_evaluate": evaluate.evaluate_folder,
+    "inpaint_train": slice_task.train_slice_model,
+    "inpaint": inpaint_job.inpaint_folder,
+    "inpaint_evaluate": scoring_job.evaluate_folder,
     "quickstart": quickstart.run_quickstart,
 }
 

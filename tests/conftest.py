@@ -6,7 +6,7 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 
-from sciimg_jax import xla_flags  # noqa: E402
+from sciimg_jax.core import xla_flags  # noqa: E402
 
 xla_flags.set_cpu_flags()
 
@@ -24,7 +24,7 @@ def data_cache(tmp_path_factory):
 @pytest.fixture
 def tiny_config(data_cache):
   """The tiny axial inpainting config, with the shared data cache."""
-  from configs import inpaint_axial
+  from configs.inpainting import axial as inpaint_axial
   c = inpaint_axial.get_config("tiny")
   c.data.cache_dir = str(data_cache)
   return c
@@ -36,14 +36,14 @@ def slice_model_dirs(data_cache, tmp_path_factory):
 
   Slices are 64x64 so that whole 4 mm volumes (50x59x48) fit: volume shape 64^3.
   """
-  from configs import inpaint_axial, inpaint_coronal
-  from sciimg_jax import train
+  from configs.inpainting import axial as inpaint_axial, coronal as inpaint_coronal
+  from sciimg_jax.inpainting import slice_task
   dirs = {}
   for name, module in (("axial", inpaint_axial), ("coronal", inpaint_coronal)):
     c = module.get_config("tiny")
     c.data.cache_dir = str(data_cache)
     c.data.image_size = (64, 64)
-    c.train.sample_every = 0
+    c.train.eval_every = 0
     dirs[name] = tmp_path_factory.mktemp(f"{name}_model")
-    train.train_and_evaluate(c, dirs[name])
+    slice_task.train_slice_model(c, dirs[name])
   return dirs

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from skimage import metrics as skmetrics
 
-from configs import inpaint_evaluate
-from sciimg_jax import brats_metrics as bm
-from sciimg_jax import evaluate
-from sciimg_jax import nifti
-from sciimg_jax.errors import InputError
+from configs.inpainting import evaluate as inpaint_evaluate
+from sciimg_jax.inpainting import brats_metrics as bm
+from sciimg_jax.inpainting import scoring_job
+from sciimg_jax.core import nifti
+from sciimg_jax.core.errors import InputError
 
 # Produced once, not at test time, by running the challenge's `generate_metrics` steps
 # (github.com/BraTS-inpainting/inpainting, inpainting/challenge_metrics_2023.py) on
@@ -157,12 +157,12 @@ def test_evaluate_folder(tmp_path):
   assert config.job == "inpaint_evaluate"
   config.evaluate.predictions = str(pred_root)
   config.evaluate.ground_truth = str(gt_root)
-  summary = evaluate.evaluate_folder(config, workdir)
+  summary = scoring_job.evaluate_folder(config, workdir)
 
   with open(workdir / "scores.csv") as f:
     rows = list(csv.DictReader(f))
   assert [r["case"] for r in rows] == names[:2]
-  assert list(rows[0]) == ["case", *evaluate.METRICS, "seconds"]
+  assert list(rows[0]) == ["case", *scoring_job.METRICS, "seconds"]
   expected = [bm.official_scores(*toy_case(seed=i)) for i in range(2)]
   for row, exp in zip(rows, expected):
     for key in ("ssim", "psnr", "mse"):

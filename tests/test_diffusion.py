@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sciimg_jax import diffusion
-from sciimg_jax.errors import InputError
+from sciimg_jax.core.diffusion import sampler
+from sciimg_jax.core.diffusion import schedules
+from sciimg_jax.core.diffusion import steppers
+from sciimg_jax.core.errors import InputError
 
 # Inputs shared by the MONAI reference checks: shape (1, 1, 2, 3).
 X_T = np.array([0.3, -1.2, 0.8, 0.05, -0.6, 1.5], np.float32).reshape(1, 1, 2, 3)
@@ -60,7 +62,7 @@ def _close(actual, expected, rtol=2e-5, atol=2e-6):
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 def test_schedule_is_monotone(name):
-  s = diffusion.make_schedule(name, 1000)
+  s = schedules.make_schedule(name, 1000)
   betas, abar = np.asarray(s.betas), np.asarray(s.alphas_cumprod)
   assert betas.shape == abar.shape == (1000,)
   assert np.all(betas > 0) and np.all(betas < 1)
@@ -75,14 +77,14 @@ def test_schedule_matches_monai(name, expected):
   # We compute in float64; MONAI's float32 cumprod drifts by up to 5e-5
   # (relative) at t=999 of the cosine schedule (MONAI run in float64 gives
   # 2.42876691e-09, our value), hence rtol=1e-4.
-  abar = diffusion.make_schedule(name, 1000).alphas_cumprod
+  abar = schedules.make_schedule(name, 1000).alphas_cumprod
   _close(abar[np.array([0, 499, 999])], expected, rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize("spacing", ["uniform", "linspace"])
 def test_respace_keeps_alphas_cumprod(spacing):
-  full = diffusion.make_schedule("cosine", 1000)
-  s = diffusion.respace(full, 50, spacing)
+  full = schedules.make_schedule("cosine", 1000)
+  s = schedules.respace(full, 50, spacing)
   t = np.asarray(s.timesteps)
   assert t.shape == (50,) and t.dtype == np.int32 and np.all(np.diff(t) > 0)
   if spacing == "uniform":
@@ -95,18 +97,18 @@ def test_respace_keeps_alphas_cumprod(spacing):
   _close(np.cumprod(1.0 - np.asarray(s.betas, np.float64)), s.alphas_cumprod, rtol=1e-5)
   assert s.num_train_timesteps == 1000
   # Respacing twice maps back to the original timesteps.
-  twice = diffusion.respace(s, 10, spacing)
+  twice = schedules.respace(s, 10, spacing)
   np.testing.assert_array_equal(np.asarray(twice.timesteps),
-                                t[np.asarray(diffusion.respace(
-                                    diffusion.make_schedule("cosine", 50), 10, spacing).timesteps)])
+                                t[np.asarray(schedules.respace(
+                                    schedules.make_schedule("cosine", 50), 10, spacing).timesteps)])
 
 
 def test_q_sample_mean_and_variance():
-  s = diffusion.make_schedule("linear", 1000)
+  s = schedules.make_schedule("linear", 1000)
   t = jnp.array([10, 300, 900], jnp.int32)
   x0 = jnp.array([0.7, -0.4, 1.0])[:, None] * jnp.ones((3, 100_000))
   noise = jax.random.normal(KEY, x0.shape)
-  x_t = jax.jit(diffusion.q_sample)(s, x0, t, noise)
+  x_t = jax.jit(schedules.q_sample)(s, x0, t, noise)
   abar = np.asarray(s.alphas_cumprod)[np.asarray(t)]
   n = x0.shape[1]
   # Standard errors with N = 1e5 draws: of the mean, sqrt(var / N); of the
@@ -122,28 +124,28 @@ def test_q_sample_mean_and_variance():
 
 @pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
 def test_target_and_prediction_round_trip(parameterization):
-  s = diffusion.make_schedule("cosine", 1000)
+  s = schedules.make_schedule("cosine", 1000)
   k1, k2 = jax.random.split(KEY)
   x0 = jax.random.normal(k1, (4, 5, 5, 1))
   noise = jax.random.normal(k2, x0.shape)
   t = jnp.array([0, 100, 500, 900], jnp.int32)
-  x_t = diffusion.q_sample(s, x0, t, noise)
-  target = diffusion.training_target(s, parameterization, x0, noise, t)
-  pred_x0, pred_eps = diffusion.predict_x0_eps(s, parameterization, x_t, t, target)
+  x_t = schedules.q_sample(s, x0, t, noise)
+  target = schedules.training_target(s, parameterization, x0, noise, t)
+  pred_x0, pred_eps = schedules.predict_x0_eps(s, parameterization, x_t, t, target)
   _close(pred_x0, x0, rtol=1e-4, atol=2e-4)
   _close(pred_eps, noise, rtol=1e-4, atol=2e-4)
-  assert float(diffusion.diffusion_loss(s, parameterization, target, x0, noise, t)) < 1e-12
+  assert float(schedules.diffusion_loss(s, parameterization, target, x0, noise, t)) < 1e-12
 
 
 def test_loss_gradient_under_jit():
-  s = diffusion.make_schedule("linear", 100)
+  s = schedules.make_schedule("linear", 100)
   x0 = jnp.ones((2, 3))
   noise = jnp.full((2, 3), 0.5)
   t = jnp.array([3, 70], jnp.int32)
   out = jnp.zeros((2, 3))
-  grad = jax.jit(jax.grad(diffusion.diffusion_loss, argnums=2),
+  grad = jax.jit(jax.grad(schedules.diffusion_loss, argnums=2),
                  static_argnums=1)(s, "v", out, x0, noise, t)
-  target = diffusion.training_target(s, "v", x0, noise, t)
+  target = schedules.training_target(s, "v", x0, noise, t)
   _close(grad, 2.0 * (out - target) / out.size)
 
 
@@ -163,12 +165,12 @@ def test_sample_with_oracle_recovers_x0(parameterization, stepper):
   # DDIM with eta=0 keeps x_i on the line through x0 and the true noise; DDPM's
   # last step returns the predicted x0. The oracle is told the original
   # timestep, so a wrong `timesteps` mapping in respace or sample breaks this.
-  full = diffusion.make_schedule("linear", 1000)
-  s = diffusion.respace(full, 20)
+  full = schedules.make_schedule("linear", 1000)
+  s = schedules.respace(full, 20)
   k1, k2 = jax.random.split(KEY)
   x0 = jax.random.uniform(k1, (2, 6, 6, 1), minval=-1, maxval=1)
-  x_init = diffusion.q_sample(s, x0, s.betas.shape[0] - 1, jax.random.normal(k2, x0.shape))
-  run = jax.jit(lambda x, key: diffusion.sample(
+  x_init = schedules.q_sample(s, x0, s.betas.shape[0] - 1, jax.random.normal(k2, x0.shape))
+  run = jax.jit(lambda x, key: sampler.sample(
       _oracle(full, x0, parameterization), s, x, key,
       parameterization=parameterization, stepper=stepper))
   out = run(x_init, jax.random.key(1))
@@ -177,20 +179,20 @@ def test_sample_with_oracle_recovers_x0(parameterization, stepper):
 
 
 def test_ddim_recovers_x0_from_partial_start():
-  full = diffusion.make_schedule("cosine", 1000)
-  s = diffusion.respace(full, 25)
+  full = schedules.make_schedule("cosine", 1000)
+  s = schedules.respace(full, 25)
   x0 = jnp.linspace(-1, 1, 16).reshape(1, 4, 4, 1)
-  x_init = diffusion.q_sample(s, x0, 12, jnp.ones_like(x0))
-  out = jax.jit(lambda x, i: diffusion.sample(_oracle(full, x0, "eps"), s, x, KEY,
+  x_init = schedules.q_sample(s, x0, 12, jnp.ones_like(x0))
+  out = jax.jit(lambda x, i: sampler.sample(_oracle(full, x0, "eps"), s, x, KEY,
                                               start_index=i))(x_init, 12)
   _close(out, x0, rtol=0, atol=1e-4)
 
 
 def _step(stepper, schedule_name, parameterization, i, eta=0.0, num_steps=None, key=KEY):
-  s = diffusion.make_schedule(schedule_name, 1000)
+  s = schedules.make_schedule(schedule_name, 1000)
   if num_steps:
-    s = diffusion.respace(s, num_steps)
-  step = jax.jit(diffusion.STEPPERS[stepper], static_argnums=1)
+    s = schedules.respace(s, num_steps)
+  step = jax.jit(steppers.STEPPERS[stepper], static_argnums=1)
   return step(s, parameterization, jnp.asarray(X_T), i, jnp.asarray(MODEL_OUT), key,
               eta=eta, clip_x0=None)
 
@@ -216,15 +218,15 @@ def test_ddim_step_matches_monai():
 
 
 def test_clip_x0_bounds_the_final_sample():
-  s = diffusion.respace(diffusion.make_schedule("linear", 1000), 10)
+  s = schedules.respace(schedules.make_schedule("linear", 1000), 10)
   x_init = jnp.full((2, 3, 3, 1), 4.0)
-  out = diffusion.sample(lambda x, t: jnp.full_like(x, 5.0), s, x_init, KEY,
+  out = sampler.sample(lambda x, t: jnp.full_like(x, 5.0), s, x_init, KEY,
                          parameterization="x0", clip_x0=1.0)
   _close(out, jnp.ones_like(x_init))
 
 
 def test_sample_calls_hook_and_model_in_order():
-  s = diffusion.respace(diffusion.make_schedule("linear", 1000), 8)
+  s = schedules.respace(schedules.make_schedule("linear", 1000), 8)
   seen_t, seen_i = [], []
   mask = jnp.zeros((2, 4, 4, 1)).at[:, :2].set(1.0)
 
@@ -237,7 +239,7 @@ def test_sample_calls_hook_and_model_in_order():
     assert key.dtype == KEY.dtype
     return jnp.where(mask > 0, 7.0, x)
 
-  run = jax.jit(lambda x, key: diffusion.sample(
+  run = jax.jit(lambda x, key: sampler.sample(
       model_fn, s, x, key, stepper="ddpm", start_index=5, post_step_fn=post_step_fn))
   out = run(jax.random.normal(KEY, mask.shape), KEY)
   jax.effects_barrier()
@@ -250,29 +252,29 @@ def test_sample_calls_hook_and_model_in_order():
 
 
 def test_sample_noise_depends_on_key():
-  s = diffusion.respace(diffusion.make_schedule("linear", 1000), 5)
+  s = schedules.respace(schedules.make_schedule("linear", 1000), 5)
   x = jnp.zeros((1, 3, 3, 1))
   model_fn = lambda x, t: jnp.zeros_like(x)
-  a = diffusion.sample(model_fn, s, x, jax.random.key(1), stepper="ddim", eta=1.0)
-  b = diffusion.sample(model_fn, s, x, jax.random.key(1), stepper="ddim", eta=1.0)
-  c = diffusion.sample(model_fn, s, x, jax.random.key(2), stepper="ddim", eta=1.0)
+  a = sampler.sample(model_fn, s, x, jax.random.key(1), stepper="ddim", eta=1.0)
+  b = sampler.sample(model_fn, s, x, jax.random.key(1), stepper="ddim", eta=1.0)
+  c = sampler.sample(model_fn, s, x, jax.random.key(2), stepper="ddim", eta=1.0)
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
 
 
 def test_unknown_names_raise_input_error():
-  s = diffusion.make_schedule("linear", 10)
+  s = schedules.make_schedule("linear", 10)
   x = jnp.zeros((1, 2))
   t = jnp.zeros((1,), jnp.int32)
   cases = [
-      ("diffusion.schedule", lambda: diffusion.make_schedule("quadratic")),
-      ("diffusion.stepper", lambda: diffusion.sample(lambda x, t: x, s, x, KEY, stepper="euler")),
+      ("diffusion.schedule", lambda: schedules.make_schedule("quadratic")),
+      ("diffusion.stepper", lambda: sampler.sample(lambda x, t: x, s, x, KEY, stepper="euler")),
       ("diffusion.parameterization",
-       lambda: diffusion.sample(lambda x, t: x, s, x, KEY, parameterization="score")),
-      ("diffusion.parameterization", lambda: diffusion.training_target(s, "score", x, x, t)),
-      ("diffusion.parameterization", lambda: diffusion.predict_x0_eps(s, "score", x, t, x)),
-      ("diffusion.spacing", lambda: diffusion.respace(s, 5, "cubic")),
-      ("diffusion.sample_steps", lambda: diffusion.respace(s, 11)),
+       lambda: sampler.sample(lambda x, t: x, s, x, KEY, parameterization="score")),
+      ("diffusion.parameterization", lambda: schedules.training_target(s, "score", x, x, t)),
+      ("diffusion.parameterization", lambda: schedules.predict_x0_eps(s, "score", x, t, x)),
+      ("diffusion.spacing", lambda: schedules.respace(s, 5, "cubic")),
+      ("diffusion.sample_steps", lambda: schedules.respace(s, 11)),
   ]
   for where, fn in cases:
     with pytest.raises(InputError) as info:
@@ -281,8 +283,8 @@ def test_unknown_names_raise_input_error():
 
 
 def test_resampling_ops_walk_levels_consistently():
-  res = diffusion.Resampling(jump_length=3, max_loops=2)
-  ops = diffusion.resampling_ops(10, res)
+  res = sampler.Resampling(jump_length=3, max_loops=2)
+  ops = sampler.resampling_ops(10, res)
   level = 10  # x starts at index 10; down at i needs level i, up at m needs level m - 1
   for i, is_down, r in ops:
     if is_down:
@@ -299,12 +301,12 @@ def test_resampling_ops_walk_levels_consistently():
 
 
 def test_resampling_with_zero_loops_equals_plain_sampling():
-  s = diffusion.respace(diffusion.make_schedule("linear", 1000), 10)
+  s = schedules.respace(schedules.make_schedule("linear", 1000), 10)
   x0 = jnp.linspace(-1, 1, 32).reshape(2, 4, 4, 1)
   model_fn = lambda x, t: jnp.tanh(x + 0.001 * t[:, None, None, None])
   x_init = jax.random.normal(KEY, x0.shape)
-  plain = diffusion.sample(model_fn, s, x_init, KEY, stepper="ddpm")
-  none = diffusion.sample(model_fn, s, x_init, KEY, stepper="ddpm", resampling=diffusion.Resampling(
+  plain = sampler.sample(model_fn, s, x_init, KEY, stepper="ddpm")
+  none = sampler.sample(model_fn, s, x_init, KEY, stepper="ddpm", resampling=sampler.Resampling(
       jump_length=2, max_loops=3, loops_fn=lambda x0_hat, i: jnp.zeros((), jnp.int32)))
   np.testing.assert_array_equal(plain, none)
 
@@ -312,15 +314,15 @@ def test_resampling_with_zero_loops_equals_plain_sampling():
 def test_resampling_moves_only_the_voxels_that_loop():
   # A pointwise model keeps voxels independent, so voxels that sit every loop
   # out must end exactly where plain sampling puts them, and the others not.
-  full = diffusion.make_schedule("linear", 1000)
-  s = diffusion.respace(full, 10)
+  full = schedules.make_schedule("linear", 1000)
+  s = schedules.respace(full, 10)
   x0 = jnp.linspace(-1, 1, 32).reshape(2, 4, 4, 1)
   x_init = jax.random.normal(KEY, x0.shape)
   model_fn = lambda x, t: 0.5 * x
   takes_part = (jnp.arange(x0.size).reshape(x0.shape) % 2).astype(jnp.int32)
-  plain = diffusion.sample(model_fn, s, x_init, KEY, stepper="ddpm")
-  res = diffusion.Resampling(jump_length=1, max_loops=2, loops_fn=lambda x0_hat, i: 2 * takes_part)
-  out = jax.jit(lambda x: diffusion.sample(model_fn, s, x, KEY, stepper="ddpm", resampling=res))(x_init)
+  plain = sampler.sample(model_fn, s, x_init, KEY, stepper="ddpm")
+  res = sampler.Resampling(jump_length=1, max_loops=2, loops_fn=lambda x0_hat, i: 2 * takes_part)
+  out = jax.jit(lambda x: sampler.sample(model_fn, s, x, KEY, stepper="ddpm", resampling=res))(x_init)
   still = takes_part == 0
   np.testing.assert_array_equal(out[still], plain[still])
   assert np.all(np.abs(out - plain)[~still] > 0)
@@ -328,10 +330,10 @@ def test_resampling_moves_only_the_voxels_that_loop():
 
 def test_repaint_harmonises_with_an_oracle():
   # With an oracle model (eps of the true x0), DDIM plus resampling still lands on x0.
-  full = diffusion.make_schedule("linear", 1000)
-  s = diffusion.respace(full, 10)
+  full = schedules.make_schedule("linear", 1000)
+  s = schedules.respace(full, 10)
   x0 = jax.random.uniform(KEY, (1, 6, 6, 1), minval=-1, maxval=1)
   x_init = jax.random.normal(jax.random.key(3), x0.shape)
-  res = diffusion.Resampling(jump_length=2, max_loops=2)
-  out = diffusion.sample(_oracle(full, x0, "eps"), s, x_init, KEY, resampling=res)
+  res = sampler.Resampling(jump_length=2, max_loops=2)
+  out = sampler.sample(_oracle(full, x0, "eps"), s, x_init, KEY, resampling=res)
   _close(out, x0, rtol=0, atol=1e-4)

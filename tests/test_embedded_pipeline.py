@@ -6,7 +6,7 @@ import pytest
 from data_pipelines import brats_layout
 from data_pipelines import input_pipeline
 from data_pipelines import sources
-from sciimg_jax import intensity
+from sciimg_jax.core import intensity
 
 AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
 

@@ -12,9 +12,9 @@ import pytest
 from configs import base
 from data_pipelines import brats_slices
 from data_pipelines import input_pipeline
-from sciimg_jax import intensity
-from sciimg_jax import nifti
-from sciimg_jax.errors import InputError
+from sciimg_jax.core import intensity
+from sciimg_jax.core import nifti
+from sciimg_jax.core.errors import InputError
 
 SHAPE = (24, 28, 20)
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -164,19 +164,6 @@ def test_cache_rebuilds_when_source_changes(tmp_path):
 
 
 # --- batches -----------------------------------------------------------------------
-
-def test_pad_crop_and_restore():
-  x = np.arange(24 * 28, dtype=np.float32).reshape(24, 28, 1)
-  y = input_pipeline.center_pad_crop(x, (32, 24), -1.0)
-  expected = np.full((32, 24, 1), -1.0, np.float32)
-  expected[4:28] = x[:, 2:26]
-  np.testing.assert_array_equal(y, expected)
-  back = input_pipeline.restore_slice_shape(y, (24, 28))
-  np.testing.assert_array_equal(back[:, 2:26], x[:, 2:26])
-  assert np.all(back[:, :2] == -1) and np.all(back[:, 26:] == -1)
-  odd = input_pipeline.center_pad_crop(np.ones((5, 7)), (8, 4), 0.0)
-  assert odd[:1].sum() == 0 and odd[1:6].sum() == 5 * 4 and odd[6:].sum() == 0
-
 
 def test_batch_shapes_dtypes_and_padding(dirs):
   c, sources = _sources(dirs)  # axial: slices are (24, 28) -> (32, 24)

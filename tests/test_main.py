@@ -24,13 +24,13 @@ def assert_one_line_error(proc, *fragments):
 
 
 def test_unknown_config_key(tmp_path):
-  proc = run_main("--config=configs/inpaint_axial.py:tiny", f"--workdir={tmp_path}",
+  proc = run_main("--config=configs/inpainting/axial.py:tiny", f"--workdir={tmp_path}",
                   "--config.train.num_stepz=3")
   assert_one_line_error(proc, "num_stepz")
 
 
 def test_unknown_variant(tmp_path):
-  proc = run_main("--config=configs/inpaint_axial.py:huge", f"--workdir={tmp_path}")
+  proc = run_main("--config=configs/inpainting/axial.py:huge", f"--workdir={tmp_path}")
   assert_one_line_error(proc, "huge")
 
 
@@ -39,6 +39,6 @@ def test_missing_or_empty_data_folder(tmp_path, make):
   root = tmp_path / "brats"
   if make == "empty":
     root.mkdir()
-  proc = run_main("--config=configs/inpaint_axial.py:tiny", f"--workdir={tmp_path / 'w'}",
+  proc = run_main("--config=configs/inpainting/axial.py:tiny", f"--workdir={tmp_path / 'w'}",
                   f"--config.data.root={root}")
   assert_one_line_error(proc, str(root), "not found" if make == "missing" else "no case folders")

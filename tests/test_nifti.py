@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from data_pipelines import brats_layout
-from sciimg_jax import nifti
-from sciimg_jax.errors import InputError
+from sciimg_jax.core import nifti
+from sciimg_jax.core.errors import InputError
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 

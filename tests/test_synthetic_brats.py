@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from data_pipelines import brats_layout
 from data_pipelines import synthetic_brats
-from sciimg_jax.errors import InputError
+from sciimg_jax.core.errors import InputError
 
 KEYS = ("t1n", "t1n-voided", "t2w", "t2f", "mask", "mask-healthy", "mask-unhealthy",
         "mask-brain")

@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 
 from configs import base
-from sciimg_jax import models
-from sciimg_jax.errors import InputError
-from sciimg_jax.models import unet
+from sciimg_jax.core import models
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.core.models import unet
 
 TINY = dict(channels=(8, 16), num_res_blocks=1, attention_levels=(False, True),
             num_head_channels=8, num_groups=4)

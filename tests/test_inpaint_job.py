@@ -1,7 +1,7 @@
 """The inpainting job's real-format input and output, with fake inpainters.
 
 Tiny BraTS-layout cases (27x22x15, an oblique affine, a header description) go
-through `inpaint_volumes.inpaint_cases`; the checks are on the files written.
+through `inpaint_job.inpaint_cases`; the checks are on the files written.
 """
 
 import json
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from configs import inpaint
+from configs.inpainting import inpaint
 from data_pipelines import brats_layout
-from sciimg_jax import intensity
-from sciimg_jax import inpaint_volumes
-from sciimg_jax import nifti
-from sciimg_jax.errors import InputError
+from sciimg_jax.core import intensity
+from sciimg_jax.inpainting import inpaint_job
+from sciimg_jax.core import nifti
+from sciimg_jax.core.errors import InputError
 
 SHAPE = (27, 22, 15)          # x cropped to 24 (odd cut), y padded by 2, z padded by 1
 VOLUME_SHAPE = (24, 24, 16)
@@ -126,7 +126,7 @@ def test_geometry_header_and_values(tmp_path):
   case = make_case(tmp_path / "in", "BraTS-GLI-00001-000",
                    voided_fn=lambda v: np.where(default_mask() > 0, 123.0, v))
   inpainter = ConstantInpainter()
-  summary = inpaint_volumes.inpaint_cases(config_for(tmp_path / "in", figures=True),
+  summary = inpaint_job.inpaint_cases(config_for(tmp_path / "in", figures=True),
                                           tmp_path / "w", inpainter)
   out = nib.load(str(prediction(tmp_path / "w", case.name)))
   voided_path = brats_layout.case_file(case, "t1n-voided")
@@ -167,7 +167,7 @@ def test_scaled_integer_input_is_copied_exactly(tmp_path):
   case = make_case(tmp_path / "in", "BraTS-GLI-00002-000")
   voided_path = brats_layout.case_file(case, "t1n-voided")
   write(voided_path, np.round(read(voided_path) * 2), dtype=np.int16, slope=0.5)
-  inpaint_volumes.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w",
+  inpaint_job.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w",
                                 NeighbourhoodMeanInpainter())
   data = read(prediction(tmp_path / "w", case.name))
   voided, mask = read(voided_path), default_mask() > 0
@@ -176,25 +176,11 @@ def test_scaled_integer_input_is_copied_exactly(tmp_path):
   assert np.all((data[mask] >= lo) & (data[mask] <= hi)) and np.ptp(data[mask]) == 0
 
 
-@pytest.mark.parametrize("shape,target", [((7, 10, 5), (8, 8, 8)), ((9, 6, 11), (4, 9, 11)),
-                                          ((27, 22, 15), (24, 24, 16))])
-def test_pad_crop_round_trip(shape, target):
-  vol = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-  padded, undo = inpaint_volumes.pad_crop(vol, target, -1.0)
-  assert padded.shape == target
-  back = inpaint_volumes.unpad_crop(padded, undo, np.full_like(vol, 7.0))
-  kept = tuple(slice((n - m) // 2, (n - m) // 2 + m) if n > m else slice(None)
-               for n, m in zip(shape, target))
-  np.testing.assert_array_equal(back[kept], vol[kept])
-  assert np.sum(back == 7.0) == vol.size - vol[kept].size        # the cut border comes back
-  assert np.sum(padded == -1.0) == padded.size - vol[kept].size  # the pad is the fill
-
-
 def test_inpainted_values_land_on_their_voxels(tmp_path):
   """A position-coded fill survives the pad/crop and its inverse at the right voxels."""
   mask = ellipsoid(radii=(5, 4, 3)).astype(np.uint8)
   case = make_case(tmp_path / "in", "BraTS-GLI-00003-000", mask=mask)
-  inpaint_volumes.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w", PatternInpainter())
+  inpaint_job.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w", PatternInpainter())
   data = read(prediction(tmp_path / "w", case.name))
   voided = read(brats_layout.case_file(case, "t1n-voided"))
   lo, hi = intensity.percentile_range(voided)
@@ -208,7 +194,7 @@ def test_inpainted_values_land_on_their_voxels(tmp_path):
 def test_crop_that_would_cut_the_brain_fails(tmp_path):
   make_case(tmp_path / "in", "BraTS-GLI-00004-000", brain=ellipsoid(radii=(13.4, 8, 6)))
   good = make_case(tmp_path / "in", "BraTS-GLI-00005-000")
-  summary = inpaint_volumes.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w",
+  summary = inpaint_job.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w",
                                           ConstantInpainter())
   assert list(summary["done"]) == [good.name]
   (failure,) = summary["failed"]
@@ -239,7 +225,7 @@ def test_bad_inputs_are_listed_and_the_others_go_on(tmp_path):
   path = brats_layout.case_file(truncated, "t1n-voided")
   path.write_bytes(path.read_bytes()[:-200])
 
-  summary = inpaint_volumes.inpaint_cases(config_for(root), tmp_path / "w", ConstantInpainter())
+  summary = inpaint_job.inpaint_cases(config_for(root), tmp_path / "w", ConstantInpainter())
   expectations = {
       "BraTS-GLI-00011-000": ("t1n-voided", "NaN or inf"),
       "BraTS-GLI-00012-000": ("t1n-voided", "NaN or inf"),
@@ -268,7 +254,7 @@ def test_bad_inputs_are_listed_and_the_others_go_on(tmp_path):
 def test_empty_mask_copies_the_input_through(tmp_path):
   case = make_case(tmp_path / "in", "BraTS-GLI-00021-000", mask=np.zeros(SHAPE, np.uint8))
   inpainter = ConstantInpainter()
-  summary = inpaint_volumes.inpaint_cases(config_for(tmp_path / "in", figures=True),
+  summary = inpaint_job.inpaint_cases(config_for(tmp_path / "in", figures=True),
                                           tmp_path / "w", inpainter)
   assert summary["copied_through"] == [case.name] and not inpainter.calls
   out = nib.load(str(prediction(tmp_path / "w", case.name)))
@@ -283,13 +269,13 @@ def test_mask_at_the_brain_surface_is_inside_the_brain(tmp_path):
   bite = ellipsoid(centre=(20, 11, 7), radii=(3.5, 3.5, 3.5)) & ellipsoid()
   case = make_case(tmp_path / "in", "BraTS-GLI-00022-000", mask=bite.astype(np.uint8))
   voided = read(brats_layout.case_file(case, "t1n-voided"))
-  brain = inpaint_volumes.estimated_brain(voided)
+  brain = inpaint_job.estimated_brain(voided)
   assert np.mean(~ndi.binary_fill_holes(voided > 0)[bite]) > 0.9  # hole filling misses it
   assert np.mean(~brain[bite]) < 0.3
   assert not np.any(brain & ~ellipsoid())                          # nothing added outside
   beside = ellipsoid(centre=(25, 11, 7), radii=(2.5, 2.5, 2.5))    # just beyond the surface
   assert np.mean(~brain[beside]) > 0.9
-  summary = inpaint_volumes.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w",
+  summary = inpaint_job.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w",
                                           ConstantInpainter())
   assert list(summary["done"]) == [case.name], summary["failed"]
 
@@ -300,7 +286,7 @@ def test_single_pair_keys_and_all_failing(tmp_path):
   c = config_for(tmp_path / "in", figures=False)
   c.seed = 3
   inpainter = ConstantInpainter()
-  inpaint_volumes.inpaint_cases(c, tmp_path / "w", inpainter)
+  inpaint_job.inpaint_cases(c, tmp_path / "w", inpainter)
   expected = [jax.random.key_data(jax.random.fold_in(jax.random.key(3), i)) for i in (0, 1)]
   for call, key in zip(inpainter.calls, expected):
     np.testing.assert_array_equal(jax.random.key_data(call["key"]), key)
@@ -309,7 +295,7 @@ def test_single_pair_keys_and_all_failing(tmp_path):
   single.input = str(brats_layout.case_file(b, "t1n-voided"))
   single.mask = str(brats_layout.case_file(b, "mask"))
   single.inpaint.output_dir = str(tmp_path / "single-out")
-  summary = inpaint_volumes.inpaint_cases(single, tmp_path / "w1", ConstantInpainter())
+  summary = inpaint_job.inpaint_cases(single, tmp_path / "w1", ConstantInpainter())
   assert list(summary["done"]) == [b.name]
   assert (tmp_path / "single-out" / b.name / f"{b.name}-t1n-inference.nii.gz").is_file()
   assert (tmp_path / "w1" / "inpaint_summary.json").is_file()
@@ -317,17 +303,17 @@ def test_single_pair_keys_and_all_failing(tmp_path):
   both = config_for(tmp_path / "in")
   both.input, both.mask = single.input, single.mask
   with pytest.raises(InputError, match="not both"):
-    inpaint_volumes.inpaint_cases(both, tmp_path / "w2", ConstantInpainter())
+    inpaint_job.inpaint_cases(both, tmp_path / "w2", ConstantInpainter())
   half = config_for("")
   half.input = single.input
   with pytest.raises(InputError, match="give both"):
-    inpaint_volumes.inpaint_cases(half, tmp_path / "w2", ConstantInpainter())
+    inpaint_job.inpaint_cases(half, tmp_path / "w2", ConstantInpainter())
 
   bad = config_for("")
   bad.input = str(brats_layout.case_file(a, "t1n"))
   bad.mask = str(tmp_path / "missing-mask.nii.gz")
   with pytest.raises(InputError, match="every case failed"):
-    inpaint_volumes.inpaint_cases(bad, tmp_path / "w3", ConstantInpainter())
+    inpaint_job.inpaint_cases(bad, tmp_path / "w3", ConstantInpainter())
   saved = json.loads((tmp_path / "w3" / "inpaint_summary.json").read_text())
   assert saved["failed"][0]["case"] == "BraTS-GLI-00031-000-t1n"
   assert "missing-mask.nii.gz: file not found" in saved["failed"][0]["error"]

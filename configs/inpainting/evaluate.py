@@ -1,6 +1,6 @@
-"""Scores inpainted volumes as the BraTS inpainting challenge does (`sciimg_jax.evaluate`).
+"""Scores inpainted volumes as the BraTS inpainting challenge does (`sciimg_jax/inpainting/scoring_job.py`).
 
-  python main.py --config=configs/inpaint_evaluate.py --workdir=runs/eval \
+  python main.py --config=configs/inpainting/evaluate.py --workdir=runs/eval \
       --config.evaluate.predictions=runs/infer/predictions \
       --config.evaluate.ground_truth=/data/BraTS-inpainting/val
 """
@@ -8,6 +8,9 @@
 import ml_collections
 
 from configs import base
+
+
+VARIANTS = {"tiny": {**base.TINY, "evaluate.progress_bar": False}}
 
 
 def get_config(variant=""):
@@ -19,7 +22,4 @@ def get_config(variant=""):
   c.evaluate.dilation = 2              # voxels the healthy mask grows by for `discontinuity`
   c.evaluate.timings = "timings.json"  # {case: seconds} in the predictions folder, if present
   c.evaluate.progress_bar = True
-  c = base.apply_variant(c, variant)
-  if variant == "tiny":
-    c.evaluate.progress_bar = False
-  return c
+  return base.apply_variant(c, variant, VARIANTS)

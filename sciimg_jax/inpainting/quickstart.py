@@ -17,12 +17,13 @@ import time
 import ml_collections
 
 from data_pipelines import sources
-from sciimg_jax import atomic_files
-from sciimg_jax import evaluate
-from sciimg_jax import inpaint_volumes
-from sciimg_jax import pipeline
-from sciimg_jax import sharding
-from sciimg_jax import train
+from sciimg_jax.core import atomic_files
+from sciimg_jax.core import sharding
+from sciimg_jax.inpainting import inpaint_job
+from sciimg_jax.inpainting import scoring_job
+from sciimg_jax.inpainting import slice_models
+from sciimg_jax.inpainting import slice_task
+from sciimg_jax.inpainting import volume_sampler
 
 COLUMNS = (("ssim", "SSIM"), ("psnr", "PSNR"), ("mse", "MSE"), ("discontinuity_mean", "discont."),
            ("seconds", "s/volume"))
@@ -40,11 +41,11 @@ def format_table(rows):
 def run_quickstart(config, workdir):
   workdir = pathlib.Path(workdir)
   for name in ("axial", "coronal"):
-    train.train_and_evaluate(config[name], workdir / name)
+    slice_task.train_slice_model(config[name], workdir / name)
   eval_dir = sources.source_dirs(config.axial.data, workdir / "axial")["eval"]
 
   mesh = sharding.make_mesh()
-  models = {name: pipeline.load_slice_model(workdir / name, name, mesh)
+  models = {name: slice_models.load_slice_model(workdir / name, name, mesh)
             for name in ("axial", "coronal")}
   rows = {}
   for method in config.compare:
@@ -54,9 +55,9 @@ def run_quickstart(config, workdir):
     c.inpaint.input_dir = str(eval_dir)
     c.inpaint.output_dir = str(run_dir / "predictions")
     start = time.time()
-    inpaint_volumes.inpaint_cases(c, run_dir, pipeline.VolumeInpainter(c, models, mesh))
+    inpaint_job.inpaint_cases(c, run_dir, volume_sampler.VolumeInpainter(c, models, mesh))
     c.evaluate.predictions, c.evaluate.ground_truth = c.inpaint.output_dir, str(eval_dir)
-    summary = evaluate.evaluate_folder(c, run_dir)
+    summary = scoring_job.evaluate_folder(c, run_dir)
     rows[method] = {k: v["mean"] for k, v in summary["metrics"].items()}
     rows[method]["total_seconds"] = time.time() - start
 

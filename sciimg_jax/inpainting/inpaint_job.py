@@ -44,11 +44,13 @@ import tqdm  # noqa: E402
 from absl import logging  # noqa: E402
 
 from data_pipelines import brats_layout  # noqa: E402
-from sciimg_jax import atomic_files  # noqa: E402
-from sciimg_jax import figures  # noqa: E402
-from sciimg_jax import intensity  # noqa: E402
-from sciimg_jax import nifti  # noqa: E402
-from sciimg_jax.errors import InputError  # noqa: E402
+from sciimg_jax.core import atomic_files  # noqa: E402
+from sciimg_jax.core import figures  # noqa: E402
+from sciimg_jax.core import intensity  # noqa: E402
+from sciimg_jax.core import nifti  # noqa: E402
+from sciimg_jax.core import volumes  # noqa: E402
+from sciimg_jax.core.errors import InputError  # noqa: E402
+from sciimg_jax.inpainting import volume_sampler  # noqa: E402
 
 MAX_MASK_OUTSIDE_BRAIN = 0.5
 
@@ -127,27 +129,6 @@ def check_case(voided_path, voided, mask_path, mask):
                        f"(estimated from {pathlib.Path(voided_path).name})")
 
 
-def pad_crop(volume, shape, fill):
-  """Centre pads with `fill` / crops `volume` to `shape`; returns (result, undo pads/crops)."""
-  pads, crops = [], []
-  for n, m in zip(volume.shape, shape):
-    before = (m - n) // 2 if m >= n else 0
-    pads.append((before, m - n - before) if m >= n else (0, 0))
-    start = (n - m) // 2 if n > m else 0
-    crops.append(slice(start, start + m) if n > m else slice(None))
-  out = np.pad(volume[tuple(crops)], pads, constant_values=fill)
-  return out, (pads, crops)
-
-
-def unpad_crop(volume, undo, original):
-  """Inverse of `pad_crop`: the cropped-away border comes from `original`."""
-  pads, crops = undo
-  inner = volume[tuple(slice(b, volume.shape[i] - a) for i, (b, a) in enumerate(pads))]
-  out = np.array(original, copy=True)
-  out[tuple(crops)] = inner
-  return out
-
-
 def check_fits(volume_shape, path, voided, mask):
   """Raises InputError if cropping to `volume_shape` would cut brain or mask voxels."""
   keep = (voided != 0) | (mask > 0)
@@ -189,13 +170,13 @@ def save_triplanar(path, voided, mask, result, truth=None):
   figures.save_figure(fig, path)
 
 
-def load_truth(truth_path, voided_path, voided_img):
+def load_truth(truth_path, voided_path, case):
   """The ground truth for the figure, or None (with a warning) if it cannot be used."""
   if truth_path is None:
     return None
   try:
     truth, truth_img = nifti.load_volume(truth_path)
-    nifti.check_same_grid(voided_path, voided_img, truth_path, truth_img)
+    nifti.check_same_grid(voided_path, case, truth_path, truth_img)  # a Case has shape, affine
   except InputError as e:
     logging.warning("ground truth left out of the figure: %s", e)
     return None
@@ -208,10 +189,8 @@ def inpaint_one(config, inpainter, name, voided_path, mask_path, truth_path, out
   The seconds run from loading to the written prediction (the figure is not counted).
   """
   start = time.perf_counter()
-  voided, voided_img = nifti.load_volume(voided_path, allow_all_zero=True)
-  mask, mask_img = nifti.load_volume(mask_path, allow_all_zero=True)
-  nifti.check_same_grid(voided_path, voided_img, mask_path, mask_img)
-  mask = (mask > 0.5).astype(np.float32)
+  case = brats_layout.load_volumes(name, {"t1n-voided": voided_path, "mask": mask_path})
+  voided, mask = case.volumes["t1n-voided"], case.volumes["mask"]
   check_case(voided_path, voided, mask_path, mask)
   out_path = brats_layout.case_file(out_dir / name, "t1n-inference")
   if not mask.any():
@@ -221,20 +200,20 @@ def inpaint_one(config, inpainter, name, voided_path, mask_path, truth_path, out
   else:
     lo, hi = intensity.percentile_range(voided, where=voided_path)
     check_fits(inpainter.volume_shape, voided_path, voided, mask)
-    x, undo = pad_crop(intensity.normalize(voided, lo, hi), inpainter.volume_shape, -1.0)
-    m, _ = pad_crop(mask, inpainter.volume_shape, 0.0)
+    x = volumes.center_pad_crop(intensity.normalize(voided, lo, hi), inpainter.volume_shape, -1.0)
+    m = volumes.center_pad_crop(mask, inpainter.volume_shape, 0.0)
     x = np.where(m > 0, np.float32(-1.0), x)  # the voided region is -1, whatever the file says
     result = np.asarray(inpainter(x, m, key), np.float32)
     if result.shape != x.shape or not np.all(np.isfinite(result)):
       raise InputError(f"inpainter {inpainter.name}",
                        f"returned shape {result.shape} or NaN/inf for {voided_path}")
-    filled = unpad_crop(np.clip(result, -1.0, 1.0), undo, np.full_like(voided, -1.0))
+    filled = volumes.center_pad_crop(np.clip(result, -1.0, 1.0), voided.shape, -1.0)
     out = np.where(mask > 0, intensity.denormalize(filled, lo, hi), voided)
     status = "done"
-  nifti.save_volume(out_path, out, voided_img.affine, voided_img.header, dtype=np.float32)
+  nifti.save_volume(out_path, out, case.affine, case.header, dtype=np.float32)
   seconds = time.perf_counter() - start
   if config.inpaint.get("figures", True):
-    truth = load_truth(truth_path, voided_path, voided_img)
+    truth = load_truth(truth_path, voided_path, case)
     save_triplanar(out_dir / name / f"{name}-triplanar.png", voided, mask, out, truth)
   return status, seconds
 
@@ -285,6 +264,5 @@ def inpaint_cases(config, workdir, inpainter):
 
 
 def inpaint_folder(config, workdir):
-  """The `inpaint` job: `inpaint_cases` with the configured `pipeline.build_inpainter`."""
-  from sciimg_jax import pipeline  # noqa: PLC0415 (pipeline imports the models)
-  return inpaint_cases(config, workdir, pipeline.build_inpainter(config))
+  """The `inpaint` job: `inpaint_cases` with the configured `volume_sampler.VolumeInpainter`."""
+  return inpaint_cases(config, workdir, volume_sampler.VolumeInpainter(config))

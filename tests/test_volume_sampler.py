@@ -6,24 +6,24 @@ import jax
 import numpy as np
 import pytest
 
-from configs import inpaint
+from configs.inpainting import inpaint
 from data_pipelines import brats_layout
 from data_pipelines import sources
-from sciimg_jax import intensity
-from sciimg_jax import pipeline
-from sciimg_jax.errors import InputError
+from sciimg_jax.core import intensity
+from sciimg_jax.inpainting import volume_sampler
+from sciimg_jax.core.errors import InputError
 
 
 @pytest.fixture(scope="module")
 def models(slice_model_dirs):
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-  return {name: pipeline.load_slice_model(d, name, mesh) for name, d in slice_model_dirs.items()}
+  return {name: slice_models.load_slice_model(d, name, mesh) for name, d in slice_model_dirs.items()}
 
 
 @pytest.fixture(scope="module")
 def case(data_cache, slice_model_dirs):
   """A normalised held-out embedded case, padded to the 64^3 volume shape."""
-  from configs import inpaint_axial
+  from configs.inpainting import axial as inpaint_axial
   c = inpaint_axial.get_config("tiny")
   c.data.cache_dir = str(data_cache)
   splits = sources.source_dirs(c.data, data_cache)
@@ -43,7 +43,7 @@ def make(models, **overrides):
     for p in path:
       node = node[p]
     node[last] = value
-  return pipeline.VolumeInpainter(c, models=models)
+  return volume_sampler.VolumeInpainter(c, models=models)
 
 
 def test_volume_shape_and_known_region(models, case):
@@ -84,21 +84,21 @@ def test_adaptive_loops_follow_size_and_disagreement():
   mask[2:4, 2:4, 2:4] = 1        # small hole
   mask[10:18, 10:18, 10:18] = 1  # large hole
   brain = np.ones_like(mask)
-  labels, s = pipeline.mask_regions(mask, brain, context_width=1, size_ratio=4.0)
+  labels, s = adaptive_resampling.mask_regions(mask, brain, context_width=1, size_ratio=4.0)
   assert labels.max() == 2 and 0 < s[1] < s[2] < 1
-  from sciimg_jax import diffusion
-  sched = diffusion.respace(diffusion.make_schedule(), 10)
+  from sciimg_jax.core.diffusion import schedules
+  sched = schedules.respace(schedules.make_schedule(), 10)
   ref = np.zeros_like(mask)
-  fn = pipeline.adaptive_loops(sched, labels, s, ref, max_loops=8, disagreement_scale=0.1)
+  fn = adaptive_resampling.adaptive_loops(sched, labels, s, ref, max_loops=8, disagreement_scale=0.1)
   agree = np.asarray(fn(ref, 9))
   assert agree.max() == 0                                  # no disagreement: no loops
   loops = np.asarray(fn(ref + 1.0, 9))
   assert loops[3, 3, 3] < loops[12, 12, 12] <= 8           # bigger hole, more loops
   assert loops[0, 0, 0] == loops[12, 12, 12]               # known voxels follow the busiest
   assert np.asarray(fn(ref + 1.0, 0)).max() < loops.max()  # fewer loops at low noise
-  empty_labels, empty_s = pipeline.mask_regions(np.zeros_like(mask), brain, context_width=1,
+  empty_labels, empty_s = adaptive_resampling.mask_regions(np.zeros_like(mask), brain, context_width=1,
                                                 size_ratio=4.0)
-  none = pipeline.adaptive_loops(sched, empty_labels, empty_s, None, max_loops=8,
+  none = adaptive_resampling.adaptive_loops(sched, empty_labels, empty_s, None, max_loops=8,
                                  disagreement_scale=0.1)
   assert np.asarray(none(ref, 9)).max() == 0              # no mask: no loops at all
 
@@ -108,4 +108,4 @@ def test_models_with_other_conditions_are_refused(models):
   config.data.conditions = ("t1n-voided", "mask", "t2w")
   other = dataclasses.replace(models["coronal"], config=config)
   with pytest.raises(InputError, match=r"coronal model is conditioned on .*t2w"):
-    pipeline.VolumeInpainter(inpaint.get_config("tiny"), models={**models, "coronal": other})
+    volume_sampler.VolumeInpainter(inpaint.get_config("tiny"), models={**models, "coronal": other})

@@ -49,8 +49,8 @@ coronal, axial slice normal; axial 2D models leave seams along z, coronal ones a
 import numpy as np
 from scipy import ndimage
 
-from sciimg_jax import intensity
-from sciimg_jax.errors import InputError
+from sciimg_jax.core import intensity
+from sciimg_jax.core.errors import InputError
 
 SIGMA = 1.5
 RADIUS = int(3.5 * SIGMA + 0.5)  # 5: torchmetrics' 11-voxel Gaussian window.

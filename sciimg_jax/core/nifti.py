@@ -11,8 +11,8 @@ import zlib
 import nibabel as nib
 import numpy as np
 
-from sciimg_jax import atomic_files
-from sciimg_jax.errors import InputError
+from sciimg_jax.core import atomic_files
+from sciimg_jax.core.errors import InputError
 
 AFFINE_ATOL = 1e-3
 

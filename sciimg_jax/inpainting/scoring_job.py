@@ -29,10 +29,10 @@ import tqdm
 from absl import logging
 
 from data_pipelines import brats_layout
-from sciimg_jax import atomic_files
-from sciimg_jax import brats_metrics
-from sciimg_jax import nifti
-from sciimg_jax.errors import InputError
+from sciimg_jax.core import atomic_files
+from sciimg_jax.inpainting import brats_metrics
+from sciimg_jax.core import nifti
+from sciimg_jax.core.errors import InputError
 
 GROUND_TRUTH_KEYS = ("t1n", "t1n-voided", "mask-healthy")
 METRICS = ("ssim", "psnr", "mse", "ssim_3d", "discontinuity_x", "discontinuity_y",

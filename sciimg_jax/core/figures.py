@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sciimg_jax import atomic_files  # noqa: E402
+from sciimg_jax.core import atomic_files  # noqa: E402
 
 
 def save_figure(fig, path):

@@ -12,7 +12,7 @@ that a network's [-1, 1] output maps straight back to the scoring scale:
 
 import numpy as np
 
-from sciimg_jax.errors import InputError
+from sciimg_jax.core.errors import InputError
 
 
 def percentile_range(voided, lower=0.5, upper=99.5, where="voided image"):

@@ -2,13 +2,13 @@
 
 Stage 1 (axial model, from noise) and stage 2 (coronal model, SDEdit from the
 stage-1 volume at t0), with RePaint resampling (fixed or adaptive loop counts);
-see sciimg_jax/pipeline.py.
+see sciimg_jax/inpainting/volume_sampler.py.
 Writes <output_dir>/<case>/<case>-t1n-inference.nii.gz with the input's affine.
 
-  python main.py --config=configs/inpaint.py --workdir=runs/infer \
+  python main.py --config=configs/inpainting/inpaint.py --workdir=runs/infer \
       --config.inpaint.input_dir=/data/BraTS-inpainting/val \
       --config.pipeline.axial_workdir=runs/axial --config.pipeline.coronal_workdir=runs/coronal
-  python main.py --config=configs/inpaint.py --workdir=runs/one \
+  python main.py --config=configs/inpainting/inpaint.py --workdir=runs/one \
       --config.input=case-t1n-voided.nii.gz --config.mask=case-mask.nii.gz ...
 
 Baselines: --config.pipeline.method=axial|coronal|tpdm|average; resampling:
@@ -37,6 +37,13 @@ def get_pipeline_config():
   return p
 
 
+TINY = {
+    "pipeline.chunk_size": 8, "pipeline.stage1.steps": 4, "pipeline.stage2.steps": 4,
+    "pipeline.resampling.max_loops": 2, "inpaint.progress_bar": False,
+}
+VARIANTS = {"tiny": {**base.TINY, **TINY}}
+
+
 def get_config(variant=""):
   c = base.get_base_config()
   c.job = "inpaint"
@@ -45,10 +52,4 @@ def get_config(variant=""):
   c.inpaint = ml_collections.ConfigDict(dict(
       input_dir="", output_dir="", figures=True, progress_bar=True))
   c.pipeline = get_pipeline_config()
-  c = base.apply_variant(c, variant)
-  if variant == "tiny":
-    c.pipeline.update(dict(chunk_size=8))
-    c.pipeline.stage1.steps = c.pipeline.stage2.steps = 4
-    c.pipeline.resampling.max_loops = 2
-    c.inpaint.progress_bar = False
-  return c
+  return base.apply_variant(c, variant, VARIANTS)

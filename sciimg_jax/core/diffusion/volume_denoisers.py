@@ -2,15 +2,13 @@
 
 They are built by composition, inside the traced function that samples, from 2D
 networks applied slice by slice along an axis, and combined by averaging or by
-alternating from step to step (TPDM). `diffusion.sample` runs them; inpainting
-(`sciimg_jax.inpainting`) wraps the sampler, not the denoiser. Fusing several
+alternating from step to step (TPDM). `sampler.sample` runs them; a method's known region
+or data consistency wraps the sampler, not the denoiser. Fusing several
 denoisers with a learned 3D network (Diff-Ensembler) is one more combinator of
 the same shape.
 
 Volumes are (X, Y, Z) arrays in RAS voxel order. A slice along `axis` is
-`np.take(volume, k, axis)`: axial slices are (X, Y) images (axis 2), coronal
-slices (X, Z) (axis 1), sagittal slices (Y, Z) (axis 0), as in
-`data_pipelines.brats_slices`.
+`np.take(volume, k, axis)` with the axes of `volumes.AXES`.
 """
 
 import jax
@@ -18,10 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage as ndi
 
-from data_pipelines import brats_layout
-from sciimg_jax import sharding
-
-AXES = brats_layout.AXES
+from sciimg_jax.core import sharding
+from sciimg_jax.core.volumes import AXES
 
 
 def active_slices(mask, axis, *, dilation=1, chunk_size=1):

@@ -1,0 +1,1 @@
+"""Diffusion: schedules and targets, steppers, the one sampler, and volume denoisers."""

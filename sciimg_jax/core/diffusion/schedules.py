@@ -1,0 +1,186 @@
+"""Gaussian diffusion: noise schedules, the forward process and training targets.
+
+A `Schedule` holds the betas and cumulative alphas of a chain of K steps. Index i
+in 0..K-1 addresses the chain; `schedule.timesteps[i]` is the original training
+timestep at that index, which is what the network is told. A freshly made
+schedule has `timesteps == arange(K)`; `respace` keeps a subset of them for fast
+sampling (improved DDPM, Nichol & Dhariwal 2021).
+
+Network outputs are read in one of three parameterizations:
+  eps: the noise,  x0: the clean image,
+  v:   sqrt(abar) * eps - sqrt(1 - abar) * x0   (Salimans & Ho 2022).
+
+Steppers (`steppers`) and the sampler (`sampler`) build on these; nothing here
+knows about networks, denoisers or inpainting.
+"""
+
+import math
+
+from flax import struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sciimg_jax.core.errors import InputError
+
+PARAMETERIZATIONS = ("eps", "x0", "v")
+
+
+@struct.dataclass
+class Schedule:
+  """The per-index constants of a diffusion chain."""
+  betas: jax.Array           # (K,) float32 betas of this (possibly respaced) chain.
+  alphas_cumprod: jax.Array  # (K,) float32.
+  timesteps: jax.Array       # (K,) int32 original training timestep of each index.
+  num_train_timesteps: int = struct.field(pytree_node=False)
+
+
+def linear_betas(num_timesteps, beta_start, beta_end):
+  """Betas spaced linearly from beta_start to beta_end (Ho et al. 2020)."""
+  return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+
+
+def cosine_betas(num_timesteps, beta_start=None, beta_end=None, s=0.008):
+  """The cosine schedule of Nichol & Dhariwal (2021); beta_start/end are unused."""
+  del beta_start, beta_end
+  t = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
+  alpha_bar = np.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+  betas = 1.0 - alpha_bar[1:] / alpha_bar[:-1]
+  return np.clip(betas, 0.0, 0.999)
+
+
+SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
+
+
+def make_schedule(name="linear", num_timesteps=1000, beta_start=1e-4,
+                  beta_end=0.02):
+  """Returns the full training schedule `name` with `num_timesteps` steps.
+
+  The constants are computed in float64 on the host and stored as float32.
+  """
+  if name not in SCHEDULES:
+    raise InputError("diffusion.schedule",
+                     f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
+  if num_timesteps < 1:
+    raise InputError("diffusion.num_timesteps",
+                     f"must be at least 1, got {num_timesteps}")
+  betas = SCHEDULES[name](num_timesteps, beta_start, beta_end)
+  alphas_cumprod = np.cumprod(1.0 - betas)
+  return Schedule(
+      betas=jnp.asarray(betas, jnp.float32),
+      alphas_cumprod=jnp.asarray(alphas_cumprod, jnp.float32),
+      timesteps=jnp.arange(num_timesteps, dtype=jnp.int32),
+      num_train_timesteps=num_timesteps)
+
+
+def schedule_from_config(d):
+  """The training schedule of a `config.diffusion` block."""
+  return make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
+
+
+def respace(schedule, num_steps, spacing="uniform"):
+  """Keeps `num_steps` indices of `schedule` (improved-DDPM respacing).
+
+  The kept cumulative alphas are copied unchanged and the new betas are
+  1 - abar_k / abar_{k-1} (with abar_{-1} = 1), so the respaced chain has the
+  same marginals q(x_t | x_0) at the kept timesteps.
+
+  Spacings (K is the length of `schedule`, n = num_steps):
+    uniform:  indices 0, K//n, 2*K//n, ..., (n-1)*(K//n) ("leading" spacing).
+      With DDIM this reproduces MONAI's / diffusers' DDIMScheduler with
+      steps_offset=0 and set_alpha_to_one=True step for step: their `step`
+      always goes from t to t - T//n and uses abar = 1 below t = 0. (MONAI 1.6's
+      `set_timesteps` lists round(linspace(T-1, 0, n)) instead, but its `step`
+      still jumps by T//n, so only this spacing is a consistent match.)
+    linspace: indices round(linspace(0, K-1, n)), which includes K-1; this is
+      improved-DDPM's "uniform" section spacing and the list MONAI 1.6's
+      `set_timesteps` produces.
+
+  Must be called outside `jit` (the subset is chosen on the host).
+  """
+  size = schedule.betas.shape[0]
+  if not 1 <= num_steps <= size:
+    raise InputError("diffusion.sample_steps",
+                     f"must be in [1, {size}], got {num_steps}")
+  if spacing == "uniform":
+    keep = np.arange(num_steps) * (size // num_steps)
+  elif spacing == "linspace":
+    keep = np.round(np.linspace(0, size - 1, num_steps)).astype(np.int64)
+  else:
+    raise InputError("diffusion.spacing",
+                     f"unknown spacing {spacing!r}; expected 'uniform' or 'linspace'")
+  alphas_cumprod = np.asarray(schedule.alphas_cumprod)[keep]
+  prev = np.concatenate([[1.0], alphas_cumprod[:-1].astype(np.float64)])
+  betas = 1.0 - alphas_cumprod.astype(np.float64) / prev
+  return Schedule(
+      betas=jnp.asarray(betas, jnp.float32),
+      alphas_cumprod=jnp.asarray(alphas_cumprod, jnp.float32),
+      timesteps=jnp.asarray(np.asarray(schedule.timesteps)[keep], jnp.int32),
+      num_train_timesteps=schedule.num_train_timesteps)
+
+
+def _at(values, t, ndim):
+  """values[t] reshaped to broadcast against an array of rank `ndim`.
+
+  t is a scalar index or a (B,) vector of indices matching the leading axis.
+  """
+  v = values[t]
+  return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def check_parameterization(parameterization):
+  if parameterization not in PARAMETERIZATIONS:
+    raise InputError(
+        "diffusion.parameterization",
+        f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
+
+
+def q_sample(schedule, x0, t, noise):
+  """Draws x_t ~ q(x_t | x_0) = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
+  abar = _at(schedule.alphas_cumprod, t, x0.ndim)
+  return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
+
+
+def predict_x0_eps(schedule, parameterization, x_t, t, model_out):
+  """Converts a network output into the predicted (x0, eps) pair."""
+  check_parameterization(parameterization)
+  abar = _at(schedule.alphas_cumprod, t, x_t.ndim)
+  a, s = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
+  if parameterization == "eps":
+    return (x_t - s * model_out) / a, model_out
+  if parameterization == "x0":
+    return model_out, (x_t - a * model_out) / s
+  return a * x_t - s * model_out, a * model_out + s * x_t  # v
+
+
+def training_target(schedule, parameterization, x0, noise, t):
+  """What the network should output for x_t = q_sample(schedule, x0, t, noise)."""
+  check_parameterization(parameterization)
+  if parameterization == "eps":
+    return noise
+  if parameterization == "x0":
+    return x0
+  abar = _at(schedule.alphas_cumprod, t, x0.ndim)
+  return jnp.sqrt(abar) * noise - jnp.sqrt(1.0 - abar) * x0  # v
+
+
+def diffusion_loss(schedule, parameterization, model_out, x0, noise, t):
+  """Mean squared error between `model_out` and the training target (float32)."""
+  target = training_target(schedule, parameterization, x0, noise, t)
+  diff = model_out.astype(jnp.float32) - target.astype(jnp.float32)
+  return jnp.mean(jnp.square(diff))
+
+
+def conditional_denoising_loss(schedule, parameterization, model, x0, cond, key):
+  """The training loss of a conditional network `model(concat(x_t, cond), t)`.
+
+  t ~ U{0, ..., K-1} per example, noise ~ N(0, I), x_t = q_sample(x0, t, noise); the
+  network is told `schedule.timesteps[t]` and its output is scored by `diffusion_loss`.
+  x0 is (B, ..., 1) and cond (B, ..., C), channels last.
+  """
+  t_key, noise_key, _ = jax.random.split(key, 3)  # a 3-way split, as the first trainer drew
+  t = jax.random.randint(t_key, (x0.shape[0],), 0, schedule.betas.shape[0])
+  noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+  x_t = q_sample(schedule, x0, t, noise)
+  out = model(jnp.concatenate([x_t, cond], axis=-1), schedule.timesteps[t])
+  return diffusion_loss(schedule, parameterization, out.astype(jnp.float32), x0, noise, t)

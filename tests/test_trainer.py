@@ -1,0 +1,230 @@
+"""The shared trainer: data parallel equals one device, exact resume, NaN stop, run outputs,
+and a second task (a classifier with a frozen feature network) through the same loop."""
+
+import json
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs import base
+from sciimg_jax.core import models
+from sciimg_jax.core import sharding
+from sciimg_jax.core import trainer
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.inpainting import slice_task
+
+
+def _params(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+
+
+def _run_steps(config, task, devices, batches):
+  mesh = sharding.make_mesh(devices)
+  net, state, tx, lr = trainer.create_train_state(task, config, mesh)
+  # Move away from the zero-initialised convolutions so every layer (and dropout) matters.
+  leaves, treedef = jax.tree.flatten(state.params)
+  keys = jax.random.split(jax.random.key(42), len(leaves))
+  leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  state = state.replace(params=jax.device_put(jax.tree.unflatten(treedef, leaves),
+                                              sharding.replicated(mesh)))
+  init = _params(state)
+  step = trainer.make_train_step(task, net, tx, lr, config.optim.ema_decay, mesh)
+  key = jax.random.key(0)
+  metrics = []
+  for batch in batches:
+    state, m = step(state, sharding.shard_batch(batch, mesh), key, None)
+    metrics.append({k: float(v) for k, v in m.items()})
+  return state, init, metrics
+
+
+def test_four_devices_match_one_device(tiny_config, tmp_path):
+  assert jax.device_count() == 4
+  tiny_config.model.dropout = 0.1  # dropout keys must not depend on the device count
+  task = slice_task.SliceDiffusionTask(tiny_config, tmp_path)
+  rng = np.random.default_rng(0)
+  h, w = tiny_config.data.image_size
+  batches = [{"target": rng.uniform(-1, 1, (4, h, w, 1)).astype(np.float32),
+              "cond": rng.uniform(-1, 1, (4, h, w, 2)).astype(np.float32)} for _ in range(3)]
+  state1, init1, metrics1 = _run_steps(tiny_config, task, jax.devices()[:1], batches)
+  state4, init4, metrics4 = _run_steps(tiny_config, task, jax.devices(), batches)
+  leaf = jax.tree.leaves(state4.params)[0]
+  assert len(leaf.sharding.device_set) == 4 and leaf.sharding.is_fully_replicated
+  for m1, m4 in zip(metrics1, metrics4):
+    np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-5)
+  # Parameter updates agree to float tolerance. (Adam divides by sqrt(v), so the
+  # few weights whose gradients are ~0 can move differently by a fraction of a
+  # step; a sharding bug, e.g. gradients of one shard only, gives errors ~100%.)
+  for a0, b0 in zip(init1, init4):
+    np.testing.assert_array_equal(a0, b0)
+  flat = lambda ps: np.concatenate([p.ravel().astype(np.float64) for p in ps])
+  d1 = flat(_params(state1)) - flat(init1)
+  d4 = flat(_params(state4)) - flat(init4)
+  assert np.linalg.norm(d4 - d1) <= 1e-2 * np.linalg.norm(d1), np.linalg.norm(d4 - d1) / np.linalg.norm(d1)
+  assert int(state4.step) == 3
+
+
+def _losses(workdir):
+  return [json.loads(l)["loss"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
+          if "loss" in l]
+
+
+def test_resume_is_exact(tiny_config, tmp_path):
+  tiny_config.train.eval_every = 0
+  straight = slice_task.train_slice_model(tiny_config, tmp_path / "straight")
+  slice_task.train_slice_model(tiny_config, tmp_path / "resumed", stop_at_step=2)
+  assert (tmp_path / "resumed" / "checkpoints" / "2").is_dir()
+  assert not (tmp_path / "resumed" / "checkpoints" / "4").exists()
+  resumed = slice_task.train_slice_model(tiny_config, tmp_path / "resumed")
+  assert int(straight.step) == int(resumed.step) == 4
+  for a, b in zip(_params(straight), _params(resumed)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(straight.opt_state), jax.tree.leaves(resumed.opt_state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for a, b in zip(jax.tree.leaves(straight.ema_params), jax.tree.leaves(resumed.ema_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")
+
+
+def test_run_writes_outputs(tiny_config, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path.parent)  # a relative workdir, as in the README's command
+  state = slice_task.train_slice_model(tiny_config, tmp_path.name)
+  assert int(state.step) == tiny_config.train.num_steps
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "loss" in r] == [2, 4]
+  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+  assert any("sample_mse_in_mask" in r for r in rows)
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert (tmp_path / "samples" / "step_0000004.png").stat().st_size > 1000
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["channels"] == [8, 16]
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
+
+
+def test_nan_loss_stops_with_message(tiny_config, tmp_path):
+  tiny_config.optim.learning_rate = float("nan")
+  tiny_config.train.eval_every = 0
+  with pytest.raises(FloatingPointError, match=r"loss is nan at step 2"):
+    slice_task.train_slice_model(tiny_config, tmp_path)
+  assert not (tmp_path / "checkpoints" / "2").exists()  # nothing non-finite is checkpointed
+
+
+def test_in_channels_must_match_conditions(tiny_config, tmp_path):
+  tiny_config.model.in_channels = 5
+  with pytest.raises(InputError, match="model.in_channels"):
+    slice_task.train_slice_model(tiny_config, tmp_path)
+
+
+# --- a second task: a classifier on random data, through the same loop ----------------
+
+
+class Classifier(nnx.Module):
+  """A two-layer MLP over the frozen features."""
+
+  def __init__(self, features, classes, *, rngs, dtype=jnp.float32):
+    self.hidden = nnx.Linear(features, 16, rngs=rngs, dtype=dtype)
+    self.out = nnx.Linear(16, classes, rngs=rngs, dtype=dtype)
+
+  def __call__(self, x):
+    return self.out(nnx.relu(self.hidden(x)))
+
+
+class ArraySource:
+  """A grain random-access source over in-memory arrays."""
+
+  def __init__(self, x, y):
+    self.x, self.y = x, y
+
+  def __len__(self):
+    return len(self.y)
+
+  def __getitem__(self, i):
+    return {"x": self.x[i], "label": self.y[i]}
+
+  def __repr__(self):  # grain checks that a restored iterator reads the same source
+    return f"ArraySource(n={len(self.y)}, sum={float(self.x.sum()):.6f})"
+
+
+class ClassifierTask:
+  """Separable 3-class points, seen through a frozen random feature map (tanh(x W))."""
+
+  def __init__(self, seed=0, num=96, dims=5, features=8, classes=3):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dims)) * 3.0
+    y = rng.integers(0, classes, num).astype(np.int32)
+    x = (centres[y] + rng.normal(size=(num, dims))).astype(np.float32)
+    self.train_source = ArraySource(x[:64], y[:64])
+    self.eval_x, self.eval_y = x[64:], y[64:]
+    self.projection = rng.normal(size=(dims, features)).astype(np.float32)
+    self.features, self.classes, self.seed = features, classes, seed
+
+  def create_model(self, rngs, dtype):
+    return Classifier(self.features, self.classes, rngs=rngs, dtype=dtype)
+
+  def frozen_params(self, mesh):
+    return {"projection": jnp.asarray(self.projection)}
+
+  def loss(self, model, batch, key, frozen):
+    logits = model(jnp.tanh(batch["x"] @ frozen["projection"]))
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return loss, {"train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+  def train_iterator(self, batch_size_per_process):
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(self.train_source), shard_options=grain.sharding.NoSharding(),
+        shuffle=True, num_epochs=None, seed=self.seed)
+    return iter(grain.DataLoader(
+        data_source=self.train_source, sampler=sampler,
+        operations=[grain.transforms.Batch(batch_size_per_process, drop_remainder=True)]))
+
+  def evaluate(self, net, params, frozen, step, key, workdir):
+    logits = net(params, jnp.tanh(self.eval_x @ frozen["projection"]))
+    return {"eval_accuracy": float(np.mean(np.argmax(np.asarray(logits), -1) == self.eval_y))}
+
+
+def classifier_config(num_steps=60):
+  c = base.get_base_config()
+  c.job = "test_classifier"
+  c.data.batch_size = 8
+  c.optim.learning_rate = 0.05
+  c.optim.warmup_steps = 5
+  c.optim.ema_decay = 0.9
+  c.train.update(dict(num_steps=num_steps, compute_dtype="float32", log_every=10,
+                      checkpoint_every=20, eval_every=30, progress_bar=False))
+  c.model = ml_collections.ConfigDict(dict(name="test_classifier"))
+  return c
+
+
+def test_second_task_trains_and_resumes_exactly(tmp_path):
+  config = classifier_config()
+  straight = trainer.train(ClassifierTask(), config, tmp_path / "straight")
+  trainer.train(ClassifierTask(), config, tmp_path / "resumed", stop_at_step=20)
+  resumed = trainer.train(ClassifierTask(), config, tmp_path / "resumed")
+  for a, b in zip(jax.tree.leaves((straight.params, straight.ema_params, straight.opt_state)),
+                  jax.tree.leaves((resumed.params, resumed.ema_params, resumed.opt_state))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")
+  rows = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+  losses = [r["loss"] for r in rows if "loss" in r]
+  accuracy = [r["eval_accuracy"] for r in rows if "eval_accuracy" in r]
+  assert len(losses) == 6 and losses[-1] < 0.5 * losses[0], losses
+  assert len(accuracy) == 2 and accuracy[-1] >= 0.9, accuracy  # chance is 1/3
+
+
+def test_inference_restores_only_ema(tmp_path):
+  config = classifier_config(num_steps=20)
+  state = trainer.train(ClassifierTask(), config, tmp_path)
+  from sciimg_jax.core import checkpoint
+  ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
+  mesh = sharding.make_mesh()
+  ema = ckpt.restore_ema(checkpoint.abstract_like(state.ema_params, sharding.replicated(mesh)))
+  ckpt.close()
+  for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(state.ema_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not any(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+                 zip(jax.tree.leaves(ema), jax.tree.leaves(state.params)))
