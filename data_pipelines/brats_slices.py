@@ -43,6 +43,7 @@ import pathlib
 import nibabel as nib
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
 
 from data_pipelines import brats_layout
 from sciimg_jax.core import intensity
@@ -105,6 +106,16 @@ class BratsSlices(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                         description=f"{a} slices, selection {s!r}")
       for a in AXES for s in SELECTIONS
   ]
+
+  # TFDS prints "Downloading and preparing dataset Unknown size (download: Unknown size ...)"
+  # and "... downloaded and prepared" to stdout; nothing is downloaded here, so say it plainly.
+  def _log_download_bytes(self):
+    tqdm.tqdm.write(f"Preparing {self.builder_config.name} slices of "
+                    f"{', '.join(str(d) for d in self._splits.values())} in {self.data_dir} "
+                    "(once; later runs reuse them).")
+
+  def _log_download_done(self):
+    logging.info("Slices prepared in %s", self.data_dir)
 
   def __init__(self, *, splits, target="t1n", conditions=("t1n-voided", "mask"), **kwargs):
     """`splits`: {split name: BraTS-layout folder}; `target`: image key or None."""
@@ -223,6 +234,7 @@ def build(splits, *, axis, selection, target, conditions, cache_dir):
   builder = BratsSlices(splits=splits, target=target, conditions=conditions,
                         config=config_name(axis, selection), data_dir=str(data_dir),
                         file_format="array_record")
+  tfds.display_progress_bar(False)  # its split/shuffle bars say nothing a user needs
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       compute_stats=tfds.download.ComputeStatsMode.SKIP))
   return builder

@@ -182,3 +182,9 @@ def test_evaluate_folder(tmp_path):
   assert "affine differs" in failed[names[3]]
   assert "NaN" in failed[names[4]]
   assert not list(workdir.glob(".*"))  # no temporary files left behind
+
+
+def test_case_scores_normalise_once_and_agree():
+  case = toy_case(seed=5)
+  both = bm.case_scores(*case)
+  assert both == dict(bm.official_scores(*case), ssim_3d=bm.ssim_3d(*case))

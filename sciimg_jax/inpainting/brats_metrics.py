@@ -120,7 +120,21 @@ def official_scores(prediction, ground_truth, voided, healthy_mask, where="score
   Returns:
     dict(ssim=, psnr=, mse=) as Python floats; psnr is inf when mse is 0.
   """
-  pred, gt, mask = normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where)
+  return _official(*normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where))
+
+
+def ssim_3d(prediction, ground_truth, voided, healthy_mask, where="scores"):
+  """3D SSIM (11^3 Gaussian window, sigma 1.5) on the normalised volumes, mean over M."""
+  return _ssim_3d(*normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where))
+
+
+def case_scores(prediction, ground_truth, voided, healthy_mask, where="scores"):
+  """`official_scores` and `ssim_3d` of one case, normalising the volumes once."""
+  normalized = normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where)
+  return dict(_official(*normalized), ssim_3d=_ssim_3d(*normalized))
+
+
+def _official(pred, gt, mask):
   ssim = ssim_map(pred, gt, axes=(1, 2))[mask].mean()
   mse = np.mean((pred[mask] - gt[mask])**2)
   with np.errstate(divide="ignore"):
@@ -128,9 +142,7 @@ def official_scores(prediction, ground_truth, voided, healthy_mask, where="score
   return dict(ssim=float(ssim), psnr=float(psnr), mse=float(mse))
 
 
-def ssim_3d(prediction, ground_truth, voided, healthy_mask, where="scores"):
-  """3D SSIM (11^3 Gaussian window, sigma 1.5) on the normalised volumes, mean over M."""
-  pred, gt, mask = normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where)
+def _ssim_3d(pred, gt, mask):
   return float(ssim_map(pred, gt, axes=(0, 1, 2))[mask].mean())
 
 

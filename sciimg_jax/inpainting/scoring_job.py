@@ -55,8 +55,7 @@ def score_case(case_dir, pred_path, dilation):
   nifti.check_same_grid(ref_path, nifti.load_image(ref_path), pred_path, pred_img)
   if not mask.any():
     raise InputError(brats_layout.case_file(case_dir, "mask-healthy"), "healthy mask is empty")
-  scores = brats_metrics.official_scores(pred, gt, voided, mask, where=case.name)
-  scores["ssim_3d"] = brats_metrics.ssim_3d(pred, gt, voided, mask, where=case.name)
+  scores = brats_metrics.case_scores(pred, gt, voided, mask, where=case.name)
   seams = brats_metrics.discontinuity(pred, gt, mask, dilation=dilation)
   scores.update({f"discontinuity_{k}": v for k, v in seams.items()})
   return scores

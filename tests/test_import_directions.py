@@ -1,0 +1,91 @@
+"""The direction of every import in the project, checked by reading the source.
+
+The allowed directions, stated once (a module may always import its own package):
+
+  sciimg_jax.core     -> sciimg_jax.core only: no method, no data_pipelines
+  data_pipelines      -> data_pipelines and the core utilities in DATA_MAY_USE
+  a method            -> the core and data_pipelines; never another method
+  sciimg_jax.jobs     -> anything (it registers every method's jobs for main.py)
+  configs             -> configs only
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+METHODS = ("sciimg_jax.inpainting",)  # one sub-package per method; add new ones here
+DATA_MAY_USE = ("sciimg_jax.core.errors", "sciimg_jax.core.nifti", "sciimg_jax.core.intensity",
+                "sciimg_jax.core.atomic_files", "sciimg_jax.core.volumes")
+OWN = ("sciimg_jax", "data_pipelines", "configs")
+
+
+def within(name, prefixes):
+  return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def allowed(module):
+  """The prefixes of project modules that `module` may import."""
+  if within(module, ("sciimg_jax.core",)):
+    return ("sciimg_jax.core",)
+  if within(module, ("data_pipelines",)):
+    return ("data_pipelines",) + DATA_MAY_USE
+  for method in METHODS:
+    if within(module, (method,)):
+      return (method, "sciimg_jax.core", "data_pipelines")
+  if module == "sciimg_jax.jobs":
+    return OWN
+  if within(module, ("configs",)):
+    return ("configs",)
+  if module == "sciimg_jax":
+    return ()
+  raise AssertionError(f"{module} belongs to no layer: add it to METHODS or to this test")
+
+
+def module_name(path):
+  parts = list(path.relative_to(ROOT).with_suffix("").parts)
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_imports(path):
+  """(line, imported module) for every import of a project module, top level or not."""
+  tree = ast.parse(path.read_text(), filename=str(path))
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      # `from pkg import mod` imports pkg.mod when mod is a module: count the longer name.
+      names = [f"{node.module}.{a.name}" for a in node.names]
+    else:
+      continue
+    for name in names:
+      if within(name, OWN):
+        yield node.lineno, name
+
+
+SOURCES = sorted(p for top in OWN for p in (ROOT / top).rglob("*.py"))
+
+
+def test_every_package_is_found():
+  names = {module_name(p) for p in SOURCES}
+  assert {"sciimg_jax.core.trainer", "sciimg_jax.inpainting.volume_sampler",
+          "data_pipelines.brats_layout", "configs.base"} <= names
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_run_the_allowed_way(path):
+  module = module_name(path)
+  ok = allowed(module)
+  wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
+           for line, name in project_imports(path) if not within(name, ok)]
+  assert not wrong, "\n".join(wrong)
+
+
+def test_the_rule_catches_a_wrong_arrow(tmp_path):
+  probe = tmp_path / "probe.py"  # read as if it were sciimg_jax/core/probe.py
+  probe.write_text("from sciimg_jax.inpainting import volume_sampler\n"
+                   "def f():\n  from data_pipelines import brats_layout\n")
+  ok = allowed("sciimg_jax.core.probe")
+  found = [name for _, name in project_imports(probe) if not within(name, ok)]
+  assert found == ["sciimg_jax.inpainting.volume_sampler", "data_pipelines.brats_layout"]
