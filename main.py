@@ -1,7 +1,7 @@
 """Runs a job from a config file.
 
   python main.py --config=configs/quickstart.py --workdir=runs/quickstart
-  python main.py --config=configs/inpaint_axial.py:tiny --workdir=/tmp/w --config.train.num_steps=10
+  python main.py --config=configs/inpainting/axial.py:tiny --workdir=/tmp/w --config.train.num_steps=10
 
 The job is `config.job` (a key of `JOBS`); bad input stops with one line that
 names the file or config key and the problem.

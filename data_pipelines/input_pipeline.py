@@ -21,7 +21,7 @@ background).
 
 The training iterator is a grain `DataLoaderIterator`: infinite, reshuffled every
 epoch from `seed`, sharded over JAX processes, with `get_state()`/`set_state()`.
-`sciimg_jax.checkpoint` saves it with orbax next to the train state
+`sciimg_jax.core.checkpoint` saves it with orbax next to the train state
 (`grain.checkpoint.CheckpointSave` / `CheckpointRestore`; each process writes its own
 `process_<i>-of-<n>.json`).
 """

@@ -1,4 +1,4 @@
-"""Tests for sciimg_jax.diffusion."""
+"""Tests for sciimg_jax.core.diffusion: schedules, steppers and the sampler."""
 
 import jax
 import jax.numpy as jnp

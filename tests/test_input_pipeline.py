@@ -153,10 +153,14 @@ def test_source_pickles_for_grain_workers(dirs):
   np.testing.assert_array_equal(copy[3]["cond"], sources["train"][3]["cond"])
 
 
-def test_cache_rebuilds_when_source_changes(tmp_path):
+def test_cache_rebuilds_when_source_changes(tmp_path, capfd):
   src = _write_split(tmp_path / "src", TRAIN_BOXES[:1], 5)
   c = _data_config()
   n1 = len(input_pipeline.slice_sources(c, {"train": src}, tmp_path / "cache")["train"])
+  printed = capfd.readouterr()
+  assert "Preparing axial-mask slices" in printed.out
+  assert "Downloading" not in printed.out + printed.err  # nothing is downloaded
+  assert "downloaded and prepared" not in printed.out + printed.err
   _write_split(tmp_path / "src", TRAIN_BOXES[:2], 5)  # A case is added.
   n2 = len(input_pipeline.slice_sources(c, {"train": src}, tmp_path / "cache")["train"])
   assert (n1, n2) == (_expected_count(TRAIN_BOXES[:1], "axial", "mask"),

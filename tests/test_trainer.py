@@ -13,7 +13,6 @@ import pytest
 from flax import nnx
 
 from configs import base
-from sciimg_jax.core import models
 from sciimg_jax.core import sharding
 from sciimg_jax.core import trainer
 from sciimg_jax.core.errors import InputError

@@ -10,8 +10,10 @@ from configs.inpainting import inpaint
 from data_pipelines import brats_layout
 from data_pipelines import sources
 from sciimg_jax.core import intensity
-from sciimg_jax.inpainting import volume_sampler
 from sciimg_jax.core.errors import InputError
+from sciimg_jax.inpainting import adaptive_resampling
+from sciimg_jax.inpainting import slice_models
+from sciimg_jax.inpainting import volume_sampler
 
 
 @pytest.fixture(scope="module")

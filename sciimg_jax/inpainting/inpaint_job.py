@@ -1,8 +1,8 @@
 """The inpainting job: BraTS-layout NIfTI in, `<case>-t1n-inference.nii.gz` out.
 
-  python main.py --config=configs/inpaint.py --workdir=runs/infer \
+  python main.py --config=configs/inpainting/inpaint.py --workdir=runs/infer \
       --config.inpaint.input_dir=/data/BraTS-inpainting/val
-  python main.py --config=configs/inpaint.py --workdir=runs/one \
+  python main.py --config=configs/inpainting/inpaint.py --workdir=runs/one \
       --config.input=C-t1n-voided.nii.gz --config.mask=C-mask.nii.gz
 
 For each case (every folder of `inpaint.input_dir` with `-t1n-voided` and `-mask`,

@@ -1,6 +1,6 @@
 """Scores a folder of inpainted volumes against BraTS-layout ground truth.
 
-  python main.py --config=configs/inpaint_evaluate.py --workdir=runs/eval \
+  python main.py --config=configs/inpainting/evaluate.py --workdir=runs/eval \
       --config.evaluate.predictions=runs/infer/predictions \
       --config.evaluate.ground_truth=/data/BraTS-inpainting/val
 

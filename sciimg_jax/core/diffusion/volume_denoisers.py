@@ -17,7 +17,6 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from sciimg_jax.core import sharding
-from sciimg_jax.core.volumes import AXES
 
 
 def active_slices(mask, axis, *, dilation=1, chunk_size=1):
@@ -43,7 +42,7 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None):
   Args:
     apply_2d: (x (B, H, W, 1), cond (B, H, W, C), t (B,)) -> eps (B, H, W, 1).
     cond: (X, Y, Z, C) conditioning volumes, in the network's channel order.
-    axis: 0, 1 or 2 (see AXES).
+    axis: 0, 1 or 2 (see `sciimg_jax.core.volumes.AXES`).
     slices: int array of the slice indices to evaluate (from `active_slices`; its
       length a multiple of `chunk_size`), or None for every slice. The epsilon of
       the other slices is 0: the caller must fix their content (known-region
