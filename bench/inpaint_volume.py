@@ -30,13 +30,13 @@ import numpy as np
 
 from configs import base
 from configs.inpainting import inpaint
+from sciimg_jax.core import sharding
 from sciimg_jax.core.diffusion import schedules
 from sciimg_jax.core.diffusion import steppers
+from sciimg_jax.core.diffusion import volume_denoisers
 from sciimg_jax.inpainting import known_region
 from sciimg_jax.inpainting import slice_models
 from sciimg_jax.inpainting import volume_sampler
-from sciimg_jax.core import sharding
-from sciimg_jax.core.diffusion import volume_denoisers
 
 
 def reference_model(axis, image_size):
@@ -64,7 +64,7 @@ def step_and_replace(schedule, x, i, model_out, key, known, mask, *, stepper, pa
                      eta):
   """One sampler step, then the known region re-imposed (one jitted call per step)."""
   x = steppers.STEPPERS[stepper](schedule, parameterization, x, i, model_out,
-                                  jax.random.fold_in(key, i), eta=eta, clip_x0=1.0)
+                                 jax.random.fold_in(key, i), eta=eta, clip_x0=1.0)
   return known_region.known_region_replacement(schedule, known, mask)(
       x, i, jax.random.fold_in(key, 10_000 + i))
 
@@ -80,7 +80,8 @@ def python_loop(inp, voided, mask, key):
     idx = volume_denoisers.active_slices(mask, model.axis, dilation=p.mask_dilation)
     cond = np.moveaxis(np.stack([voided, mask], -1), model.axis, 0)
     noise = jax.random.normal(jax.random.fold_in(key, n), voided.shape)
-    x = noise if x is None else schedules.q_sample(schedule, x, jnp.full((x.shape[0],), start), noise)
+    x = noise if x is None else schedules.q_sample(
+        schedule, x, jnp.full((x.shape[0],), start), noise)
     for i in range(start, -1, -1):
       moved = np.moveaxis(np.asarray(x), model.axis, 0)
       eps = np.zeros_like(moved)
@@ -120,8 +121,8 @@ def main():
   voided, mask = make_case(padded, args.scale)
   mesh = sharding.make_mesh()
   models = {"axial": slice_models.slice_model(reference_model("axial", padded[:2]), "axial", mesh),
-            "coronal": slice_models.slice_model(reference_model("coronal", (padded[0], padded[2])),
-                                            "coronal", mesh)}
+            "coronal": slice_models.slice_model(
+                reference_model("coronal", (padded[0], padded[2])), "coronal", mesh)}
   print(f"JAX {jax.__version__} on {jax.device_count()} {jax.devices()[0].device_kind}; volume "
         f"{shape} padded to {padded}; mask {int(mask.sum())} voxels; {args.steps} steps per stage, "
         f"t0={args.t0}; axial slices with mask: "

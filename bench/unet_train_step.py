@@ -1,16 +1,26 @@
 r"""Train-step speed of the diffusion U-Net, and of MONAI's `DiffusionModelUNet` beside it.
 
-For the reference config (2D, in 3 / out 1, channels (32, 64, 128), two residual blocks per level,
-attention at the last level, 32 channels per head, 8 groups; 3,939,969 parameters) on 64x64
-slices, batch 16: one step is forward + backward + optax AdamW update of an epsilon-MSE loss
-against random targets. Prints the parameter count, ms per step (median over --steps steps after
---warmup, each timed with block_until_ready; the minimum too), slices/s, the model FLOPs of one
-step from XLA's cost analysis, achieved FLOP/s, and on GPU the MFU against the chip's dense peak
-for the compute dtype. With `--peer monai` the same step of MONAI's network (same config, batch,
-AdamW, epsilon-MSE loss, `torch.set_num_threads` = our CPU count) runs in a subprocess with
-`--peer-python`, and the ratio is printed.
+What is timed is the trainer's own step, `sciimg_jax.core.trainer.make_train_step` (the jitted,
+state-donating function `train` calls; built with `create_train_state` from the base config),
+for a minimal task (`ReferenceTask`) with the reference network and the slice models' loss.
+One step is: t ~ U{0..999} and noise drawn per example, x_t = q_sample(x0, t, noise), the
+U-Net on concat(x_t, 2 conditioning channels), the epsilon-MSE loss
+(`schedules.conditional_denoising_loss`), its gradient, global-norm clipping (1.0), the
+AdamW update with the warmup-cosine learning rate, and the EMA of the parameters (0.999),
+on one fixed random batch (target and conditions in [-1, 1]; by default 64x64, batch 16)
+split over the device mesh. Reference network: 2D, in 3 / out 1, channels (32, 64, 128), two
+residual blocks per level, attention at the last level, 32 channels per head, 8 groups;
+3,939,969 parameters.
+Prints the parameter count, ms per step (median over --steps steps after --warmup, each timed
+with block_until_ready on the new state and metrics; the minimum too), slices/s, the model
+FLOPs of one step from XLA's cost analysis of the compiled step, achieved FLOP/s, and on GPU
+the MFU against the chip's dense peak for the compute dtype. With `--peer monai` MONAI's
+network (same config and batch size, AdamW, epsilon-MSE loss against random targets on a
+random 3-channel input, no noising, clipping or EMA, `torch.set_num_threads` = our CPU count)
+runs in a subprocess with `--peer-python`, and the ratio is printed.
 
     python bench/unet_train_step.py --peer monai --peer-python /tmp/peer/bin/python
+    python bench/unet_train_step.py --batch=1 --size=8 --steps=1 --warmup=1   # a smoke run
 
 XLA CPU flag. Unless `--no-cpu-flags`, the bench sets (before importing JAX)
 
@@ -20,22 +30,29 @@ jaxlib 0.10 hands convolutions, dots, reductions and elementwise ops to YNNPACK 
 this network its convolutions (weight gradients above all) are slower than XLA's Eigen ones, and
 its elementwise fusions split XLA's loop fusions into separate passes, while its reductions are
 faster; the flag keeps YNNPACK for reductions only. Trainers on CPU should set the same flag
-(`sciimg_jax.xla_flags.set_cpu_flags()`), before JAX is imported.
+(`sciimg_jax.core.xla_flags.set_cpu_flags()`), before JAX is imported.
 
 Measured (2 CPU cores, AMD EPYC with AVX-512, a machine shared with other jobs, so +-10%;
-jax/jaxlib 0.10.2, torch 2.13 CPU), float32, median ms per step:
+jax/jaxlib 0.10.2, torch 2.13 CPU), float32, median ms per step, with the bench's earlier
+hand-written step (forward + backward + optax AdamW of an epsilon-MSE loss against random
+targets; no noising, clipping or EMA):
 
   first version (GroupNorm by autodiff, jax.nn.dot_product_attention,
     default XLA flags)                                            1380
   + hand-written GroupNorm(+SiLU) forward/backward (custom_vjp)    ~1400 (with default flags)
   + the YNNPACK flag above (reductions only)                       1100
-  + hand-written attention backward (custom_vjp)                   1009  <- this code
+  + hand-written attention backward (custom_vjp)                   1009  <- the network now
   same code without the flag (--no-cpu-flags)                      1356
-  MONAI DiffusionModelUNet, same step, 2 torch threads              790
+  MONAI DiffusionModelUNet, the same step, 2 torch threads          790
 
   i.e. ours / MONAI = 1.28 on CPU (the command above, quiet machine); measured again later
   the same way: 1046 ms against MONAI's 932 ms, ratio 1.12. Model FLOPs per step (XLA cost
   analysis): 2.082e11, so 199-206 GFLOP/s achieved.
+
+  The trainer's step (what this bench times now), default command, run alternately with the
+  hand-written step on the same machine: 1009 and 1022 ms against 1046 and 1051 ms in the
+  quiet runs (either took ~1.9-2.1 s while the machine was loaded); 2.083e11 FLOPs per step.
+  Noising, clipping and the EMA cost nothing measurable next to the network.
 
 What did not help: --xla_cpu_use_onednn, XNNPACK / oneDNN convolution fusions, fast math,
 --xla_cpu_multi_thread_eigen=false, the concurrency-optimized scheduler (all within noise or
@@ -55,7 +72,8 @@ import subprocess
 import sys
 import time
 
-from sciimg_jax.core import xla_flags
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sciimg_jax.core import xla_flags  # pylint: disable=g-import-not-at-top  # noqa: E402
 
 # Dense peak FLOP/s by device kind and compute dtype (SXM parts; no sparsity).
 PEAK_FLOPS = {
@@ -127,64 +145,102 @@ def run_peer(args, threads):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+class ReferenceTask:
+  """A `trainer.Task` with what the train step uses: the slice models' network and loss.
+
+  `create_model` builds `config.model` (the reference U-Net) with `models.create_model`;
+  `loss` is `schedules.conditional_denoising_loss`, the loss of the inpainting slice task
+  (`inpainting.slice_task.SliceDiffusionTask.loss`), on batches {'target': (B, H, W, 1),
+  'cond': (B, H, W, in_channels - 1)}. No data pipeline, no evaluation.
+  """
+
+  def __init__(self, config):
+    from sciimg_jax.core.diffusion import schedules  # pylint: disable=g-import-not-at-top
+    self.config = config
+    self.schedule = schedules.schedule_from_config(config.diffusion)
+
+  def create_model(self, rngs, dtype):
+    from sciimg_jax.core import models  # pylint: disable=g-import-not-at-top
+    return models.create_model(self.config.model, dtype=dtype, rngs=rngs)
+
+  def frozen_params(self, mesh):
+    return None
+
+  def loss(self, model, batch, key, frozen):
+    from sciimg_jax.core.diffusion import schedules  # pylint: disable=g-import-not-at-top
+    loss = schedules.conditional_denoising_loss(
+        self.schedule, self.config.diffusion.parameterization, model, batch["target"],
+        batch["cond"], key)
+    return loss, {}
+
+
+def bench_config(args):
+  """The base config with the reference network, the bench's batch and dtype."""
+  from configs import base  # pylint: disable=g-import-not-at-top
+  c = base.get_base_config()
+  base.set_keys(c, REFERENCE, prefix="model.")
+  base.set_keys(c, {"data.batch_size": args.batch, "data.image_size": (args.size, args.size),
+                    "train.compute_dtype": args.dtype})
+  return c
+
+
 def main():
   args = parse_args()
   if not args.no_cpu_flags:
     xla_flags.set_cpu_flags()
 
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from sciimg_jax.core.models.unet import UNet  # pylint: disable=g-import-not-at-top
+  from sciimg_jax.core import sharding  # pylint: disable=g-import-not-at-top
+  from sciimg_jax.core import trainer  # pylint: disable=g-import-not-at-top
 
-  dtype = jnp.dtype(args.dtype)
-  model = UNet(**REFERENCE, dtype=dtype, rngs=nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  num_params = sum(p.size for p in jax.tree.leaves(params))
-  tx = optax.adamw(1e-4, weight_decay=1e-4)
-  opt_state = tx.init(params)
+  config = bench_config(args)
+  trainer.check_config(config)
+  task = ReferenceTask(config)
+  mesh = sharding.make_mesh()
+  net, state, tx, lr = trainer.create_train_state(task, config, mesh)
+  train_step = trainer.make_train_step(task, net, tx, lr, config.optim.ema_decay, mesh)
+  frozen = jax.device_put(task.frozen_params(mesh), sharding.replicated(mesh))
+  num_params = sum(p.size for p in jax.tree.leaves(state.params))
 
-  def train_step(params, opt_state, x, t, eps):
-    def loss_fn(params):
-      out = nnx.merge(graphdef, params, rest)(x, t)
-      return jnp.mean(jnp.square(out - eps))
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
   b, s = args.batch, args.size
-  x = jax.random.normal(k1, (b, s, s, 3))
-  eps = jax.random.normal(k2, (b, s, s, 1))
-  t = jax.random.randint(k3, (b,), 0, 1000)
+  rng = np.random.default_rng(0)
+  batch = sharding.shard_batch({
+      "target": rng.uniform(-1, 1, (b, s, s, 1)).astype(np.float32),
+      "cond": rng.uniform(-1, 1, (b, s, s, config.model.in_channels - 1)).astype(np.float32),
+  }, mesh)
+  key = jax.random.key(config.seed)
 
-  compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(
-      params, opt_state, x, t, eps).compile()
+  t0 = time.perf_counter()
+  compiled = train_step.lower(state, batch, key, frozen).compile()
+  compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan")))
 
   for _ in range(args.warmup):
-    params, opt_state, loss = compiled(params, opt_state, x, t, eps)
-  jax.block_until_ready(loss)
+    state, metrics = train_step(state, batch, key, frozen)
+  jax.block_until_ready((state, metrics) if args.warmup else state)
   times = []
   for _ in range(args.steps):
     t0 = time.perf_counter()
-    params, opt_state, loss = compiled(params, opt_state, x, t, eps)
-    jax.block_until_ready(loss)
+    state, metrics = train_step(state, batch, key, frozen)
+    jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
+  if not np.isfinite(float(metrics["loss"])):
+    print(f"warning: the loss is {float(metrics['loss'])}")
 
   device = jax.devices()[0]
   threads = os.cpu_count()
+  o = config.optim
   print(f"device: {device.platform} {device.device_kind} ({threads} CPUs); jax {jax.__version__}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  print(f"config: 2D U-Net channels (32, 64, 128), {args.size}x{args.size}, batch {b}, "
-        f"dtype {args.dtype}")
+  print(f"config: 2D U-Net channels {tuple(config.model.channels)}, {s}x{s}, batch {b}, "
+        f"dtype {trainer.compute_dtype(config).name}; step: trainer.make_train_step "
+        f"({config.diffusion.parameterization} loss, clip {o.grad_clip_norm}, AdamW, "
+        f"EMA {o.ema_decay}); compiled in {compile_s:.1f} s")
   print(f"parameters:      {num_params:,}")
   print(f"ms/step:         {1e3 * step_s:.1f} (median of {args.steps}; min {1e3 * min(times):.1f})")
   print(f"slices/s:        {b / step_s:.1f}")
