@@ -77,7 +77,8 @@ def load_volumes(name, paths):
   """A `Case` named `name` from {key: NIfTI path} (a case folder's files or loose ones).
 
   Every volume must be 3D, finite and share the shape and affine of the first;
-  image volumes must not be zero everywhere. Masks are binarised at 0.5.
+  image volumes must not be zero everywhere. A mask voxel is inside where it is non-zero
+  (the challenge's rule; a soft or negative mask is not "empty"); masks come back as 0/1.
   """
   volumes, ref = {}, None
   for key, path in paths.items():
@@ -87,6 +88,6 @@ def load_volumes(name, paths):
       ref = (path, img)
     else:
       nifti.check_same_grid(ref[0], ref[1], path, img)
-    volumes[key] = (data > 0.5).astype(np.float32) if is_mask else data
+    volumes[key] = (data != 0).astype(np.float32) if is_mask else data
   return Case(name=name, directory=pathlib.Path(ref[0]).parent, volumes=volumes,
               affine=ref[1].affine, header=ref[1].header)

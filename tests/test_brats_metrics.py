@@ -178,7 +178,9 @@ def test_evaluate_folder(tmp_path):
   assert on_disk["metrics"]["seconds"]["mean"] == pytest.approx(2.0)
   failed = {f["case"]: f["error"] for f in on_disk["failed"]}
   assert sorted(failed) == names[2:]
-  assert "file not found" in failed[names[2]]
+  missing = f"{names[2]}-t1n-inference.nii.gz"
+  assert f"{pred_root / names[2] / missing} and {pred_root / missing}" in failed[names[2]]
+  assert on_disk["total"] == 5 and on_disk["means_cover"].startswith("2 of 5 cases")
   assert "affine differs" in failed[names[3]]
   assert "NaN" in failed[names[4]]
   assert not list(workdir.glob(".*"))  # no temporary files left behind
@@ -188,3 +190,14 @@ def test_case_scores_normalise_once_and_agree():
   case = toy_case(seed=5)
   both = bm.case_scores(*case)
   assert both == dict(bm.official_scores(*case), ssim_3d=bm.ssim_3d(*case))
+
+
+def test_nothing_scored_is_an_error(tmp_path):
+  gt_root, pred_root = tmp_path / "gt", tmp_path / "pred"
+  _write_case(gt_root, "BraTS-GLI-00000-000", seed=0, affine=np.eye(4))
+  pred_root.mkdir()
+  config = inpaint_evaluate.get_config("tiny")
+  config.evaluate.predictions, config.evaluate.ground_truth = str(pred_root), str(gt_root)
+  with pytest.raises(InputError, match="no case could be scored"):
+    scoring_job.evaluate_folder(config, tmp_path / "work")
+  assert json.loads((tmp_path / "work" / "summary.json").read_text())["count"] == 0

@@ -5,6 +5,9 @@ through `inpaint_job.inpaint_cases`; the checks are on the files written.
 """
 
 import json
+import os
+import stat
+import zlib
 
 import jax
 import nibabel as nib
@@ -287,7 +290,8 @@ def test_single_pair_keys_and_all_failing(tmp_path):
   c.seed = 3
   inpainter = ConstantInpainter()
   inpaint_job.inpaint_cases(c, tmp_path / "w", inpainter)
-  expected = [jax.random.key_data(jax.random.fold_in(jax.random.key(3), i)) for i in (0, 1)]
+  expected = [jax.random.key_data(jax.random.fold_in(jax.random.key(3), zlib.crc32(d.name.encode())))
+              for d in (a, b)]  # from the case name, not its place in the listing
   for call, key in zip(inpainter.calls, expected):
     np.testing.assert_array_equal(jax.random.key_data(call["key"]), key)
 
@@ -317,3 +321,47 @@ def test_single_pair_keys_and_all_failing(tmp_path):
   saved = json.loads((tmp_path / "w3" / "inpaint_summary.json").read_text())
   assert saved["failed"][0]["case"] == "BraTS-GLI-00031-000-t1n"
   assert "missing-mask.nii.gz: file not found" in saved["failed"][0]["error"]
+
+
+class KeyInpainter:
+  """Fills the mask with a value drawn from the case's key."""
+  name = "key"
+  volume_shape = VOLUME_SHAPE
+
+  def __call__(self, voided, mask, key):
+    value = float(jax.random.uniform(key, minval=-1.0, maxval=1.0))
+    return np.where(mask > 0, value, voided).astype(np.float32)
+
+
+def test_case_result_does_not_depend_on_the_folder(tmp_path):
+  for name in ("BraTS-GLI-00030-000", "BraTS-GLI-00031-000"):
+    make_case(tmp_path / "both", name)
+  make_case(tmp_path / "alone", "BraTS-GLI-00031-000")
+  inpaint_job.inpaint_cases(config_for(tmp_path / "both"), tmp_path / "w1", KeyInpainter())
+  inpaint_job.inpaint_cases(config_for(tmp_path / "alone"), tmp_path / "w2", KeyInpainter())
+  behind = read(prediction(tmp_path / "w1", "BraTS-GLI-00031-000"))
+  alone = read(prediction(tmp_path / "w2", "BraTS-GLI-00031-000"))
+  np.testing.assert_array_equal(behind, alone)
+  first = read(prediction(tmp_path / "w1", "BraTS-GLI-00030-000"))
+  assert not np.array_equal(first[default_mask() > 0], alone[default_mask() > 0])
+
+
+@pytest.mark.parametrize("scale", [0.3, -1.0])
+def test_soft_or_negative_mask_is_inpainted_not_copied(tmp_path, scale):
+  case = make_case(tmp_path / "in", "BraTS-GLI-00032-000")
+  write(brats_layout.case_file(case, "mask"), default_mask() * scale, np.float32)
+  summary = inpaint_job.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w",
+                                      ConstantInpainter())
+  assert list(summary["done"]) == [case.name] and summary["copied_through"] == []
+
+
+def test_outputs_get_the_mode_open_would_give(tmp_path):
+  old = os.umask(0o022)
+  try:
+    make_case(tmp_path / "in", "BraTS-GLI-00033-000")
+    inpaint_job.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w", ConstantInpainter())
+  finally:
+    os.umask(old)
+  for path in (prediction(tmp_path / "w", "BraTS-GLI-00033-000"),
+               tmp_path / "w" / "inpaint_summary.json"):
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

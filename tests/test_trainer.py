@@ -203,11 +203,13 @@ def test_second_task_trains_and_resumes_exactly(tmp_path):
   config = classifier_config()
   straight = trainer.train(ClassifierTask(), config, tmp_path / "straight")
   trainer.train(ClassifierTask(), config, tmp_path / "resumed", stop_at_step=20)
+  with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:  # rows of a run killed at 35
+    f.write('{"step": 30, "loss": 123.0}\n{"step": 35, "lo')
   resumed = trainer.train(ClassifierTask(), config, tmp_path / "resumed")
   for a, b in zip(jax.tree.leaves((straight.params, straight.ema_params, straight.opt_state)),
                   jax.tree.leaves((resumed.params, resumed.ema_params, resumed.opt_state))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")
+  assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")  # one row per step
   rows = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
   losses = [r["loss"] for r in rows if "loss" in r]
   accuracy = [r["eval_accuracy"] for r in rows if "eval_accuracy" in r]

@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file in the destination folder, then rename.
 
 A crash or an exception while writing never leaves a half-written file under the
-final name, and the temporary file is removed.
+final name, and the temporary file is removed. The file gets the mode a plain
+`open()` would give it (0666 less the umask), not `mkstemp`'s private 0600.
 """
 
 import contextlib
@@ -19,12 +20,19 @@ def atomic_path(path):
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes),
                              dir=path.parent)
   os.close(fd)
+  os.chmod(tmp, 0o666 & ~_umask())
   try:
     yield tmp
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
+
+
+def _umask():
+  mask = os.umask(0)  # the only way to read it is to set it
+  os.umask(mask)
+  return mask
 
 
 def write_text(path, text):

@@ -220,7 +220,8 @@ def train(task, config, workdir, *, stop_at_step=None):
     tqdm.tqdm.write(f"Resumed from the checkpoint of step {int(state.step)}.")
   train_step = make_train_step(task, net, tx, lr, config.optim.ema_decay, mesh)
 
-  writer = metric_writers.MetricWriter(workdir, enabled=is_main)
+  writer = metric_writers.MetricWriter(workdir, enabled=is_main,
+                                       resume_step=int(state.step))
   writer.write_text("config", f"```\n{config}\n```")
   key = jax.random.key(config.seed)
   train_key, eval_key = jax.random.fold_in(key, TRAIN_STREAM), jax.random.fold_in(key, EVAL_STREAM)

@@ -14,7 +14,8 @@ or the single pair `input` / `mask`, named after the file without
      (lower bound clipped at 0) map to [-1, 1] (`intensity`); the voided region is -1;
   3. centre pad (with -1) / crop to the inpainter's `volume_shape`; a crop may cut
      only background (`check_fits`);
-  4. inpaint with key `fold_in(key(seed), case_index)`, clip to [-1, 1], undo the
+  4. inpaint with key `fold_in(key(seed), crc32(case name))` (the same result in
+     any folder, order or subset), clip to [-1, 1], undo the
      crop and the normalisation;
   5. write `<output_dir>/<case>/<case>-t1n-inference.nii.gz` (float32) with the
      input's shape, affine and header: the input voxel for voxel outside the mask,
@@ -32,6 +33,7 @@ All files are written atomically; after every case the job rewrites
 
 import pathlib
 import time
+import zlib
 
 import jax
 import matplotlib
@@ -218,6 +220,11 @@ def inpaint_one(config, inpainter, name, voided_path, mask_path, truth_path, out
   return status, seconds
 
 
+def case_key(base_key, name):
+  """The case's random key: from its name, never from its place in a listing."""
+  return jax.random.fold_in(base_key, zlib.crc32(name.encode()))
+
+
 def inpaint_cases(config, workdir, inpainter):
   """Inpaints every case with `inpainter`; returns (and writes) the summary.
 
@@ -237,10 +244,10 @@ def inpaint_cases(config, workdir, inpainter):
   base_key = jax.random.key(config.seed)
   bar = tqdm.tqdm(cases, desc="inpaint", unit="case",
                   disable=not config.inpaint.get("progress_bar", True))
-  for index, (name, voided, mask, truth) in enumerate(bar):
+  for name, voided, mask, truth in bar:
     try:
       status, seconds = inpaint_one(config, inpainter, name, voided, mask, truth, out_dir,
-                           jax.random.fold_in(base_key, index))
+                           case_key(base_key, name))
     except InputError as e:
       status, error = "failed", str(e)
     if status == "failed":

@@ -14,9 +14,10 @@ summary and the others go on. Writes, atomically:
                         scores, `brats_metrics.official_scores`), ssim_3d,
                         discontinuity_x/y/z/mean, and seconds when the prediction folder
                         has `evaluate.timings` (a JSON object {case: seconds})
-  workdir/summary.json  count, mean and std (ddof=1, as the challenge's pandas summary;
+  workdir/summary.json  count (scored), total, `means_cover`, mean and std (ddof=1, as the challenge's pandas summary;
                         null for one case) of each metric, and `failed`: [{case, error}].
                         A perfect case has psnr inf, written as `Infinity`.
+The job raises InputError (main.py exits non-zero) when no case could be scored.
 """
 
 import csv
@@ -40,10 +41,16 @@ METRICS = ("ssim", "psnr", "mse", "ssim_3d", "discontinuity_x", "discontinuity_y
 
 
 def prediction_path(folder, case):
-  """`folder/case/case-t1n-inference.nii.gz` if that exists, else the flat file name."""
+  """`folder/case/case-t1n-inference.nii.gz`, else `folder/case-t1n-inference.nii.gz`.
+
+  Raises InputError naming both paths if neither exists.
+  """
   folder = pathlib.Path(folder)
   nested = brats_layout.case_file(folder / case, "t1n-inference")
-  return nested if nested.is_file() else folder / nested.name
+  for path in (nested, folder / nested.name):
+    if path.is_file():
+      return path
+  raise InputError(case, f"no prediction: looked for {nested} and {folder / nested.name}")
 
 
 def score_case(case_dir, pred_path, dilation):
@@ -82,7 +89,10 @@ def summarize(rows, failed, columns):
     stats[name] = dict(
         mean=float(values.mean()) if len(values) else None,
         std=float(values.std(ddof=1)) if len(values) > 1 else None)
-  return dict(count=len(rows), metrics=stats, failed=failed)
+  total = len(rows) + len(failed)
+  return dict(count=len(rows), total=total,
+              means_cover=f"{len(rows)} of {total} cases ({len(failed)} failed, listed below)",
+              metrics=stats, failed=failed)
 
 
 def format_table(summary):
@@ -90,7 +100,8 @@ def format_table(summary):
   fmt = lambda v: f"{v:12.4f}" if v is not None else f"{'-':>12}"
   for name, s in summary["metrics"].items():
     lines.append(f"{name:<20}{fmt(s['mean'])}{fmt(s['std'])}")
-  lines.append(f"{summary['count']} cases scored, {len(summary['failed'])} failed")
+  lines.append(f"{summary['count']} of {summary['total']} cases scored (the means cover "
+               f"these only), {len(summary['failed'])} failed")
   lines += [f"  failed {f['case']}: {f['error']}" for f in summary["failed"]]
   return "\n".join(lines)
 
@@ -115,10 +126,9 @@ def evaluate_folder(config, workdir):
   rows, failed = [], []
   bar = tqdm.tqdm(cases, desc="evaluate", unit="case", disable=not cfg.progress_bar)
   for case_dir in bar:
-    pred_path = prediction_path(predictions, case_dir.name)
     error = None
     try:
-      scores = score_case(case_dir, pred_path, cfg.dilation)
+      scores = score_case(case_dir, prediction_path(predictions, case_dir.name), cfg.dilation)
     except InputError as e:
       error = str(e)
     if error:
@@ -142,4 +152,7 @@ def evaluate_folder(config, workdir):
   summary.update(predictions=str(predictions), ground_truth=str(cfg.ground_truth))
   atomic_files.write_json(workdir / "summary.json", summary)
   print(format_table(summary))
+  if not rows:
+    raise InputError(predictions, f"no case could be scored ({len(failed)} failed); see "
+                     f"{workdir / 'summary.json'}")
   return summary
