@@ -24,11 +24,31 @@ ALL_KEYS = IMAGE_KEYS + MASK_KEYS
 
 
 def case_file(case_dir, key):
-  """Path of `key` (e.g. 't1n-voided') inside a case folder."""
+  """Path of `key` (e.g. 't1n-voided') inside a case folder: `<case>-<key>.nii.gz`, or the
+  uncompressed `<case>-<key>.nii` when only that exists."""
   case_dir = pathlib.Path(case_dir)
   if key not in ALL_KEYS:
     raise InputError(case_dir, f"unknown volume key {key!r}; known: {', '.join(ALL_KEYS)}")
-  return case_dir / f"{case_dir.name}-{key}.nii.gz"
+  path = case_dir / f"{case_dir.name}-{key}.nii.gz"
+  plain = path.with_suffix("")
+  return plain if not path.exists() and plain.is_file() else path
+
+
+def missing_files(case_dir, required):
+  """Why `case_dir` is not a complete case (None if it holds every `required` file)."""
+  case_dir = pathlib.Path(case_dir)
+  missing = [case_file(case_dir, k).name for k in required if not case_file(case_dir, k).is_file()]
+  if not missing:
+    return None
+  files = sorted(p.name for p in case_dir.iterdir() if p.is_file())
+  if not files:
+    return "empty case folder"
+  reason = f"missing {', '.join(missing)}"
+  strangers = [f for f in files if f.endswith((".nii", ".nii.gz"))
+               and not f.startswith(case_dir.name + "-")]
+  if strangers:
+    reason += f" (its files are named {strangers[0]}, ...: the prefix must be the folder name)"
+  return reason
 
 
 def find_cases(root, required=("t1n-voided", "mask")):
@@ -36,17 +56,31 @@ def find_cases(root, required=("t1n-voided", "mask")):
 
   Raises InputError if `root` is missing, not a folder, or holds no such case.
   """
+  cases, _ = scan_cases(root, required)
+  if not cases:
+    names = ", ".join(f"<case>/<case>-{k}.nii.gz" for k in required)
+    raise InputError(root, f"no case folders found (each needs {names})")
+  return cases
+
+
+def scan_cases(root, required):
+  """(complete case folders, {incomplete folder name: reason}) under `root`, sorted.
+
+  Raises InputError if `root` is missing or not a folder.
+  """
   root = pathlib.Path(root)
   if not root.exists():
     raise InputError(root, "data folder not found")
   if not root.is_dir():
     raise InputError(root, "expected a folder of BraTS case folders")
-  cases = [d for d in sorted(root.iterdir())
-           if d.is_dir() and all(case_file(d, k).is_file() for k in required)]
-  if not cases:
-    names = ", ".join(f"<case>/<case>-{k}.nii.gz" for k in required)
-    raise InputError(root, f"no case folders found (each needs {names})")
-  return cases
+  cases, incomplete = [], {}
+  for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    reason = missing_files(d, required)
+    if reason is None:
+      cases.append(d)
+    else:
+      incomplete[d.name] = reason
+  return cases, incomplete
 
 
 @dataclasses.dataclass

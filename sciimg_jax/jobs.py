@@ -3,6 +3,7 @@
 This is the one module that sees every method; the core never imports it.
 """
 
+from sciimg_jax.core import atomic_files
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import inpaint_job
 from sciimg_jax.inpainting import quickstart
@@ -20,4 +21,5 @@ JOBS = {
 def run(config, workdir):
   if config.job not in JOBS:
     raise InputError("job", f"unknown job {config.job!r}; known: {', '.join(sorted(JOBS))}")
+  atomic_files.writable_folder(workdir)
   return JOBS[config.job](config, workdir)

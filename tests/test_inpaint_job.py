@@ -6,6 +6,7 @@ through `inpaint_job.inpaint_cases`; the checks are on the files written.
 
 import json
 import os
+import re
 import stat
 import zlib
 
@@ -365,3 +366,58 @@ def test_outputs_get_the_mode_open_would_give(tmp_path):
   for path in (prediction(tmp_path / "w", "BraTS-GLI-00033-000"),
                tmp_path / "w" / "inpaint_summary.json"):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_incomplete_case_folders_are_listed_as_failed(tmp_path):
+  root = tmp_path / "in"
+  good = make_case(root, "BraTS-GLI-00040-000")
+  no_mask = make_case(root, "BraTS-GLI-00041-000")
+  brats_layout.case_file(no_mask, "mask").unlink()
+  (root / "BraTS-GLI-00042-000").mkdir()
+  plain = make_case(root, "BraTS-GLI-00043-000")  # stored as uncompressed .nii: simply read
+  for key in ("t1n", "t1n-voided", "mask"):
+    gz = brats_layout.case_file(plain, key)
+    nib.save(nib.load(str(gz)), str(gz.with_suffix("")))
+    gz.unlink()
+  other = make_case(root, "BraTS-GLI-00044-000")
+  for f in other.iterdir():
+    f.rename(f.with_name(f.name.replace("00044", "00099")))
+  summary = inpaint_job.inpaint_cases(config_for(root), tmp_path / "w", ConstantInpainter())
+  assert sorted(summary["done"]) == [good.name, plain.name]
+  failed = {f["case"]: f["error"] for f in summary["failed"]}
+  assert "missing BraTS-GLI-00041-000-mask.nii.gz" in failed["BraTS-GLI-00041-000"]
+  assert "empty case folder" in failed["BraTS-GLI-00042-000"]
+  assert "BraTS-GLI-00099-000" in failed["BraTS-GLI-00044-000"]
+  assert "prefix must be the folder name" in failed["BraTS-GLI-00044-000"]
+
+
+def test_a_failed_rerun_leaves_no_stale_prediction(tmp_path):
+  case = make_case(tmp_path / "in", "BraTS-GLI-00045-000")
+  make_case(tmp_path / "in", "BraTS-GLI-00046-000")
+  config = config_for(tmp_path / "in", figures=True)
+  inpaint_job.inpaint_cases(config, tmp_path / "w", ConstantInpainter())
+  assert prediction(tmp_path / "w", case.name).is_file()
+  write(brats_layout.case_file(case, "mask"), default_mask()[:, :, :-1], np.uint8)
+  summary = inpaint_job.inpaint_cases(config, tmp_path / "w", ConstantInpainter())
+  assert [f["case"] for f in summary["failed"]] == [case.name]
+  assert not prediction(tmp_path / "w", case.name).exists()
+  assert not (tmp_path / "w" / "predictions" / case.name / f"{case.name}-triplanar.png").exists()
+  assert len(summary["removed_stale"]) == 2
+  timings = json.loads((tmp_path / "w" / "predictions" / "timings.json").read_text())
+  assert case.name not in timings
+
+
+@pytest.mark.parametrize("key,value,problem", [
+    ("stage1.steps", 0, "whole number >= 1"), ("stage1.stepper", "foo", "unknown stepper"),
+    ("stage2.t0", 1.5, "(0, 1]"), ("resampling.max_loops", -1, ">= 0"),
+    ("chunk_size", 0, ">= 1"), ("method", "cubic", "unknown method")])
+def test_pipeline_config_is_checked_before_any_work(key, value, problem):
+  from sciimg_jax.inpainting import volume_sampler  # noqa: PLC0415
+  c = inpaint.get_config("tiny")
+  *path, last = key.split(".")
+  node = c.pipeline
+  for name in path:
+    node = node[name]
+  node[last] = value
+  with pytest.raises(InputError, match=rf"pipeline\.{re.escape(key)}: .*{re.escape(problem)}"):
+    volume_sampler.VolumeInpainter(c)  # before any model is loaded

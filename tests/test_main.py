@@ -42,3 +42,19 @@ def test_missing_or_empty_data_folder(tmp_path, make):
   proc = run_main("--config=configs/inpainting/axial.py:tiny", f"--workdir={tmp_path / 'w'}",
                   f"--config.data.root={root}")
   assert_one_line_error(proc, str(root), "not found" if make == "missing" else "no case folders")
+
+
+@pytest.mark.parametrize("config", ["configs/inpainting/axial.py:tiny",
+                                    "configs/inpainting/inpaint.py:tiny",
+                                    "configs/inpainting/evaluate.py:tiny"])
+def test_workdir_that_is_a_file(tmp_path, config):
+  workdir = tmp_path / "a_file"
+  workdir.write_text("not a folder")
+  proc = run_main(f"--config={config}", f"--workdir={workdir}")
+  assert_one_line_error(proc, str(workdir), "exists and is not a folder")
+
+
+def test_bad_pipeline_value_fails_at_once(tmp_path):
+  proc = run_main("--config=configs/inpainting/inpaint.py:tiny", f"--workdir={tmp_path}",
+                  f"--config.inpaint.input_dir={tmp_path}", "--config.pipeline.stage2.t0=1.5")
+  assert_one_line_error(proc, "pipeline.stage2.t0", "(0, 1]")

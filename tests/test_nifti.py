@@ -1,5 +1,8 @@
 """Checked NIfTI reading and atomic writing; BraTS case loading rejects bad volumes."""
 
+import gzip
+import io
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -70,3 +73,18 @@ def test_missing_and_unreadable_files(tmp_path):
   truncated.write_bytes(truncated.read_bytes()[:-200])   # the header still reads
   with pytest.raises(InputError, match="truncated.nii.gz: unreadable NIfTI data"):
     nifti.load_volume(truncated)
+
+
+def test_header_claiming_a_huge_volume_is_refused_before_reading(tmp_path):
+  bad = tmp_path / "bad.nii"  # header of a 3000^3 volume, data of 8^3
+  nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), str(bad))
+  data = bytearray(bad.read_bytes())
+  hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(data)))
+  hdr.set_data_shape((3000, 3000, 3000))
+  data[:348] = hdr.binaryblock
+  bad.write_bytes(bytes(data))
+  gz = tmp_path / "bad.nii.gz"
+  gz.write_bytes(gzip.compress(bytes(data)))
+  for p in (bad, gz):
+    with pytest.raises(InputError, match=r"header claims a 3000x3000x3000 volume"):
+      nifti.load_volume(p)

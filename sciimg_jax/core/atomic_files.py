@@ -11,6 +11,8 @@ import os
 import pathlib
 import tempfile
 
+from sciimg_jax.core.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -43,3 +45,21 @@ def write_text(path, text):
 
 def write_json(path, obj, **dump_kwargs):
   return write_text(path, json.dumps(obj, indent=2, **dump_kwargs) + "\n")
+
+
+def writable_folder(path):
+  """Creates `path` if needed; raises InputError unless it is a folder this process can write.
+
+  Jobs call it before any work, so a bad output folder fails at once, not after the
+  first result was computed.
+  """
+  path = pathlib.Path(path)
+  if path.exists() and not path.is_dir():
+    raise InputError(path, "exists and is not a folder; pass a folder for the outputs")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise InputError(path, f"cannot write outputs here ({e.strerror or e})") from None
+  return path

@@ -15,6 +15,7 @@ from sciimg_jax.core import atomic_files
 from sciimg_jax.core.errors import InputError
 
 AFFINE_ATOL = 1e-3
+DEFLATE_MAX_RATIO = 1032  # gzip (deflate) never compresses better than about 1032:1
 
 
 def load_image(path):
@@ -33,7 +34,22 @@ def load_image(path):
     raise InputError(path, f"expected a 3D volume, got shape {tuple(shape)}")
   if not np.all(np.isfinite(img.affine)):
     raise InputError(path, "affine contains NaN or inf")
+  check_size(path, img)
   return img
+
+
+def check_size(path, img):
+  """Raises InputError if the header claims more data than the file can hold.
+
+  Checked before any data is read, so a broken header gives a message, not a
+  MemoryError: an uncompressed file must hold the whole array, a gzipped one at
+  least 1/DEFLATE_MAX_RATIO of it.
+  """
+  claimed = int(np.prod(img.shape, dtype=np.int64)) * img.get_data_dtype().itemsize
+  size = path.stat().st_size
+  if claimed > size * (DEFLATE_MAX_RATIO if path.name.endswith(".gz") else 1) + (1 << 20):
+    raise InputError(path, f"header claims a {'x'.join(map(str, img.shape))} volume "
+                     f"({claimed / 2**30:.1f} GiB) that a {size / 2**20:.1f} MiB file cannot hold")
 
 
 def load_volume(path, *, allow_all_zero=False):

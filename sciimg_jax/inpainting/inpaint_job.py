@@ -67,9 +67,10 @@ def case_name(path):
 
 
 def list_cases(config):
-  """[(case name, voided path, mask path, ground-truth path or None)].
+  """([(case name, voided path, mask path, ground-truth path or None)], {folder: problem}).
 
-  The ground truth (`-t1n`, only drawn in the figure) is the case folder's, or in
+  The second item names the sub-folders of `inpaint.input_dir` that are not complete
+  cases (no `-mask`, empty, files with another case's prefix) and why. The ground truth (`-t1n`, only drawn in the figure) is the case folder's, or in
   single-pair mode a `<case>-t1n.nii.gz` beside the voided file.
   """
   input_dir = config.inpaint.input_dir
@@ -83,16 +84,20 @@ def list_cases(config):
     voided = pathlib.Path(single)
     name = case_name(voided)
     truth = voided.with_name(f"{name}-t1n.nii.gz")
-    return [(name, voided, pathlib.Path(mask), truth if truth.is_file() else None)]
+    return [(name, voided, pathlib.Path(mask), truth if truth.is_file() else None)], {}
   if not input_dir:
     raise InputError("inpaint.input_dir",
                      "not set; pass a BraTS folder or --config.input/--config.mask")
+  required = ("t1n-voided", "mask")
+  folders, incomplete = brats_layout.scan_cases(input_dir, required)
+  if not folders and not incomplete:
+    brats_layout.find_cases(input_dir, required)  # raises: no case folders
   cases = []
-  for d in brats_layout.find_cases(input_dir, required=("t1n-voided", "mask")):
+  for d in folders:
     truth = brats_layout.case_file(d, "t1n")
     cases.append((d.name, brats_layout.case_file(d, "t1n-voided"),
                   brats_layout.case_file(d, "mask"), truth if truth.is_file() else None))
-  return cases
+  return cases, incomplete
 
 
 def estimated_brain(voided):
@@ -225,6 +230,17 @@ def case_key(base_key, name):
   return jax.random.fold_in(base_key, zlib.crc32(name.encode()))
 
 
+def record_failure(summary, out_dir, name, error):
+  """Lists a failed case and removes its older outputs, which would look current."""
+  logging.warning("%s failed: %s", name, error)
+  summary["failed"].append(dict(case=name, error=error))
+  for stale in (brats_layout.case_file(out_dir / name, "t1n-inference"),
+                out_dir / name / f"{name}-triplanar.png"):
+    if stale.is_file():
+      stale.unlink()
+      summary.setdefault("removed_stale", []).append(str(stale))
+
+
 def inpaint_cases(config, workdir, inpainter):
   """Inpaints every case with `inpainter`; returns (and writes) the summary.
 
@@ -232,15 +248,15 @@ def inpaint_cases(config, workdir, inpainter):
   `inpainter(voided, mask, key)` on normalised (X, Y, Z) float32 arrays. Raises
   InputError if there is no case or every case failed.
   """
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  out_dir = pathlib.Path(config.inpaint.output_dir or workdir / "predictions")
-  out_dir.mkdir(parents=True, exist_ok=True)
-  cases = list_cases(config)
+  workdir = atomic_files.writable_folder(workdir)
+  out_dir = atomic_files.writable_folder(config.inpaint.output_dir or workdir / "predictions")
+  cases, incomplete = list_cases(config)
   settings = dict(inpainter=inpainter.name, volume_shape=list(inpainter.volume_shape),
                   seed=config.seed, input=str(config.inpaint.input_dir or config.get("input")))
   summary = dict(inpainter=inpainter.name, output_dir=str(out_dir), settings=settings,
                  done={}, copied_through=[], failed=[])
+  for name, problem in incomplete.items():
+    record_failure(summary, out_dir, name, problem)
   base_key = jax.random.key(config.seed)
   bar = tqdm.tqdm(cases, desc="inpaint", unit="case",
                   disable=not config.inpaint.get("progress_bar", True))
@@ -251,8 +267,7 @@ def inpaint_cases(config, workdir, inpainter):
     except InputError as e:
       status, error = "failed", str(e)
     if status == "failed":
-      logging.warning("%s failed: %s", name, error)
-      summary["failed"].append(dict(case=name, error=error))
+      record_failure(summary, out_dir, name, error)
     else:
       summary["done"][name] = seconds
       if status == "copied":
@@ -265,7 +280,7 @@ def inpaint_cases(config, workdir, inpainter):
   for f in summary["failed"]:
     print(f"  failed {f['case']}: {f['error']}")
   if not summary["done"]:
-    raise InputError(settings["input"], f"every case failed ({len(cases)}); see "
+    raise InputError(settings["input"], f"every case failed ({len(summary['failed'])}); see "
                      f"{workdir / 'inpaint_summary.json'}")
   return summary
 

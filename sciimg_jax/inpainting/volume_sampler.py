@@ -31,6 +31,7 @@ from sciimg_jax.core import sharding
 from sciimg_jax.core.diffusion import sampler
 from sciimg_jax.core.diffusion import schedules
 from sciimg_jax.core.diffusion import volume_denoisers
+from sciimg_jax.core.diffusion.steppers import STEPPERS
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import adaptive_resampling
 from sciimg_jax.inpainting import known_region
@@ -70,6 +71,35 @@ RESAMPLING_MODES = ("none", "fixed", "adaptive")
 
 
 
+def check_pipeline_config(p):
+  """Raises InputError naming the `pipeline.*` key of the first bad value, before any work."""
+  def check(key, ok, problem):
+    if not ok:
+      raise InputError(f"pipeline.{key}", problem)
+
+  check("method", p.method in METHODS, f"unknown method {p.method!r}; known: {', '.join(METHODS)}")
+  check("resampling.mode", p.resampling.mode in RESAMPLING_MODES,
+        f"unknown mode {p.resampling.mode!r}; known: {', '.join(RESAMPLING_MODES)}")
+  for stage in ("stage1", "stage2"):
+    s = p[stage]
+    check(f"{stage}.steps", isinstance(s.steps, int) and s.steps >= 1,
+          f"must be a whole number >= 1, got {s.steps!r}")
+    check(f"{stage}.stepper", s.stepper in STEPPERS,
+          f"unknown stepper {s.stepper!r}; known: {', '.join(STEPPERS)}")
+    check(f"{stage}.eta", s.eta >= 0, f"must be >= 0, got {s.eta!r}")
+  check("stage2.t0", 0 < p.stage2.t0 <= 1, f"must be in (0, 1], got {p.stage2.t0!r}")
+  r = p.resampling
+  check("resampling.max_loops", r.max_loops >= 0, f"must be >= 0, got {r.max_loops!r}")
+  check("resampling.jump_length", r.jump_length >= 1, f"must be >= 1, got {r.jump_length!r}")
+  check("resampling.context_width", r.context_width >= 0, f"must be >= 0, got {r.context_width!r}")
+  for key in ("size_ratio", "disagreement_scale"):
+    check(f"resampling.{key}", r[key] > 0, f"must be > 0, got {r[key]!r}")
+  check("chunk_size", p.chunk_size >= 1, f"must be >= 1, got {p.chunk_size!r}")
+  check("mask_dilation", p.mask_dilation >= 0, f"must be >= 0, got {p.mask_dilation!r}")
+  check("spacing", p.spacing in schedules.SPACINGS,
+        f"unknown spacing {p.spacing!r}; known: {', '.join(schedules.SPACINGS)}")
+
+
 class VolumeInpainter:
   """Inpaints normalised volumes with the configured method (see `inpaint_job`).
 
@@ -78,12 +108,8 @@ class VolumeInpainter:
   """
 
   def __init__(self, config, models=None, mesh=None):
+    check_pipeline_config(config.pipeline)
     p = config.pipeline
-    if p.method not in METHODS:
-      raise InputError("pipeline.method", f"unknown method {p.method!r}; known: {', '.join(METHODS)}")
-    if p.resampling.mode not in RESAMPLING_MODES:
-      raise InputError("pipeline.resampling.mode", f"unknown mode {p.resampling.mode!r}; "
-                       f"known: {', '.join(RESAMPLING_MODES)}")
     self.config = config
     self.name = f"{p.method}/{p.resampling.mode}"
     self.mesh = mesh or sharding.make_mesh()

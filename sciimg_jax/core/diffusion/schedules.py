@@ -24,6 +24,7 @@ import numpy as np
 from sciimg_jax.core.errors import InputError
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
+SPACINGS = ("uniform", "linspace")
 
 
 @struct.dataclass
@@ -108,7 +109,7 @@ def respace(schedule, num_steps, spacing="uniform"):
     keep = np.round(np.linspace(0, size - 1, num_steps)).astype(np.int64)
   else:
     raise InputError("diffusion.spacing",
-                     f"unknown spacing {spacing!r}; expected 'uniform' or 'linspace'")
+                     f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
   alphas_cumprod = np.asarray(schedule.alphas_cumprod)[keep]
   prev = np.concatenate([[1.0], alphas_cumprod[:-1].astype(np.float64)])
   betas = 1.0 - alphas_cumprod.astype(np.float64) / prev
