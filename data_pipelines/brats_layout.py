@@ -11,8 +11,10 @@ The embedded data (`data_pipelines.synthetic_brats`) writes the same layout and 
 """
 
 import dataclasses
+import logging
 import pathlib
 
+import nibabel as nib
 import numpy as np
 
 from sciimg_jax.core import nifti
@@ -21,6 +23,7 @@ from sciimg_jax.core.errors import InputError
 IMAGE_KEYS = ("t1n", "t1n-voided", "t2w", "t2f", "t1n-inference")
 MASK_KEYS = ("mask", "mask-healthy", "mask-unhealthy", "mask-brain")
 ALL_KEYS = IMAGE_KEYS + MASK_KEYS
+_RAS_LIKE = ({"L", "R"}, {"A", "P"}, {"S", "I"})  # voxel axis orders the slice names assume
 
 
 def case_file(case_dir, key):
@@ -125,3 +128,19 @@ def load_volumes(name, paths):
     volumes[key] = (data != 0).astype(np.float32) if is_mask else data
   return Case(name=name, directory=pathlib.Path(ref[0]).parent, volumes=volumes,
               affine=ref[1].affine, header=ref[1].header)
+
+
+def warn_if_not_ras(where, affine):
+  """Logs a warning (naming `where`) unless the voxel axes run like RAS/LPS.
+
+  Slice names assume x: left-right, y: posterior-anterior, z: inferior-superior, as in
+  BraTS files; other orders are sliced along the wrong anatomical axes. Returns True if
+  it warned.
+  """
+  codes = nib.aff2axcodes(affine)
+  if all(c in expected for c, expected in zip(codes, _RAS_LIKE)):
+    return False
+  logging.warning("%s: voxel axes are %s, not RAS/LPS-like; 'axial/coronal/sagittal' "
+                  "will not mean what they say (reorient the files first, e.g. with "
+                  "nibabel.as_closest_canonical)", where, "".join(str(c) for c in codes))
+  return True

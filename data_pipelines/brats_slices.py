@@ -40,7 +40,6 @@ import json
 import logging
 import pathlib
 
-import nibabel as nib
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
@@ -52,7 +51,6 @@ from sciimg_jax.core.volumes import AXES
 
 SELECTIONS = ("brain", "mask")
 # The anatomical directions (nibabel axis codes) each voxel axis should follow.
-_EXPECTED_CODES = ({"L", "R"}, {"A", "P"}, {"S", "I"})
 _FORMAT_VERSION = "1.0.0"
 
 
@@ -161,7 +159,7 @@ class BratsSlices(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     num = 0
     for case_dir in cases:
       case = brats_layout.load_case(case_dir, keys=keys)
-      _warn_if_not_ras(case_dir, case.affine)
+      brats_layout.warn_if_not_ras(case_dir, case.affine)
       voided, mask = case.volumes["t1n-voided"], case.volumes["mask"]
       lo, hi = intensity.percentile_range(
           voided, where=brats_layout.case_file(case_dir, "t1n-voided"))
@@ -183,14 +181,6 @@ class BratsSlices(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if not num:
       raise InputError(root, f"no {selection} slices along the {axis} axis in "
                        f"{len(cases)} case(s); every mask is empty")
-
-
-def _warn_if_not_ras(case_dir, affine):
-  codes = nib.aff2axcodes(affine)
-  if any(c not in expected for c, expected in zip(codes, _EXPECTED_CODES)):
-    logging.warning("%s: voxel axes are %s, not RAS/LPS-like; 'axial/coronal/sagittal' "
-                    "will not mean what they say (reorient the files first)",
-                    case_dir, "".join(str(c) for c in codes))
 
 
 def fingerprint(splits, target, conditions):

@@ -421,3 +421,28 @@ def test_pipeline_config_is_checked_before_any_work(key, value, problem):
   node[last] = value
   with pytest.raises(InputError, match=rf"pipeline\.{re.escape(key)}: .*{re.escape(problem)}"):
     volume_sampler.VolumeInpainter(c)  # before any model is loaded
+
+
+def test_large_field_of_view_is_normalised_from_the_brain(tmp_path):
+  small = np.zeros((64, 64, 40), np.float32)
+  small[30:34, 30:34, 18:22] = np.linspace(100, 800, 64).reshape(4, 4, 4)  # 0.2 % of voxels
+  lo, hi = intensity.percentile_range(small)
+  assert 100 <= lo < hi <= 800
+  with pytest.raises(InputError, match="no intensity range"):
+    intensity.percentile_range(small, nonzero_fallback=False)  # scoring's exact rule
+  from sciimg_jax.inpainting import brats_metrics  # noqa: PLC0415
+  with pytest.raises(InputError, match="no intensity range"):
+    brats_metrics.normalized_in_mask(small, small, small, small > 0)
+
+
+def test_non_ras_voxel_order_is_warned_at_inference(tmp_path, caplog):
+  case = make_case(tmp_path / "in", "BraTS-GLI-00047-000")
+  sra = np.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]], float)  # axes S, R, A
+  for key in ("t1n-voided", "mask", "t1n"):
+    path = brats_layout.case_file(case, key)
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), sra), str(path))
+  with caplog.at_level("WARNING"):
+    inpaint_job.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w", ConstantInpainter())
+  assert any("not RAS/LPS-like" in r.getMessage() and "BraTS-GLI-00047-000" in r.getMessage()
+             for r in caplog.records)

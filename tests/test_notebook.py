@@ -23,3 +23,27 @@ def test_quickstart_notebook_runs(tmp_path):
   for means in rows.values():
     assert 0 < means["ssim"] <= 1 and means["mse"] > 0 and means["seconds"] > 0
   assert "figures" in text and " 0 figures" not in text
+
+
+def _install_cell(nb):
+  return next(c.source for c in nb.cells if c.source.startswith("if INSTALL:"))
+
+
+def test_notebook_installs_only_from_the_checkout_or_a_set_source(tmp_path, monkeypatch):
+  nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
+  assert "github.com" not in json.dumps(nb)  # no invented repository address
+  import subprocess  # noqa: PLC0415
+  calls = []
+  monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+  monkeypatch.chdir(ROOT / "notebooks")
+  exec(_install_cell(nb), {"INSTALL": True, "SOURCE": ""})  # noqa: S102
+  assert calls[-1][-2:] == ["-e", str(ROOT)]
+  monkeypatch.chdir(tmp_path)  # not a checkout, nothing set: a clear stop, no install
+  try:
+    exec(_install_cell(nb), {"INSTALL": True, "SOURCE": ""})  # noqa: S102
+    raise AssertionError("expected SystemExit")
+  except SystemExit as e:
+    assert "set SOURCE" in str(e)
+  assert len(calls) == 1
+  exec(_install_cell(nb), {"INSTALL": True, "SOURCE": "my-index/sciimg_jax.whl"})  # noqa: S102
+  assert calls[-1][-1] == "my-index/sciimg_jax.whl" and "-e" not in calls[-1]

@@ -15,14 +15,22 @@ import numpy as np
 from sciimg_jax.core.errors import InputError
 
 
-def percentile_range(voided, lower=0.5, upper=99.5, where="voided image"):
+def percentile_range(voided, lower=0.5, upper=99.5, where="voided image", *,
+                     nonzero_fallback=True):
   """Returns (lo, hi): the `lower`/`upper` percentiles of `voided`, lo clipped at >= 0.
 
+  When the whole-volume range is degenerate (a large field of view whose brain holds
+  under 1 % of the voxels gives hi = lo = 0), the percentiles of the non-zero voxels
+  are used instead, unless `nonzero_fallback=False` (scoring keeps the challenge's exact
+  rule). Training and inference share this function, so they normalise alike.
   `where` names the source (e.g. the file) in the InputError raised when hi <= lo.
   """
-  lo, hi = np.percentile(np.asarray(voided, dtype=np.float64), [lower, upper])
-  lo = max(float(lo), 0.0)
-  hi = float(hi)
+  voided = np.asarray(voided, dtype=np.float64)
+  lo, hi = np.percentile(voided, [lower, upper])
+  lo, hi = max(float(lo), 0.0), float(hi)
+  if not hi > lo and nonzero_fallback and np.any(voided != 0):
+    lo, hi = np.percentile(voided[voided != 0], [lower, upper])
+    lo, hi = max(float(lo), 0.0), float(hi)
   if not hi > lo:
     raise InputError(where, f"voided image has no intensity range "
                      f"({lower}/{upper} percentiles: lo={lo:g}, hi={hi:g})")

@@ -75,7 +75,8 @@ def normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where="sc
   mask = np.asarray(healthy_mask) != 0
   if not mask.any():
     raise InputError(where, "healthy mask is empty")
-  lo, hi = intensity.percentile_range(voided, *PERCENTILES, where=where)
+  lo, hi = intensity.percentile_range(voided, *PERCENTILES, where=where,
+                                      nonzero_fallback=False)  # the challenge's rule
 
   def norm(x):
     x = np.asarray(x, np.float64) * mask

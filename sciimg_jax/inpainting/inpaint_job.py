@@ -198,6 +198,7 @@ def inpaint_one(config, inpainter, name, voided_path, mask_path, truth_path, out
   start = time.perf_counter()
   case = brats_layout.load_volumes(name, {"t1n-voided": voided_path, "mask": mask_path})
   voided, mask = case.volumes["t1n-voided"], case.volumes["mask"]
+  brats_layout.warn_if_not_ras(voided_path, case.affine)
   check_case(voided_path, voided, mask_path, mask)
   out_path = brats_layout.case_file(out_dir / name, "t1n-inference")
   if not mask.any():
