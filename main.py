@@ -7,6 +7,7 @@ The job is `config.job` (a key of `JOBS`); bad input stops with one line that
 names the file or config key and the problem.
 """
 
+import os
 import sys
 
 from sciimg_jax.core import xla_flags
@@ -18,6 +19,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from sciimg_jax import jobs  # noqa: E402
+from sciimg_jax.core import interrupts  # noqa: E402
 from sciimg_jax.core.errors import InputError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -50,10 +52,16 @@ def main(argv):
     jax.distributed.initialize()
   logging.info("JAX %s, devices: %s", jax.__version__, jax.devices())
   config = FLAGS.config
+  interrupts.install()
   try:
     jobs.run(config, FLAGS.workdir)
   except (InputError, FloatingPointError) as e:
     sys.exit(f"error: {e}")
+  except interrupts.Interrupted as e:
+    sys.stderr.write(f"stopped: {e}\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(interrupts.EXIT_STATUS)  # skip interpreter teardown while XLA threads run
 
 
 if __name__ == "__main__":

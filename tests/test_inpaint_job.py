@@ -446,3 +446,29 @@ def test_non_ras_voxel_order_is_warned_at_inference(tmp_path, caplog):
     inpaint_job.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w", ConstantInpainter())
   assert any("not RAS/LPS-like" in r.getMessage() and "BraTS-GLI-00047-000" in r.getMessage()
              for r in caplog.records)
+
+
+class InterruptingInpainter(ConstantInpainter):
+  """Presses Ctrl-C (asks for a stop) while inpainting its first case."""
+
+  def __call__(self, voided, mask, key):
+    from sciimg_jax.core import interrupts  # noqa: PLC0415
+    interrupts.request()
+    return super().__call__(voided, mask, key)
+
+
+def test_interrupt_keeps_finished_cases_and_stops(tmp_path):
+  from sciimg_jax.core import interrupts  # noqa: PLC0415
+  for name in ("BraTS-GLI-00050-000", "BraTS-GLI-00051-000"):
+    make_case(tmp_path / "in", name)
+  try:
+    with pytest.raises(interrupts.Interrupted, match="1 finished cases kept"):
+      inpaint_job.inpaint_cases(config_for(tmp_path / "in"), tmp_path / "w",
+                                InterruptingInpainter())
+  finally:
+    interrupts.clear()
+  assert prediction(tmp_path / "w", "BraTS-GLI-00050-000").is_file()
+  assert not prediction(tmp_path / "w", "BraTS-GLI-00051-000").exists()
+  summary = json.loads((tmp_path / "w" / "inpaint_summary.json").read_text())
+  assert list(summary["done"]) == ["BraTS-GLI-00050-000"] and summary["interrupted"] == "after 1 of 2"
+  assert not [p for p in (tmp_path / "w").rglob(".*")]  # no temporary files

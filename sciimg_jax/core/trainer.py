@@ -42,6 +42,7 @@ import tqdm
 from flax import nnx
 
 from sciimg_jax.core import checkpoint
+from sciimg_jax.core import interrupts
 from sciimg_jax.core import metric_writers
 from sciimg_jax.core import sharding
 from sciimg_jax.core.errors import InputError
@@ -226,34 +227,40 @@ def train(task, config, workdir, *, stop_at_step=None):
   key = jax.random.key(config.seed)
   train_key, eval_key = jax.random.fold_in(key, TRAIN_STREAM), jax.random.fold_in(key, EVAL_STREAM)
   first, last = int(state.step), min(config.train.num_steps, stop_at_step or config.train.num_steps)
-  every = lambda n, done: n and (done % n == 0 or done == last)
-  losses, loss_check = [], _LossCheck(ckpt, workdir)
   bar = tqdm.trange(first, last, initial=first, total=config.train.num_steps, desc="train",
                     disable=not (is_main and config.train.progress_bar))
-  for step in bar:
-    batch = sharding.shard_batch(next(train_iter), mesh)
-    state, metrics = train_step(state, batch, train_key, frozen)
-    done = step + 1
-    checked = loss_check.push(done, metrics["loss"])
-    losses.append(metrics["loss"])
-    if checked is not None:
-      bar.set_postfix(loss=f"{checked:.4f}")
-    logs, evals, saves = (every(config.train.log_every, done), every(config.train.eval_every, done),
-                          every(config.train.checkpoint_every, done))
-    if logs or evals or saves:
-      loss_check.flush()  # nothing non-finite is logged, evaluated or checkpointed
-    if logs:
-      scalars = {k: float(v) for k, v in metrics.items()}
-      scalars["loss"] = float(np.mean([float(l) for l in losses]))
-      losses = []
-      writer.write_scalars(done, scalars)
-    if evals:
-      writer.write_scalars(done, task.evaluate(net, state.ema_params, frozen, done,
-                                               jax.random.fold_in(eval_key, done), workdir))
-    if saves:
-      save(ckpt, done, state, train_iter, config)
-  loss_check.flush()
-  ckpt.wait_until_finished()
-  ckpt.close()
-  writer.close()
+  every = lambda n, done: n and (done % n == 0 or done == last)
+  losses, loss_check = [], _LossCheck(ckpt, workdir)
+  try:
+    for step in bar:
+      interrupts.check()
+      batch = sharding.shard_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, batch, train_key, frozen)
+      done = step + 1
+      checked = loss_check.push(done, metrics["loss"])
+      losses.append(metrics["loss"])
+      if checked is not None:
+        bar.set_postfix(loss=f"{checked:.4f}")
+      logs, evals, saves = (every(config.train.log_every, done), every(config.train.eval_every, done),
+                            every(config.train.checkpoint_every, done))
+      if logs or evals or saves:
+        loss_check.flush()  # nothing non-finite is logged, evaluated or checkpointed
+      if logs:
+        scalars = {k: float(v) for k, v in metrics.items()}
+        scalars["loss"] = float(np.mean([float(l) for l in losses]))
+        losses = []
+        writer.write_scalars(done, scalars)
+      if evals:
+        writer.write_scalars(done, task.evaluate(net, state.ema_params, frozen, done,
+                                                 jax.random.fold_in(eval_key, done), workdir))
+      if saves:
+        save(ckpt, done, state, train_iter, config)
+    loss_check.flush()
+  except interrupts.Interrupted as e:
+    raise interrupts.Interrupted(f"training stopped; last complete checkpoint: step "
+                                 f"{ckpt.latest_step()} in {ckpt.directory}") from e
+  finally:
+    ckpt.wait_until_finished()  # a checkpoint in flight is completed, never left half-written
+    ckpt.close()
+    writer.close()
   return state

@@ -49,6 +49,7 @@ from data_pipelines import brats_layout  # noqa: E402
 from sciimg_jax.core import atomic_files  # noqa: E402
 from sciimg_jax.core import figures  # noqa: E402
 from sciimg_jax.core import intensity  # noqa: E402
+from sciimg_jax.core import interrupts  # noqa: E402
 from sciimg_jax.core import nifti  # noqa: E402
 from sciimg_jax.core import volumes  # noqa: E402
 from sciimg_jax.core.errors import InputError  # noqa: E402
@@ -231,6 +232,16 @@ def case_key(base_key, name):
   return jax.random.fold_in(base_key, zlib.crc32(name.encode()))
 
 
+def interrupted(summary, num_cases):
+  """True (and noted in the summary) once Ctrl-C asked the job to stop."""
+  try:
+    interrupts.check()
+  except interrupts.Interrupted:
+    summary["interrupted"] = f"after {len(summary['done']) + len(summary['failed'])} of {num_cases}"
+    return True
+  return False
+
+
 def record_failure(summary, out_dir, name, error):
   """Lists a failed case and removes its older outputs, which would look current."""
   logging.warning("%s failed: %s", name, error)
@@ -262,6 +273,8 @@ def inpaint_cases(config, workdir, inpainter):
   bar = tqdm.tqdm(cases, desc="inpaint", unit="case",
                   disable=not config.inpaint.get("progress_bar", True))
   for name, voided, mask, truth in bar:
+    if interrupted(summary, len(cases)):
+      break
     try:
       status, seconds = inpaint_one(config, inpainter, name, voided, mask, truth, out_dir,
                            case_key(base_key, name))
@@ -276,6 +289,11 @@ def inpaint_cases(config, workdir, inpainter):
     atomic_files.write_json(out_dir / "timings.json", summary["done"])
     atomic_files.write_json(workdir / "inpaint_summary.json", summary)
 
+  if interrupted(summary, len(cases)):  # Ctrl-C during the loop, the last case included
+    atomic_files.write_json(workdir / "inpaint_summary.json", summary)
+    raise interrupts.Interrupted(
+        f"{len(summary['done'])} finished cases kept in {out_dir}; the others were not started "
+        f"(see {workdir / 'inpaint_summary.json'})")
   print(f"{len(summary['done'])} done ({len(summary['copied_through'])} copied through "
         f"unchanged), {len(summary['failed'])} failed; predictions in {out_dir}")
   for f in summary["failed"]:
