@@ -380,6 +380,7 @@ def write_case(split_dir, subject, *, resolution_mm=4, seed=0):
   header.set_xyzt_units("mm", "sec")
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-", dir=split_dir))
   try:
+    os.chmod(tmp, atomic_files.plain_mode(folder=True))  # not mkdtemp's private 0700
     for key in CASE_KEYS:
       nifti.save_volume(tmp / f"{name}-{key}.nii.gz", volumes[key], affine, header)
     final = split_dir / name

@@ -472,3 +472,14 @@ def test_interrupt_keeps_finished_cases_and_stops(tmp_path):
   summary = json.loads((tmp_path / "w" / "inpaint_summary.json").read_text())
   assert list(summary["done"]) == ["BraTS-GLI-00050-000"] and summary["interrupted"] == "after 1 of 2"
   assert not [p for p in (tmp_path / "w").rglob(".*")]  # no temporary files
+
+
+def test_unwritable_output_folder_fails_before_any_case(tmp_path):
+  make_case(tmp_path / "in", "BraTS-GLI-00052-000")
+  (tmp_path / "a_file").write_text("")
+  config = config_for(tmp_path / "in")
+  config.inpaint.output_dir = str(tmp_path / "a_file" / "predictions")
+  inpainter = ConstantInpainter()
+  with pytest.raises(InputError, match="cannot write outputs here"):
+    inpaint_job.inpaint_cases(config, tmp_path / "w", inpainter)
+  assert not inpainter.calls and not (tmp_path / "w" / "inpaint_summary.json").exists()

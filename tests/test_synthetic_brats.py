@@ -201,3 +201,15 @@ def test_main(tmp_path, capsys):
   with pytest.raises(SystemExit, match="resolution_mm"):
     synthetic_brats.main(["--out_dir", str(tmp_path / "x"), "--num_train", "1",
                           "--resolution_mm", "3"])
+
+
+def test_case_folders_and_files_get_the_plain_modes(tmp_path):
+  import os  # noqa: PLC0415
+  import stat  # noqa: PLC0415
+  old = os.umask(0o022)
+  try:
+    folder = synthetic_brats.write_case(tmp_path, 7, resolution_mm=4)
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+  assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o644}

@@ -22,7 +22,7 @@ def atomic_path(path):
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes),
                              dir=path.parent)
   os.close(fd)
-  os.chmod(tmp, 0o666 & ~_umask())
+  os.chmod(tmp, plain_mode())
   try:
     yield tmp
     os.replace(tmp, path)
@@ -31,10 +31,11 @@ def atomic_path(path):
       os.unlink(tmp)
 
 
-def _umask():
+def plain_mode(folder=False):
+  """The mode `open()` (or `mkdir`, for a folder) would give a new file: 0666/0777 less the umask."""
   mask = os.umask(0)  # the only way to read it is to set it
   os.umask(mask)
-  return mask
+  return (0o777 if folder else 0o666) & ~mask
 
 
 def write_text(path, text):
