@@ -62,7 +62,8 @@ def get_config(variant=""):
   c.axial = slice_model("axial")
   c.coronal = slice_model("coronal")
   # Methods to compare, "method/resampling" (see sciimg_jax/inpainting/volume_sampler.py).
-  c.compare = ("hierarchical/fixed", "hierarchical/adaptive", "axial/none")
+  c.compare = ("hierarchical/fixed", "hierarchical/adaptive", "axial/none",
+               "biharmonic/none", "harmonic/none")
   c.inpaint = inpaint.get_config().inpaint
   c.pipeline = inpaint.get_pipeline_config()
   c.pipeline.stage1.steps = 25

@@ -483,3 +483,19 @@ def test_unwritable_output_folder_fails_before_any_case(tmp_path):
   with pytest.raises(InputError, match="cannot write outputs here"):
     inpaint_job.inpaint_cases(config, tmp_path / "w", inpainter)
   assert not inpainter.calls and not (tmp_path / "w" / "inpaint_summary.json").exists()
+
+
+@pytest.mark.parametrize("method", ["biharmonic", "harmonic"])
+def test_classical_methods_run_through_the_job(tmp_path, method):
+  case = make_case(tmp_path / "in", "BraTS-GLI-00053-000")
+  config = config_for(tmp_path / "in")
+  config.pipeline.method = method
+  inpainter = inpaint_job.build_inpainter(config)  # no model is needed
+  summary = inpaint_job.inpaint_cases(config, tmp_path / "w", inpainter)
+  assert list(summary["done"]) == [case.name] and summary["inpainter"] == f"{method}/none"
+  data = read(prediction(tmp_path / "w", case.name))
+  voided, truth, mask = (read(brats_layout.case_file(case, k)) for k in ("t1n-voided", "t1n", "mask"))
+  m = mask > 0
+  np.testing.assert_array_equal(data[~m], voided[~m])
+  lo, hi = intensity.percentile_range(voided)
+  assert np.all((data[m] >= lo - 1e-3) & (data[m] <= hi + 1e-3)) and np.ptp(data[m]) > 0

@@ -2,8 +2,10 @@
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,46 +62,42 @@ def test_bad_pipeline_value_fails_at_once(tmp_path):
   assert_one_line_error(proc, "pipeline.stage2.t0", "(0, 1]")
 
 
-def test_ctrl_c_during_training_stops_cleanly(tmp_path, data_cache):
-  import signal  # noqa: PLC0415
-  import time  # noqa: PLC0415
-  workdir = tmp_path / "w"
+def interrupt_main(args, ready):
+  """Starts main.py, sends SIGINT once `ready()` is true; returns (exit status, stderr)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(
-      [sys.executable, str(ROOT / "main.py"), "--config=configs/inpainting/axial.py:tiny",
-       f"--workdir={workdir}", f"--config.data.cache_dir={data_cache}",
-       "--config.train.num_steps=100000", "--config.train.eval_every=0"],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
-  while not (workdir / "checkpoints" / "2").is_dir() and time.time() < deadline:
-    time.sleep(0.5)
+  while not ready() and time.time() < deadline:
+    time.sleep(0.2)
   proc.send_signal(signal.SIGINT)
-  _, stderr = proc.communicate(timeout=120)
-  assert proc.returncode == 130, stderr[-2000:]
+  _, stderr = proc.communicate(timeout=240)
   assert "Traceback" not in stderr and "Fatal Python error" not in stderr, stderr[-2000:]
+  return proc.returncode, stderr
+
+
+def test_ctrl_c_during_training_stops_cleanly(tmp_path, data_cache):
+  workdir = tmp_path / "w"
+  status, stderr = interrupt_main(
+      ["--config=configs/inpainting/axial.py:tiny", f"--workdir={workdir}",
+       f"--config.data.cache_dir={data_cache}", "--config.train.num_steps=100000",
+       "--config.train.eval_every=0"],
+      ready=lambda: (workdir / "checkpoints" / "2").is_dir())
+  assert status == 130, stderr[-2000:]
   assert "last complete checkpoint: step" in stderr
   steps = [p.name for p in (workdir / "checkpoints").iterdir()]
   assert steps and all(s.isdigit() for s in steps), steps  # no half-written checkpoint
 
 
 def test_ctrl_c_during_inpainting_stops_cleanly(tmp_path, data_cache, slice_model_dirs):
-  import signal  # noqa: PLC0415
-  import time  # noqa: PLC0415
   eval_dir = next(data_cache.glob("embedded-4mm-seed*/eval"))
   workdir = tmp_path / "w"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(
-      [sys.executable, str(ROOT / "main.py"), "--config=configs/inpainting/inpaint.py:tiny",
-       f"--workdir={workdir}", f"--config.inpaint.input_dir={eval_dir}",
+  status, stderr = interrupt_main(
+      ["--config=configs/inpainting/inpaint.py:tiny", f"--workdir={workdir}",
+       f"--config.inpaint.input_dir={eval_dir}",
        f"--config.pipeline.axial_workdir={slice_model_dirs['axial']}",
        f"--config.pipeline.coronal_workdir={slice_model_dirs['coronal']}"],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 240
-  while not list(workdir.glob("predictions/*/*-t1n-inference.nii.gz")) and time.time() < deadline:
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGINT)
-  _, stderr = proc.communicate(timeout=240)
-  assert proc.returncode == 130, stderr[-2000:]
-  assert "Traceback" not in stderr and "Fatal Python error" not in stderr, stderr[-2000:]
+      ready=lambda: bool(list(workdir.glob("predictions/*/*-t1n-inference.nii.gz"))))
+  assert status == 130, stderr[-2000:]
   assert "finished cases kept" in stderr
   assert not [p for p in workdir.rglob(".*")]  # no temporary files

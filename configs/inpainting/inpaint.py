@@ -11,7 +11,8 @@ Writes <output_dir>/<case>/<case>-t1n-inference.nii.gz with the input's affine.
   python main.py --config=configs/inpainting/inpaint.py --workdir=runs/one \
       --config.input=case-t1n-voided.nii.gz --config.mask=case-mask.nii.gz ...
 
-Baselines: --config.pipeline.method=axial|coronal|tpdm|average; resampling:
+Baselines: --config.pipeline.method=axial|coronal|tpdm|average, and the classical fills
+biharmonic|harmonic (sciimg_jax/inpainting/classical.py); resampling:
 --config.pipeline.resampling.mode=none|fixed|adaptive.
 """
 
@@ -23,6 +24,7 @@ from configs import base
 def get_pipeline_config():
   p = ml_collections.ConfigDict()
   p.method = "hierarchical"         # hierarchical | axial | coronal | tpdm | average
+                                    # | biharmonic | harmonic (classical fills, no model)
   p.axial_workdir = "runs/axial"    # training runs whose latest checkpoints (EMA) are used
   p.coronal_workdir = "runs/coronal"
   p.stage1 = ml_collections.ConfigDict(dict(steps=50, stepper="ddim", eta=0.0))
@@ -34,6 +36,7 @@ def get_pipeline_config():
   p.chunk_size = 32                 # slices per network call
   p.slice_restriction = True        # evaluate only slices that meet the dilated mask
   p.mask_dilation = 1
+  p.classical_margin = 4            # classical fills: voxels around each hole's bounding box
   return p
 
 

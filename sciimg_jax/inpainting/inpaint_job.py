@@ -53,6 +53,7 @@ from sciimg_jax.core import interrupts  # noqa: E402
 from sciimg_jax.core import nifti  # noqa: E402
 from sciimg_jax.core import volumes  # noqa: E402
 from sciimg_jax.core.errors import InputError  # noqa: E402
+from sciimg_jax.inpainting import classical  # noqa: E402
 from sciimg_jax.inpainting import volume_sampler  # noqa: E402
 
 MAX_MASK_OUTSIDE_BRAIN = 0.5
@@ -208,9 +209,10 @@ def inpaint_one(config, inpainter, name, voided_path, mask_path, truth_path, out
     out, status = voided, "copied"
   else:
     lo, hi = intensity.percentile_range(voided, where=voided_path)
-    check_fits(inpainter.volume_shape, voided_path, voided, mask)
-    x = volumes.center_pad_crop(intensity.normalize(voided, lo, hi), inpainter.volume_shape, -1.0)
-    m = volumes.center_pad_crop(mask, inpainter.volume_shape, 0.0)
+    shape = inpainter.volume_shape or voided.shape  # None: the inpainter takes any shape
+    check_fits(shape, voided_path, voided, mask)
+    x = volumes.center_pad_crop(intensity.normalize(voided, lo, hi), shape, -1.0)
+    m = volumes.center_pad_crop(mask, shape, 0.0)
     x = np.where(m > 0, np.float32(-1.0), x)  # the voided region is -1, whatever the file says
     result = np.asarray(inpainter(x, m, key), np.float32)
     if result.shape != x.shape or not np.all(np.isfinite(result)):
@@ -256,14 +258,14 @@ def record_failure(summary, out_dir, name, error):
 def inpaint_cases(config, workdir, inpainter):
   """Inpaints every case with `inpainter`; returns (and writes) the summary.
 
-  `inpainter` has `name`, `volume_shape` (X, Y, Z) and is called as
+  `inpainter` has `name`, `volume_shape` (X, Y, Z, or None for any shape) and is called as
   `inpainter(voided, mask, key)` on normalised (X, Y, Z) float32 arrays. Raises
   InputError if there is no case or every case failed.
   """
   workdir = atomic_files.writable_folder(workdir)
   out_dir = atomic_files.writable_folder(config.inpaint.output_dir or workdir / "predictions")
   cases, incomplete = list_cases(config)
-  settings = dict(inpainter=inpainter.name, volume_shape=list(inpainter.volume_shape),
+  settings = dict(inpainter=inpainter.name, volume_shape=list(inpainter.volume_shape or ()),
                   seed=config.seed, input=str(config.inpaint.input_dir or config.get("input")))
   summary = dict(inpainter=inpainter.name, output_dir=str(out_dir), settings=settings,
                  done={}, copied_through=[], failed=[])
@@ -304,6 +306,15 @@ def inpaint_cases(config, workdir, inpainter):
   return summary
 
 
+def build_inpainter(config, models=None, mesh=None):
+  """The inpainter of `pipeline.method`: a classical fill or the diffusion volume sampler."""
+  volume_sampler.check_pipeline_config(config.pipeline)
+  p = config.pipeline
+  if p.method in classical.FILLS:
+    return classical.ClassicalInpainter(p.method, p.classical_margin)
+  return volume_sampler.VolumeInpainter(config, models, mesh)
+
+
 def inpaint_folder(config, workdir):
-  """The `inpaint` job: `inpaint_cases` with the configured `volume_sampler.VolumeInpainter`."""
-  return inpaint_cases(config, workdir, volume_sampler.VolumeInpainter(config))
+  """The `inpaint` job: `inpaint_cases` with the configured inpainter."""
+  return inpaint_cases(config, workdir, build_inpainter(config))

@@ -3,7 +3,8 @@
   1. trains the axial and the coronal (x_t, voided, mask) -> epsilon models on the
      embedded MNI152 subjects (`config.axial`, `config.coronal`: training configs);
   2. inpaints the held-out subjects with each method of `config.compare`
-     (e.g. the hierarchical sampler and the axial-only baseline);
+     (e.g. the hierarchical sampler, the axial-only baseline and the classical
+     biharmonic and harmonic fills);
   3. scores them with the BraTS metrics and prints and writes a table
      (`comparison.json`): SSIM, PSNR, MSE in the healthy mask, through-plane
      discontinuity and seconds per volume.
@@ -23,7 +24,6 @@ from sciimg_jax.inpainting import inpaint_job
 from sciimg_jax.inpainting import scoring_job
 from sciimg_jax.inpainting import slice_models
 from sciimg_jax.inpainting import slice_task
-from sciimg_jax.inpainting import volume_sampler
 
 COLUMNS = (("ssim", "SSIM"), ("psnr", "PSNR"), ("mse", "MSE"), ("discontinuity_mean", "discont."),
            ("seconds", "s/volume"))
@@ -55,7 +55,7 @@ def run_quickstart(config, workdir):
     c.inpaint.input_dir = str(eval_dir)
     c.inpaint.output_dir = str(run_dir / "predictions")
     start = time.time()
-    inpaint_job.inpaint_cases(c, run_dir, volume_sampler.VolumeInpainter(c, models, mesh))
+    inpaint_job.inpaint_cases(c, run_dir, inpaint_job.build_inpainter(c, models, mesh))
     c.evaluate.predictions, c.evaluate.ground_truth = c.inpaint.output_dir, str(eval_dir)
     summary = scoring_job.evaluate_folder(c, run_dir)
     rows[method] = {k: v["mean"] for k, v in summary["metrics"].items()}

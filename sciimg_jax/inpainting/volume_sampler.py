@@ -34,6 +34,7 @@ from sciimg_jax.core.diffusion import volume_denoisers
 from sciimg_jax.core.diffusion.steppers import STEPPERS
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import adaptive_resampling
+from sciimg_jax.inpainting import classical
 from sciimg_jax.inpainting import known_region
 from sciimg_jax.inpainting import slice_models
 from sciimg_jax.inpainting.slice_task import CONDITIONS
@@ -77,7 +78,8 @@ def check_pipeline_config(p):
     if not ok:
       raise InputError(f"pipeline.{key}", problem)
 
-  check("method", p.method in METHODS, f"unknown method {p.method!r}; known: {', '.join(METHODS)}")
+  known = tuple(METHODS) + tuple(classical.FILLS)
+  check("method", p.method in known, f"unknown method {p.method!r}; known: {', '.join(known)}")
   check("resampling.mode", p.resampling.mode in RESAMPLING_MODES,
         f"unknown mode {p.resampling.mode!r}; known: {', '.join(RESAMPLING_MODES)}")
   for stage in ("stage1", "stage2"):
@@ -96,6 +98,7 @@ def check_pipeline_config(p):
     check(f"resampling.{key}", r[key] > 0, f"must be > 0, got {r[key]!r}")
   check("chunk_size", p.chunk_size >= 1, f"must be >= 1, got {p.chunk_size!r}")
   check("mask_dilation", p.mask_dilation >= 0, f"must be >= 0, got {p.mask_dilation!r}")
+  check("classical_margin", p.classical_margin >= 1, f"must be >= 1, got {p.classical_margin!r}")
   check("spacing", p.spacing in schedules.SPACINGS,
         f"unknown spacing {p.spacing!r}; known: {', '.join(schedules.SPACINGS)}")
 
@@ -110,6 +113,9 @@ class VolumeInpainter:
   def __init__(self, config, models=None, mesh=None):
     check_pipeline_config(config.pipeline)
     p = config.pipeline
+    if p.method not in METHODS:
+      raise InputError("pipeline.method", f"{p.method!r} is not a diffusion method; "
+                       "inpaint_job.build_inpainter builds every method")
     self.config = config
     self.name = f"{p.method}/{p.resampling.mode}"
     self.mesh = mesh or sharding.make_mesh()

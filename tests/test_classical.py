@@ -1,0 +1,54 @@
+"""Classical fills: exact on functions they must reproduce, equal to the peer library, in the job."""
+
+import numpy as np
+import pytest
+from skimage.restoration import inpaint_biharmonic
+
+from sciimg_jax.inpainting import classical
+
+
+def _linear_with_holes():
+  x, y, z = np.meshgrid(*[np.arange(14.0)] * 3, indexing="ij")
+  f = 0.3 * x - 0.2 * y + 0.1 * z + 1.0
+  mask = np.zeros(f.shape, bool)
+  mask[3:8, 4:9, 2:7] = True     # a box
+  mask[10:12, 1:3, 9:12] = True  # and a second, separate hole
+  return f, mask
+
+
+def test_harmonic_fill_is_exact_on_linear_functions():
+  f, mask = _linear_with_holes()
+  filled = classical.fill_components(np.where(mask, 0.0, f), mask, classical.harmonic_fill, 1)
+  np.testing.assert_allclose(filled, f, atol=1e-12)
+
+
+def test_harmonic_fill_is_the_mean_of_its_neighbours():
+  rng = np.random.default_rng(0)
+  image, mask = rng.normal(size=(9, 8, 7)), np.zeros((9, 8, 7), bool)
+  mask[2:6, 3:6, 1:5] = True
+  out = classical.harmonic_fill(image, mask)
+  np.testing.assert_array_equal(out[~mask], image[~mask])
+  padded = np.pad(out, 1, mode="edge")  # not used at the holes: they are inside
+  mean = sum(np.roll(padded, s, a) for a in range(3) for s in (-1, 1))[1:-1, 1:-1, 1:-1] / 6
+  np.testing.assert_allclose(out[mask], mean[mask], atol=1e-10)
+
+
+def test_biharmonic_per_component_equals_skimage_on_the_whole_volume():
+  f, mask = _linear_with_holes()
+  f = f + np.sin(f)  # not linear, so the fill is not trivial
+  whole = inpaint_biharmonic(np.where(mask, 0.0, f), mask)
+  per_box = classical.fill_components(np.where(mask, 0.0, f), mask, classical.biharmonic_fill,
+                                      margin=100)  # boxes grown to the whole volume
+  np.testing.assert_allclose(per_box, whole, atol=1e-10)
+  bounded = classical.fill_components(np.where(mask, 0.0, f), mask, classical.biharmonic_fill, 4)
+  assert np.abs(bounded - f)[mask].mean() < np.abs(f[mask] - f[~mask].mean()).mean() / 5
+
+
+@pytest.mark.parametrize("method", ["biharmonic", "harmonic"])
+def test_classical_inpainter_keeps_the_known_region(method):
+  f, mask = _linear_with_holes()
+  voided = np.where(mask, -1.0, f / 10).astype(np.float32)
+  out = classical.ClassicalInpainter(method)(voided, mask.astype(np.float32))
+  assert out.dtype == np.float32 and out.shape == voided.shape
+  np.testing.assert_array_equal(out[~mask], voided[~mask])
+  np.testing.assert_allclose(out[mask], (f / 10)[mask], atol=0.05)
