@@ -206,6 +206,3 @@ class VolumeInpainter:
     params = {name: m.params for name, m in self.models.items()}
     return np.asarray(jax.device_get(self._run(params, self.prepare(voided, mask), key)))
 
-
-def build_inpainter(config):
-  return VolumeInpainter(config)
