@@ -26,6 +26,7 @@ from sciimg_jax.inpainting import slice_models
 from sciimg_jax.inpainting import slice_task
 
 COLUMNS = (("ssim", "SSIM"), ("psnr", "PSNR"), ("mse", "MSE"), ("discontinuity_mean", "discont."),
+           ("texture", "texture"),
            ("seconds", "s/volume"))
 
 

@@ -12,7 +12,8 @@ summary and the others go on. Writes, atomically:
 
   workdir/scores.csv    one row per scored case: case, ssim, psnr, mse (the challenge's
                         scores, `brats_metrics.official_scores`), ssim_3d,
-                        discontinuity_x/y/z/mean, and seconds when the prediction folder
+                        discontinuity_x/y/z/mean, texture (`brats_metrics.texture_ratio`
+                        in the healthy mask), and seconds when the prediction folder
                         has `evaluate.timings` (a JSON object {case: seconds})
   workdir/summary.json  count (scored), total, `means_cover`, mean and std (ddof=1, as the challenge's pandas summary;
                         null for one case) of each metric, and `failed`: [{case, error}].
@@ -37,7 +38,7 @@ from sciimg_jax.core.errors import InputError
 
 GROUND_TRUTH_KEYS = ("t1n", "t1n-voided", "mask-healthy")
 METRICS = ("ssim", "psnr", "mse", "ssim_3d", "discontinuity_x", "discontinuity_y",
-           "discontinuity_z", "discontinuity_mean")
+           "discontinuity_z", "discontinuity_mean", "texture")
 
 
 def prediction_path(folder, case):
@@ -65,6 +66,7 @@ def score_case(case_dir, pred_path, dilation):
   scores = brats_metrics.case_scores(pred, gt, voided, mask, where=case.name)
   seams = brats_metrics.discontinuity(pred, gt, mask, dilation=dilation)
   scores.update({f"discontinuity_{k}": v for k, v in seams.items()})
+  scores["texture"] = brats_metrics.texture_ratio(pred, gt, mask)
   return scores
 
 
