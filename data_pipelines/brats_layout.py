@@ -20,7 +20,10 @@ import numpy as np
 from sciimg_jax.core import nifti
 from sciimg_jax.core.errors import InputError
 
-IMAGE_KEYS = ("t1n", "t1n-voided", "t2w", "t2f", "t1n-inference")
+# Outputs of the inpainting job: the prediction (with N samples, their mean), the samples'
+# voxelwise standard deviation and sample 0 alone.
+OUTPUT_KEYS = ("t1n-inference", "t1n-inference-std", "t1n-sample")
+IMAGE_KEYS = ("t1n", "t1n-voided", "t2w", "t2f") + OUTPUT_KEYS
 MASK_KEYS = ("mask", "mask-healthy", "mask-unhealthy", "mask-brain")
 ALL_KEYS = IMAGE_KEYS + MASK_KEYS
 _RAS_LIKE = ({"L", "R"}, {"A", "P"}, {"S", "I"})  # voxel axis orders the slice names assume

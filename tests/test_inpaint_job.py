@@ -72,6 +72,19 @@ class NeighbourhoodMeanInpainter:
     return np.where(mask > 0, voided[ring].mean(), voided).astype(np.float32)
 
 
+class SamplesInpainter:
+  """Returns N samples: the constant fill plus i * 0.1 for sample i."""
+  name = "samples"
+  volume_shape = VOLUME_SHAPE
+
+  def __init__(self, num):
+    self.num = num
+
+  def __call__(self, voided, mask, key):
+    return np.stack([np.where(mask > 0, FILL + 0.1 * i, voided) for i in range(self.num)]
+                    ).astype(np.float32)
+
+
 def ellipsoid(centre=(13, 11, 7), radii=(9, 8, 6)):
   grid = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")
   return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) < 1
@@ -410,7 +423,8 @@ def test_a_failed_rerun_leaves_no_stale_prediction(tmp_path):
 @pytest.mark.parametrize("key,value,problem", [
     ("stage1.steps", 0, "whole number >= 1"), ("stage1.stepper", "foo", "unknown stepper"),
     ("stage2.t0", 1.5, "(0, 1]"), ("resampling.max_loops", -1, ">= 0"),
-    ("chunk_size", 0, ">= 1"), ("method", "cubic", "unknown method")])
+    ("chunk_size", 0, ">= 1"), ("method", "cubic", "unknown method"),
+    ("num_samples", 0, "whole number >= 1")])
 def test_pipeline_config_is_checked_before_any_work(key, value, problem):
   from sciimg_jax.inpainting import volume_sampler  # noqa: PLC0415
   c = inpaint.get_config("tiny")
@@ -499,3 +513,27 @@ def test_classical_methods_run_through_the_job(tmp_path, method):
   np.testing.assert_array_equal(data[~m], voided[~m])
   lo, hi = intensity.percentile_range(voided)
   assert np.all((data[m] >= lo - 1e-3) & (data[m] <= hi + 1e-3)) and np.ptp(data[m]) > 0
+
+
+def test_samples_give_mean_std_and_sample_files(tmp_path):
+  case = make_case(tmp_path / "in", "BraTS-GLI-00009-000")
+  c = config_for(tmp_path / "in")
+  c.inpaint.write_sample = True
+  inpaint_job.inpaint_cases(c, tmp_path / "w", SamplesInpainter(3))
+  voided = read(brats_layout.case_file(case, "t1n-voided"))
+  mask = read(brats_layout.case_file(case, "mask")) > 0
+  lo, hi = intensity.percentile_range(voided)
+  fills = [intensity.denormalize(np.float32(FILL + 0.1 * i), lo, hi) for i in range(3)]
+  folder = tmp_path / "w" / "predictions" / case.name
+  mean = read(prediction(tmp_path / "w", case.name))
+  std = read(brats_layout.case_file(folder, "t1n-inference-std"))
+  first = read(brats_layout.case_file(folder, "t1n-sample"))
+  np.testing.assert_allclose(mean[mask], np.mean(fills), rtol=1e-5)
+  np.testing.assert_allclose(std[mask], np.std(fills), rtol=1e-4)
+  np.testing.assert_allclose(first[mask], fills[0], rtol=1e-5)
+  np.testing.assert_array_equal(mean[~mask], voided[~mask])
+  assert np.all(std[~mask] == 0)
+  # One sample into the same folder: the older std and sample files go, they are not this run's.
+  inpaint_job.inpaint_cases(c, tmp_path / "w", SamplesInpainter(1))
+  assert sorted(p.name for p in folder.glob("*.nii.gz")) == [f"{case.name}-t1n-inference.nii.gz"]
+  np.testing.assert_allclose(read(prediction(tmp_path / "w", case.name))[mask], fills[0], rtol=1e-5)

@@ -58,6 +58,19 @@ def test_volume_shape_and_known_region(models, case):
   assert np.abs(out[mask > 0] - voided[mask > 0]).mean() > 0.05  # the hole was filled
 
 
+def test_samples_in_one_call(models, case):
+  voided, mask = case
+  key = jax.random.key(4)
+  one = make(models, method="axial")(voided, mask, key)
+  many = make(models, method="axial", num_samples=3)(voided, mask, key)
+  assert many.shape == (3,) + voided.shape
+  np.testing.assert_allclose(many[0], one, atol=1e-5)   # sample 0 is the one-sample result
+  inside = mask > 0
+  assert np.abs(many[1][inside] - many[0][inside]).mean() > 1e-3  # the others differ
+  for sample in many:
+    np.testing.assert_array_equal(sample[~inside], voided[~inside])
+
+
 @pytest.mark.parametrize("method", ["axial", "tpdm"])
 def test_slice_restriction_changes_nothing(models, case, method):
   voided, mask = case

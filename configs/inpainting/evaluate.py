@@ -18,6 +18,7 @@ def get_config(variant=""):
   c.job = "inpaint_evaluate"
   c.evaluate = ml_collections.ConfigDict()
   c.evaluate.predictions = ""          # folder of <case>-t1n-inference.nii.gz (flat or per case)
+  c.evaluate.prediction_key = "t1n-inference"  # or t1n-sample: sample 0 of a mean-of-N run
   c.evaluate.ground_truth = ""         # BraTS-layout folder with -t1n, -t1n-voided, -mask-healthy
   c.evaluate.dilation = 2              # voxels the healthy mask grows by for `discontinuity`
   c.evaluate.timings = "timings.json"  # {case: seconds} in the predictions folder, if present

@@ -33,6 +33,7 @@ def get_pipeline_config():
       mode="fixed",               # none | fixed | adaptive (README: what each buys)
       jump_length=1, max_loops=4, context_width=3, size_ratio=0.4, disagreement_scale=0.1))
   p.spacing = "uniform"
+  p.num_samples = 1                 # N > 1: write the mean of N samples (one batched call)
   p.chunk_size = 32                 # slices per network call
   p.slice_restriction = True        # evaluate only slices that meet the dilated mask
   p.mask_dilation = 1
@@ -53,6 +54,8 @@ def get_config(variant=""):
   c.input = ""                      # one voided T1 volume (instead of inpaint.input_dir)
   c.mask = ""                       # and its mask
   c.inpaint = ml_collections.ConfigDict(dict(
-      input_dir="", output_dir="", figures=True, progress_bar=True))
+      input_dir="", output_dir="", figures=True, progress_bar=True,
+      write_std=True,               # with num_samples > 1: <case>-t1n-inference-std.nii.gz
+      write_sample=False))          # with num_samples > 1: sample 0 as <case>-t1n-sample.nii.gz
   c.pipeline = get_pipeline_config()
   return base.apply_variant(c, variant, VARIANTS)

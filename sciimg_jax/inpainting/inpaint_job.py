@@ -19,7 +19,12 @@ or the single pair `input` / `mask`, named after the file without
      crop and the normalisation;
   5. write `<output_dir>/<case>/<case>-t1n-inference.nii.gz` (float32) with the
      input's shape, affine and header: the input voxel for voxel outside the mask,
-     the inpainted values inside; and `<case>-triplanar.png` (axial, coronal and
+     the inpainted values inside. An inpainter that returns N samples (N, X, Y, Z)
+     (`pipeline.num_samples`) gets their mean written there (the posterior mean the
+     BraTS scores reward), their voxelwise standard deviation as
+     `<case>-t1n-inference-std.nii.gz` (`inpaint.write_std`; 0 outside the mask) and
+     sample 0 alone as `<case>-t1n-sample.nii.gz` (`inpaint.write_sample`, for
+     realism scores of one sample); and `<case>-triplanar.png` (axial, coronal and
      sagittal planes through the mask's centre; input, mask, result and the ground
      truth `-t1n` when present).
 An empty mask copies the input through unchanged (listed as `copied_through`). A
@@ -203,6 +208,7 @@ def inpaint_one(config, inpainter, name, voided_path, mask_path, truth_path, out
   brats_layout.warn_if_not_ras(voided_path, case.affine)
   check_case(voided_path, voided, mask_path, mask)
   out_path = brats_layout.case_file(out_dir / name, "t1n-inference")
+  extras = {}
   if not mask.any():
     logging.warning("%s: the mask is empty; the voided input is copied through unchanged",
                     mask_path)
@@ -215,12 +221,24 @@ def inpaint_one(config, inpainter, name, voided_path, mask_path, truth_path, out
     m = volumes.center_pad_crop(mask, shape, 0.0)
     x = np.where(m > 0, np.float32(-1.0), x)  # the voided region is -1, whatever the file says
     result = np.asarray(inpainter(x, m, key), np.float32)
-    if result.shape != x.shape or not np.all(np.isfinite(result)):
+    samples = result[None] if result.ndim == x.ndim else result   # (N, X, Y, Z)
+    if samples.shape[1:] != x.shape or not np.all(np.isfinite(samples)):
       raise InputError(f"inpainter {inpainter.name}",
                        f"returned shape {result.shape} or NaN/inf for {voided_path}")
-    filled = volumes.center_pad_crop(np.clip(result, -1.0, 1.0), voided.shape, -1.0)
-    out = np.where(mask > 0, intensity.denormalize(filled, lo, hi), voided)
+    filled = np.stack([np.where(mask > 0, intensity.denormalize(volumes.center_pad_crop(
+        np.clip(s, -1.0, 1.0), voided.shape, -1.0), lo, hi), voided) for s in samples])
+    out = np.where(mask > 0, filled.mean(axis=0), voided)  # outside: the input, bit for bit
+    if len(filled) > 1 and config.inpaint.get("write_std"):
+      extras["t1n-inference-std"] = np.where(mask > 0, filled.std(axis=0), 0.0)
+    if len(filled) > 1 and config.inpaint.get("write_sample"):
+      extras["t1n-sample"] = filled[0]
     status = "done"
+  for key_name in brats_layout.OUTPUT_KEYS[1:]:  # before the prediction, which marks a case done
+    path = brats_layout.case_file(out_dir / name, key_name)
+    if key_name in extras:
+      nifti.save_volume(path, extras[key_name], case.affine, case.header, dtype=np.float32)
+    elif path.is_file():  # an earlier run's, which would look like this one's
+      path.unlink()
   nifti.save_volume(out_path, out, case.affine, case.header, dtype=np.float32)
   seconds = time.perf_counter() - start
   if config.inpaint.get("figures", True):
@@ -248,11 +266,20 @@ def record_failure(summary, out_dir, name, error):
   """Lists a failed case and removes its older outputs, which would look current."""
   logging.warning("%s failed: %s", name, error)
   summary["failed"].append(dict(case=name, error=error))
-  for stale in (brats_layout.case_file(out_dir / name, "t1n-inference"),
-                out_dir / name / f"{name}-triplanar.png"):
+  removed = remove_outputs(out_dir, name)
+  if removed:
+    summary.setdefault("removed_stale", []).extend(removed)
+
+
+def remove_outputs(out_dir, name):
+  """Deletes the case's outputs of an earlier run; returns the paths it removed."""
+  removed = []
+  for stale in ([brats_layout.case_file(out_dir / name, k) for k in brats_layout.OUTPUT_KEYS]
+                + [out_dir / name / f"{name}-triplanar.png"]):
     if stale.is_file():
       stale.unlink()
-      summary.setdefault("removed_stale", []).append(str(stale))
+      removed.append(str(stale))
+  return removed
 
 
 def inpaint_cases(config, workdir, inpainter):

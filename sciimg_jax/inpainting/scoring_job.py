@@ -41,13 +41,14 @@ METRICS = ("ssim", "psnr", "mse", "ssim_3d", "discontinuity_x", "discontinuity_y
            "discontinuity_z", "discontinuity_mean", "texture")
 
 
-def prediction_path(folder, case):
-  """`folder/case/case-t1n-inference.nii.gz`, else `folder/case-t1n-inference.nii.gz`.
+def prediction_path(folder, case, key="t1n-inference"):
+  """`folder/case/case-<key>.nii.gz`, else `folder/case-<key>.nii.gz`.
 
-  Raises InputError naming both paths if neither exists.
+  `key` is one of `brats_layout.OUTPUT_KEYS` ('t1n-sample' scores sample 0 of a
+  mean-of-N run). Raises InputError naming both paths if neither exists.
   """
   folder = pathlib.Path(folder)
-  nested = brats_layout.case_file(folder / case, "t1n-inference")
+  nested = brats_layout.case_file(folder / case, key)
   for path in (nested, folder / nested.name):
     if path.is_file():
       return path
@@ -117,6 +118,9 @@ def evaluate_folder(config, workdir):
   for key in ("predictions", "ground_truth"):
     if not cfg[key]:
       raise InputError(f"evaluate.{key}", f"not set; pass --config.evaluate.{key}=FOLDER")
+  if cfg.prediction_key not in ("t1n-inference", "t1n-sample"):
+    raise InputError("evaluate.prediction_key", f"must be t1n-inference or t1n-sample, got "
+                     f"{cfg.prediction_key!r}")
   predictions = pathlib.Path(cfg.predictions)
   if not predictions.is_dir():
     raise InputError(predictions, "predictions folder not found")
@@ -130,7 +134,8 @@ def evaluate_folder(config, workdir):
   for case_dir in bar:
     error = None
     try:
-      scores = score_case(case_dir, prediction_path(predictions, case_dir.name), cfg.dilation)
+      scores = score_case(case_dir, prediction_path(predictions, case_dir.name, cfg.prediction_key),
+                          cfg.dilation)
     except InputError as e:
       error = str(e)
     if error:

@@ -14,6 +14,11 @@ known region replaced by a q(x_t | x0) sample after every step
 (`known_region.known_region_replacement`), and RePaint resampling with a per-region
 loop count (`pipeline.resampling.mode`):
 
+Posterior mean: `pipeline.num_samples = N` draws N samples in one jitted call (the
+sampler vmapped over N keys, so every network call takes N times the slices) and
+the inpainter returns them stacked, (N, X, Y, Z); sample i uses `fold_in(key, i)`, so
+sample 0 is the one-sample result. The job writes their mean (and std).
+
   none      no resampling;
   fixed     every voxel takes `max_loops` loops at every anchor step (RePaint);
   adaptive  loop counts per mask region and step (`adaptive_resampling`): more
@@ -97,6 +102,8 @@ def check_pipeline_config(p):
   for key in ("size_ratio", "disagreement_scale"):
     check(f"resampling.{key}", r[key] > 0, f"must be > 0, got {r[key]!r}")
   check("chunk_size", p.chunk_size >= 1, f"must be >= 1, got {p.chunk_size!r}")
+  check("num_samples", isinstance(p.num_samples, int) and p.num_samples >= 1,
+        f"must be a whole number >= 1, got {p.num_samples!r}")
   check("mask_dilation", p.mask_dilation >= 0, f"must be >= 0, got {p.mask_dilation!r}")
   check("classical_margin", p.classical_margin >= 1, f"must be >= 1, got {p.classical_margin!r}")
   check("spacing", p.spacing in schedules.SPACINGS,
@@ -146,7 +153,8 @@ class VolumeInpainter:
       self.schedules.append(schedule)
       self.starts.append(int(min(max(start, 0), stage.steps - 1)))
     self.chunk_size = -(-p.chunk_size // self.mesh.devices.size) * self.mesh.devices.size
-    self._run = jax.jit(self._sample)
+    self.num_samples = p.num_samples
+    self._run = jax.jit(jax.vmap(self._sample, in_axes=(None, None, 0)))
 
   def _denoiser(self, name, params, case, schedule):
     if name in ("average", "tpdm"):
@@ -201,8 +209,11 @@ class VolumeInpainter:
     return case
 
   def __call__(self, voided, mask, key):
+    """One inpainted volume (X, Y, Z), or (N, X, Y, Z) samples for `num_samples` N > 1."""
     if tuple(voided.shape) != self.volume_shape:
       raise InputError("volume", f"shape {voided.shape} is not the inpainter's {self.volume_shape}")
     params = {name: m.params for name, m in self.models.items()}
-    return np.asarray(jax.device_get(self._run(params, self.prepare(voided, mask), key)))
+    keys = jnp.stack([jax.random.fold_in(key, i) for i in range(self.num_samples)])
+    samples = np.asarray(jax.device_get(self._run(params, self.prepare(voided, mask), keys)))
+    return samples[0] if self.num_samples == 1 else samples
 
