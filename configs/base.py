@@ -20,6 +20,10 @@ def get_base_config():
       num_train=24, num_eval=4, resolution_mm=4, seed=0))
   c.data.axis = "axial"          # axial | coronal | sagittal
   c.data.slices = "mask"         # mask: slices that intersect the mask; brain: all brain slices
+  # Random lesion-shaped holes added to training examples (input_pipeline.RandomLesionMasks):
+  # probability per example, radii as fractions of the smaller image side, blobs per hole.
+  c.data.random_masks = ml_collections.ConfigDict(dict(
+      probability=0.0, radius_fraction=(0.03, 0.12), max_blobs=3))
   c.data.target = "t1n"
   c.data.conditions = ("t1n-voided", "mask")
   c.data.image_size = (64, 64)   # slices are centre-padded/cropped to this
@@ -63,6 +67,7 @@ def get_base_config():
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 100_000
+  c.train.loss_weight_in_mask = 1.0  # slice diffusion: weight of unknown (mask) pixels in the loss
   c.train.compute_dtype = "auto"     # auto: bfloat16 on GPU/TPU, float32 on CPU
   c.train.log_every = 100
   c.train.checkpoint_every = 5_000

@@ -20,7 +20,8 @@ background after normalisation; masks with 0) or centre cropped;
 background).
 
 The training iterator is a grain `DataLoaderIterator`: infinite, reshuffled every
-epoch from `seed`, sharded over JAX processes, with `get_state()`/`set_state()`.
+epoch from `seed`, optionally with random lesion-shaped holes (`data.random_masks`,
+`RandomLesionMasks`), sharded over JAX processes, with `get_state()`/`set_state()`.
 `sciimg_jax.core.checkpoint` saves it with orbax next to the train state
 (`grain.checkpoint.CheckpointSave` / `CheckpointRestore`; each process writes its own
 `process_<i>-of-<n>.json`).
@@ -32,6 +33,7 @@ import numpy as np
 
 from data_pipelines import brats_layout
 from data_pipelines import brats_slices
+from sciimg_jax.core.errors import InputError
 from sciimg_jax.core.volumes import center_pad_crop
 
 def slice_sources(data_config, source_dirs, cache_dir):
@@ -83,6 +85,86 @@ class PadCrop(grain.transforms.Map):
     return out
 
 
+def lesion_mask(shape, region, rng, *, radius_range, max_blobs):
+  """A random lesion-shaped 2D mask inside `region` (bool (H, W)); empty if `region` is.
+
+  The union of 1..`max_blobs` lumpy ellipses: each has a radius drawn from
+  `radius_range` (pixels), an aspect ratio in [0.6, 1], a random orientation and a
+  boundary r(theta) = R (1 + sum_k a_k cos(k theta + phi_k)) with k = 2, 3, 4 and
+  a_k <= 0.15; its centre is a random pixel of `region` (the first blob) or lies
+  within the first blob's radius (the others), and the result is cut to `region`.
+  These are the cross-sections a 3D lesion leaves on a slice, small to large.
+  """
+  candidates = np.argwhere(region)
+  mask = np.zeros(shape, bool)
+  if not len(candidates):
+    return mask
+  rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+  centre = candidates[rng.integers(len(candidates))].astype(np.float64)
+  first_radius = None
+  for _ in range(int(rng.integers(1, max_blobs + 1))):
+    radius = rng.uniform(*radius_range)
+    if first_radius is None:
+      first_radius, here = radius, centre
+    else:
+      here = centre + rng.uniform(-first_radius, first_radius, 2)
+    angle = rng.uniform(0, np.pi)
+    dy, dx = rows - here[0], cols - here[1]
+    u = np.cos(angle) * dy + np.sin(angle) * dx
+    v = (-np.sin(angle) * dy + np.cos(angle) * dx) / rng.uniform(0.6, 1.0)
+    theta, r = np.arctan2(v, u), np.hypot(u, v)
+    edge = radius * (1 + sum(rng.uniform(0, 0.15) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+                             for k in (2, 3, 4)))
+    mask |= r <= edge
+  return mask & region
+
+
+class RandomLesionMasks(grain.transforms.RandomMap):
+  """Training examples with random lesion-shaped holes, as BraTS inpainting entries train.
+
+  With probability `probability` an example gets `lesion_mask` inside its brain
+  (target > -1, the normalised background) and outside its own mask, with radii
+  `radius_fraction` x the smaller image side: the hole is added to the `mask` channel and
+  set to -1 in the `t1n-voided` channel. Slices without brain are left as they are.
+  grain seeds `rng` per record from the sampler's seed, so resumed runs draw the same holes.
+  """
+
+  def __init__(self, conditions, *, probability, radius_fraction, max_blobs):
+    conditions = list(conditions)
+    self.voided, self.mask = conditions.index("t1n-voided"), conditions.index("mask")
+    self.probability, self.max_blobs = float(probability), int(max_blobs)
+    self.radius_fraction = tuple(float(f) for f in radius_fraction)
+
+  def random_map(self, element, rng):
+    if rng.uniform() >= self.probability:
+      return element
+    cond = element["cond"].copy()
+    brain = (element["target"][..., 0] > -1.0) & (cond[..., self.mask] == 0)
+    side = min(brain.shape)
+    hole = lesion_mask(brain.shape, brain, rng, max_blobs=self.max_blobs,
+                       radius_range=tuple(f * side for f in self.radius_fraction))
+    cond[..., self.mask] = np.where(hole, 1.0, cond[..., self.mask])
+    cond[..., self.voided] = np.where(hole, -1.0, cond[..., self.voided])
+    return dict(element, cond=cond)
+
+
+def check_random_masks(data_config):
+  """Raises InputError for `data.random_masks` settings that cannot work."""
+  r = data_config.random_masks
+  if not 0.0 <= r.probability <= 1.0:
+    raise InputError("data.random_masks.probability", f"must be in [0, 1], got {r.probability!r}")
+  lo, hi = r.radius_fraction
+  if not 0 < lo <= hi:
+    raise InputError("data.random_masks.radius_fraction",
+                     f"must be (low, high) with 0 < low <= high, got {tuple(r.radius_fraction)}")
+  if r.max_blobs < 1:
+    raise InputError("data.random_masks.max_blobs", f"must be >= 1, got {r.max_blobs!r}")
+  if r.probability and not {"t1n-voided", "mask"} <= set(data_config.conditions):
+    raise InputError("data.random_masks", "needs 't1n-voided' and 'mask' among data.conditions")
+  if r.probability and not data_config.target:
+    raise InputError("data.random_masks", "needs data.target (the brain comes from it)")
+
+
 def _stack(elements):
   return {k: np.stack([e[k] for e in elements]) for k in elements[0]}
 
@@ -105,11 +187,18 @@ def make_train_iterator(data_config, source, *, seed, batch_size_per_process,
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard_options, shuffle=True,
       num_epochs=None, seed=int(seed))
+  operations = [PadCrop(data_config.image_size, data_config.conditions)]
+  random_masks = data_config.get("random_masks")
+  if random_masks is not None and random_masks.probability:
+    check_random_masks(data_config)
+    operations.append(RandomLesionMasks(
+        data_config.conditions, probability=random_masks.probability,
+        radius_fraction=random_masks.radius_fraction, max_blobs=random_masks.max_blobs))
   loader = grain.DataLoader(
       data_source=source,
       sampler=sampler,
-      operations=[PadCrop(data_config.image_size, data_config.conditions),
-                  grain.transforms.Batch(int(batch_size_per_process), drop_remainder=True)],
+      operations=operations + [
+          grain.transforms.Batch(int(batch_size_per_process), drop_remainder=True)],
       worker_count=int(data_config.num_workers))
   return iter(loader)
 

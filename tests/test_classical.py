@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from skimage.restoration import inpaint_biharmonic
 
+from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import classical
 
 
@@ -52,3 +53,16 @@ def test_classical_inpainter_keeps_the_known_region(method):
   assert out.dtype == np.float32 and out.shape == voided.shape
   np.testing.assert_array_equal(out[~mask], voided[~mask])
   np.testing.assert_allclose(out[mask], (f / 10)[mask], atol=0.05)
+
+
+@pytest.mark.parametrize("method", ["biharmonic", "harmonic"])
+def test_mask_on_the_border_and_a_mask_with_nothing_known(method, caplog):
+  f, _ = _linear_with_holes()
+  mask = np.zeros(f.shape, bool)
+  mask[0:3, 5:9, 5:9] = True  # touches the x = 0 face
+  out = classical.ClassicalInpainter(method)(np.where(mask, -1.0, f).astype(np.float32),
+                                             mask.astype(np.float32))
+  assert np.all(np.isfinite(out)) and "touches the volume border on axis 0" in caplog.text
+  np.testing.assert_allclose(out[mask], f[mask], atol=0.6)
+  with pytest.raises(InputError, match="no known voxel to fill from"):
+    classical.ClassicalInpainter(method)(f.astype(np.float32), np.ones(f.shape, np.float32))

@@ -137,6 +137,19 @@ def test_target_and_prediction_round_trip(parameterization):
   assert float(schedules.diffusion_loss(s, parameterization, target, x0, noise, t)) < 1e-12
 
 
+def test_weighted_loss_is_the_weighted_mean():
+  s = schedules.make_schedule("linear", 100)
+  x0 = jnp.zeros((2, 3, 1))
+  noise = jnp.arange(6.0).reshape(2, 3, 1)
+  t = jnp.array([3, 70], jnp.int32)
+  out = jnp.zeros_like(x0)
+  w = jnp.array([[[1.0], [4.0], [1.0]], [[4.0], [1.0], [1.0]]])
+  want = float(jnp.sum(w * noise**2) / jnp.sum(w))
+  assert float(schedules.diffusion_loss(s, "eps", out, x0, noise, t, w)) == pytest.approx(want)
+  assert float(schedules.diffusion_loss(s, "eps", out, x0, noise, t, jnp.ones_like(w))) == \
+      pytest.approx(float(schedules.diffusion_loss(s, "eps", out, x0, noise, t)))
+
+
 def test_loss_gradient_under_jit():
   s = schedules.make_schedule("linear", 100)
   x0 = jnp.ones((2, 3))

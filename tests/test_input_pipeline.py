@@ -249,6 +249,59 @@ def test_train_iterator_resume_and_epochs(dirs):
   assert any((a["slice"] != b["slice"]).any() for a, b in zip(first, _take(other, 3)))
 
 
+def test_lesion_mask_lies_in_its_region():
+  region = np.zeros((40, 48), bool)
+  region[5:35, 8:44] = True
+  sizes = []
+  for seed in range(20):
+    hole = input_pipeline.lesion_mask(region.shape, region, np.random.default_rng(seed),
+                                      radius_range=(2.0, 8.0), max_blobs=3)
+    assert hole.any() and not (hole & ~region).any()
+    sizes.append(hole.sum())
+    again = input_pipeline.lesion_mask(region.shape, region, np.random.default_rng(seed),
+                                       radius_range=(2.0, 8.0), max_blobs=3)
+    np.testing.assert_array_equal(hole, again)
+  assert min(sizes) < 60 < max(sizes)  # small and large holes
+  assert not input_pipeline.lesion_mask(region.shape, np.zeros_like(region),
+                                        np.random.default_rng(0), radius_range=(2.0, 8.0),
+                                        max_blobs=3).any()
+
+
+def test_random_masks_void_brain_outside_the_own_mask(dirs):
+  c, sources = _sources(dirs, slices="brain")
+  c.random_masks.probability = 1.0
+  it = input_pipeline.make_train_iterator(c, sources["train"], seed=5, batch_size_per_process=4)
+  plain_c, _ = _sources(dirs, slices="brain")
+  plain = input_pipeline.make_train_iterator(plain_c, sources["train"], seed=5,
+                                             batch_size_per_process=4)
+  added = 0
+  for a, b in zip(_take(it, 6), _take(plain, 6)):
+    np.testing.assert_array_equal(a["target"], b["target"])  # same examples, same order
+    voided, mask = a["cond"][..., 0], a["cond"][..., 1]
+    own = b["cond"][..., 1] > 0
+    new = (mask > 0) & ~own
+    assert np.all(mask[own] == 1)                               # the own mask is kept
+    assert np.all(voided[new] == -1) and np.all(a["target"][..., 0][new] > -1)  # brain, voided
+    np.testing.assert_array_equal(voided[~new], b["cond"][..., 0][~new])
+    added += new.sum()
+  assert added > 0
+  # Resume draws the same holes.
+  it = input_pipeline.make_train_iterator(c, sources["train"], seed=5, batch_size_per_process=4)
+  _take(it, 3)
+  state, want = it.get_state(), _take(it, 3)
+  again = input_pipeline.make_train_iterator(c, sources["train"], seed=5, batch_size_per_process=4)
+  again.set_state(state)
+  for a, b in zip(_take(again, 3), want):
+    np.testing.assert_array_equal(a["cond"], b["cond"])
+
+
+def test_random_mask_settings_are_checked(dirs):
+  c, sources = _sources(dirs, slices="brain")
+  c.random_masks.probability = 1.5
+  with pytest.raises(InputError, match=r"data\.random_masks\.probability: must be in \[0, 1\]"):
+    input_pipeline.make_train_iterator(c, sources["train"], seed=0, batch_size_per_process=2)
+
+
 def test_train_iterator_orbax_checkpoint(dirs, tmp_path):
   c, sources = _sources(dirs)
   make = lambda: input_pipeline.make_train_iterator(

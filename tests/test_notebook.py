@@ -21,8 +21,9 @@ def test_quickstart_notebook_runs(tmp_path):
   assert all(m in text for m in methods)
   rows = json.loads((tmp_path / "run" / "comparison.json").read_text())
   assert set(rows) == methods
-  for means in rows.values():
-    assert 0 < means["ssim"] <= 1 and means["mse"] > 0 and means["seconds"] > 0
+  for stats in rows.values():
+    assert 0 < stats["ssim"]["mean"] <= 1 and stats["mse"]["mean"] > 0
+    assert stats["seconds"]["mean"] > 0 and stats["texture"]["mean"] > 0
   assert "figures" in text and " 0 figures" not in text
 
 

@@ -75,7 +75,11 @@ def _losses(workdir):
 
 
 def test_resume_is_exact(tiny_config, tmp_path):
+  """With the full inpainting recipe: every brain slice, random holes, in-mask loss weight."""
   tiny_config.train.eval_every = 0
+  tiny_config.data.slices = "brain"
+  tiny_config.data.random_masks.probability = 0.8
+  tiny_config.train.loss_weight_in_mask = 4.0
   straight = slice_task.train_slice_model(tiny_config, tmp_path / "straight")
   slice_task.train_slice_model(tiny_config, tmp_path / "resumed", stop_at_step=2)
   assert (tmp_path / "resumed" / "checkpoints" / "2").is_dir()

@@ -12,11 +12,14 @@ random key, and run through the same job, outputs and scoring as the diffusion m
 (`pipeline.method=biharmonic|harmonic`).
 """
 
+from absl import logging
 import numpy as np
 import scipy.ndimage as ndi
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from skimage.restoration import inpaint_biharmonic
+
+from sciimg_jax.core.errors import InputError
 
 
 def harmonic_fill(image, mask):
@@ -61,13 +64,25 @@ FILLS = {"biharmonic": biharmonic_fill, "harmonic": harmonic_fill}
 
 
 def fill_components(image, mask, fill, margin):
-  """Applies `fill` to each 26-connected mask component inside its bounding box + margin."""
+  """Applies `fill` to each 26-connected mask component inside its bounding box + margin.
+
+  A component that touches the array's border is filled from the sides it has (a
+  warning says so); one whose grown box holds no known voxel cannot be filled and
+  raises InputError.
+  """
   out = np.asarray(image, np.float64).copy()
   labels, _ = ndi.label(mask > 0, structure=np.ones((3,) * image.ndim))
   for k, box in enumerate(ndi.find_objects(labels), start=1):
     grown = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n))
                   for s, n in zip(box, image.shape))
     region = labels[grown] == k
+    touching = [a for a, (s, n) in enumerate(zip(box, image.shape)) if s.start == 0 or s.stop == n]
+    if touching:
+      logging.warning("mask component %d touches the volume border on axis %s: it is filled "
+                      "from its inner sides only", k, ", ".join(map(str, touching)))
+    if (labels[grown] > 0).all():
+      raise InputError("mask", f"component {k} covers its whole box grown by {margin} voxels "
+                       "(no known voxel to fill from); raise pipeline.classical_margin")
     out[grown] = np.where(region, fill(out[grown], region), out[grown])
   return out
 

@@ -6,41 +6,62 @@
      (e.g. the hierarchical sampler, the axial-only baseline and the classical
      biharmonic and harmonic fills);
   3. scores them with the BraTS metrics and prints and writes a table
-     (`comparison.json`): SSIM, PSNR, MSE in the healthy mask, through-plane
-     discontinuity and seconds per volume.
+     (`comparison.json`, mean and std over subjects): SSIM, PSNR, MSE in the healthy
+     mask, through-plane discontinuity, texture ratio and seconds per volume.
+
+An entry of `config.compare` is 'method/resampling' (one sample) or
+'method/resampling/meanN': N samples in one batched call, scored twice, as their
+mean (row 'method/resampling/meanN') and as sample 0 alone ('method/resampling/sample').
 
 Each step resumes: trained models are reused, as are finished inpaintings.
 """
 
 import pathlib
-import time
 
 import ml_collections
 
 from data_pipelines import sources
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import sharding
+from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import inpaint_job
 from sciimg_jax.inpainting import scoring_job
 from sciimg_jax.inpainting import slice_models
 from sciimg_jax.inpainting import slice_task
 
 COLUMNS = (("ssim", "SSIM"), ("psnr", "PSNR"), ("mse", "MSE"), ("discontinuity_mean", "discont."),
-           ("texture", "texture"),
-           ("seconds", "s/volume"))
+           ("texture", "texture"), ("seconds", "s/volume"))
+
+
+def parse_entry(entry):
+  """'method/resampling' or 'method/resampling/meanN' -> (method, resampling, N)."""
+  parts = entry.split("/")
+  num = 1
+  if len(parts) == 3 and parts[2].startswith("mean") and parts[2][4:].isdigit():
+    num = int(parts[2][4:])
+  if len(parts) not in (2, 3) or num < 1 or (len(parts) == 3 and num == 1):
+    raise InputError("compare", f"entry {entry!r} is not 'method/resampling' or "
+                     "'method/resampling/meanN' with N >= 2")
+  return parts[0], parts[1], num
 
 
 def format_table(rows):
-  header = f"{'method':<26}" + "".join(f"{title:>11}" for _, title in COLUMNS)
+  """One line per method: the mean (± std over subjects) of each column."""
+  header = f"{'method':<30}" + "".join(f"{title:>17}" for _, title in COLUMNS)
   lines = [header, "-" * len(header)]
-  for name, means in rows.items():
-    cells = "".join(f"{means.get(key, float('nan')):>11.4f}" for key, _ in COLUMNS)
-    lines.append(f"{name:<26}{cells}")
+  for name, stats in rows.items():
+    cells = ""
+    for key, _ in COLUMNS:
+      mean, std = stats.get(key, {}).get("mean"), stats.get(key, {}).get("std")
+      cell = "-" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+      cells += f"{cell:>17}"
+    lines.append(f"{name:<30}{cells}")
   return "\n".join(lines)
 
 
 def run_quickstart(config, workdir):
   workdir = pathlib.Path(workdir)
+  entries = [(entry, *parse_entry(entry)) for entry in config.compare]  # checked before training
   for name in ("axial", "coronal"):
     slice_task.train_slice_model(config[name], workdir / name)
   eval_dir = sources.source_dirs(config.axial.data, workdir / "axial")["eval"]
@@ -49,20 +70,23 @@ def run_quickstart(config, workdir):
   models = {name: slice_models.load_slice_model(workdir / name, name, mesh)
             for name in ("axial", "coronal")}
   rows = {}
-  for method in config.compare:
+  for entry, method, mode, num in entries:
     c = ml_collections.ConfigDict(config.to_dict())
-    c.pipeline.method, c.pipeline.resampling.mode = method.split("/")
-    run_dir = workdir / "inpaint" / method.replace("/", "-")
+    c.pipeline.method, c.pipeline.resampling.mode = method, mode
+    c.pipeline.num_samples, c.inpaint.write_sample = num, num > 1
+    run_dir = workdir / "inpaint" / entry.replace("/", "-")
     c.inpaint.input_dir = str(eval_dir)
     c.inpaint.output_dir = str(run_dir / "predictions")
-    start = time.time()
     inpaint_job.inpaint_cases(c, run_dir, inpaint_job.build_inpainter(c, models, mesh))
     c.evaluate.predictions, c.evaluate.ground_truth = c.inpaint.output_dir, str(eval_dir)
-    summary = scoring_job.evaluate_folder(c, run_dir)
-    rows[method] = {k: v["mean"] for k, v in summary["metrics"].items()}
-    rows[method]["total_seconds"] = time.time() - start
+    scored = {entry: ("t1n-inference", run_dir / "scores")}
+    if num > 1:  # sample 0 of the same run: the one-sample row (its time is the N-sample run's)
+      scored[f"{method}/{mode}/sample"] = ("t1n-sample", run_dir / "scores-sample")
+    for row, (key, score_dir) in scored.items():
+      c.evaluate.prediction_key = key
+      rows[row] = scoring_job.evaluate_folder(c, score_dir)["metrics"]
 
-  table = format_table(rows)
-  print("\nHeld-out embedded subjects, inpainted and scored as in BraTS:\n" + table)
+  print("\nHeld-out embedded subjects, inpainted and scored as in BraTS "
+        "(mean ± std over subjects):\n" + format_table(rows))
   atomic_files.write_json(workdir / "comparison.json", rows)
   return rows

@@ -4,7 +4,8 @@ The network maps (x_t, voided slice, mask slice) -> epsilon on 2D slices along
 `data.axis` (as in the BraTS 2023 2nd-place DDPM); the loss is
 `schedules.conditional_denoising_loss`. Batches come from the TFDS/grain slice
 pipeline over `data.root` (or the embedded MNI152 subjects). Evaluation inpaints
-`train.num_sample_images` held-out slices, spread evenly over the eval cases, with
+`train.num_sample_images` held-out slices that meet the mask, spread evenly over the
+eval cases, with
 the EMA parameters and the configured sampler, writes
 `samples/step_<n>.png` (voided | mask | inpainted | ground truth) and logs
 `sample_mse_in_mask`, the mean squared error inside the mask on the [0, 1] scale.
@@ -40,6 +41,11 @@ def check_config(config):
     raise InputError("model.in_channels", f"is {config.model.in_channels}, but x_t plus "
                      f"{len(config.data.conditions)} conditions {tuple(config.data.conditions)} "
                      f"make {expected}")
+  w = config.train.get("loss_weight_in_mask", 1.0)
+  if w != 1.0 and "mask" not in config.data.conditions:
+    raise InputError("train.loss_weight_in_mask", "needs 'mask' among data.conditions")
+  if w <= 0:
+    raise InputError("train.loss_weight_in_mask", f"must be > 0, got {w!r}")
   if config.train.eval_every:
     missing = [k for k in CONDITIONS if k not in config.data.conditions]
     if missing:
@@ -77,6 +83,20 @@ def make_slice_inpainter(config, net, mesh):
                  out_shardings=sharding.batch_sharded(mesh))
 
 
+def sample_indices(config, source):
+  """`train.num_sample_images` held-out records, evenly spread over those that meet the mask.
+
+  (With `data.slices='brain'` most held-out slices have no mask; a curve of the error
+  inside the mask needs ones that do.)
+  """
+  m = list(config.data.conditions).index("mask")
+  with_mask = [i for i in range(len(source)) if np.any(source[i]["cond"][..., m] > 0)]
+  if not with_mask:
+    raise InputError("data.eval_root", "no held-out slice meets a mask; nothing to evaluate")
+  return np.asarray(with_mask)[np.linspace(
+      0, len(with_mask) - 1, config.train.num_sample_images).round().astype(int)]
+
+
 class SliceDiffusionTask:
   """`trainer.Task` for a 2D (x_t, conditions) -> epsilon model on slices of one axis."""
 
@@ -104,9 +124,15 @@ class SliceDiffusionTask:
         batch_size_per_process=batch_size_per_process)
 
   def loss(self, model, batch, key, frozen):
+    """The denoising loss; unknown (mask) pixels weigh `train.loss_weight_in_mask` x the others."""
+    weights = None
+    w = self.config.train.get("loss_weight_in_mask", 1.0)
+    if w != 1.0:
+      _, mask = known_and_mask(self.config.data.conditions, batch["cond"])
+      weights = 1.0 + (w - 1.0) * mask
     loss = schedules.conditional_denoising_loss(
         self.schedule, self.config.diffusion.parameterization, model, batch["target"],
-        batch["cond"], key)
+        batch["cond"], key, weights)
     return loss, {}
 
   def evaluate(self, net, params, frozen, step, key, workdir):
@@ -114,9 +140,8 @@ class SliceDiffusionTask:
     c = self.config
     if self._inpaint is None:
       self._inpaint = make_slice_inpainter(c, net, self.mesh)
-      eval_source = self.sources["eval"]
-      self.sample_batch = input_pipeline.make_batch(c.data, eval_source, np.linspace(
-          0, len(eval_source) - 1, c.train.num_sample_images).round())
+      self.sample_batch = input_pipeline.make_batch(c.data, self.sources["eval"],
+                                                    sample_indices(c, self.sources["eval"]))
     batch = self.sample_batch
     result = np.asarray(jax.device_get(
         self._inpaint(params, sharding.shard_batch(batch, self.mesh), key)))

@@ -165,23 +165,31 @@ def training_target(schedule, parameterization, x0, noise, t):
   return jnp.sqrt(abar) * noise - jnp.sqrt(1.0 - abar) * x0  # v
 
 
-def diffusion_loss(schedule, parameterization, model_out, x0, noise, t):
-  """Mean squared error between `model_out` and the training target (float32)."""
+def diffusion_loss(schedule, parameterization, model_out, x0, noise, t, weights=None):
+  """Mean squared error between `model_out` and the training target (float32).
+
+  With `weights` (broadcasting against x0), the weighted mean sum(w e^2) / sum(w).
+  """
   target = training_target(schedule, parameterization, x0, noise, t)
-  diff = model_out.astype(jnp.float32) - target.astype(jnp.float32)
-  return jnp.mean(jnp.square(diff))
+  sq = jnp.square(model_out.astype(jnp.float32) - target.astype(jnp.float32))
+  if weights is None:
+    return jnp.mean(sq)
+  weights = jnp.broadcast_to(weights.astype(jnp.float32), sq.shape)
+  return jnp.sum(weights * sq) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
-def conditional_denoising_loss(schedule, parameterization, model, x0, cond, key):
+def conditional_denoising_loss(schedule, parameterization, model, x0, cond, key, weights=None):
   """The training loss of a conditional network `model(concat(x_t, cond), t)`.
 
   t ~ U{0, ..., K-1} per example, noise ~ N(0, I), x_t = q_sample(x0, t, noise); the
-  network is told `schedule.timesteps[t]` and its output is scored by `diffusion_loss`.
-  x0 is (B, ..., 1) and cond (B, ..., C), channels last.
+  network is told `schedule.timesteps[t]` and its output is scored by `diffusion_loss`
+  (weighted per voxel by `weights`, if given). x0 is (B, ..., 1) and cond (B, ..., C),
+  channels last.
   """
   t_key, noise_key, _ = jax.random.split(key, 3)  # a 3-way split, as the first trainer drew
   t = jax.random.randint(t_key, (x0.shape[0],), 0, schedule.betas.shape[0])
   noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
   x_t = q_sample(schedule, x0, t, noise)
   out = model(jnp.concatenate([x_t, cond], axis=-1), schedule.timesteps[t])
-  return diffusion_loss(schedule, parameterization, out.astype(jnp.float32), x0, noise, t)
+  return diffusion_loss(schedule, parameterization, out.astype(jnp.float32), x0, noise, t,
+                        weights)
