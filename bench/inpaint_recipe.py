@@ -16,6 +16,8 @@ import json
 import pathlib
 import time
 
+import numpy as np
+
 from sciimg_jax.core import xla_flags
 
 xla_flags.set_cpu_flags()
@@ -29,6 +31,7 @@ CHANGES = {
     "baseline": {},
     "random_masks": {"data.slices": "brain", "data.random_masks.probability": 0.8},
     "weight": {"train.loss_weight_in_mask": 5.0},
+    "weight20": {"train.loss_weight_in_mask": 20.0},
     "x0": {"diffusion.parameterization": "x0"},
     "v": {"diffusion.parameterization": "v"},
     "wide": {"model.channels": (32, 64, 128), "model.num_head_channels": 32},
@@ -74,6 +77,24 @@ def main():
   print(f"{'variant':<28}" + "".join(f"{s:>9}" for s in steps))
   for variant, curve in curves.items():
     print(f"{variant:<28}" + "".join(f"{curve.get(s, float('nan')):>9.4f}" for s in steps))
+  print(f"{'2D biharmonic, same slices':<28}{biharmonic_reference(c):>9.4f}")
+
+
+def biharmonic_reference(config):
+  """The same error for `skimage.restoration.inpaint_biharmonic` on the same held-out slices."""
+  from skimage.restoration import inpaint_biharmonic  # noqa: PLC0415
+  from data_pipelines import input_pipeline  # noqa: PLC0415
+  from data_pipelines import sources as data_sources  # noqa: PLC0415
+  splits = data_sources.source_dirs(config.data, config.data.cache_dir)
+  source = input_pipeline.slice_sources(config.data, splits, config.data.cache_dir)["eval"]
+  batch = input_pipeline.make_batch(config.data, source, slice_task.sample_indices(config, source))
+  voided, mask = slice_task.known_and_mask(config.data.conditions, batch["cond"])
+  err = total = 0.0
+  for v, m, t in zip(voided[..., 0], mask[..., 0], batch["target"][..., 0]):
+    fill = inpaint_biharmonic(np.where(m > 0, 0.0, v), m > 0)
+    err += float((((fill - t) / 2.0) ** 2 * m).sum())
+    total += float(m.sum())
+  return err / max(total, 1.0)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 from sciimg_jax.core.diffusion import sampler
 from sciimg_jax.core.diffusion import schedules
 from sciimg_jax.core.diffusion import steppers
+from sciimg_jax.core.diffusion import volume_denoisers
 from sciimg_jax.core.errors import InputError
 
 # Inputs shared by the MONAI reference checks: shape (1, 1, 2, 3).
@@ -350,3 +351,35 @@ def test_repaint_harmonises_with_an_oracle():
   res = sampler.Resampling(jump_length=2, max_loops=2)
   out = sampler.sample(_oracle(full, x0, "eps"), s, x_init, KEY, resampling=res)
   _close(out, x0, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,chunk,multiple,want", [
+    (19, 16, 1, (2, 10)), (19, 16, 4, (2, 12)), (19, 32, 8, (1, 24)), (5, 32, 8, (1, 8)),
+    (64, 16, 4, (4, 16)), (1, 8, 4, (1, 4))])
+def test_chunk_layout_is_balanced(n, chunk, multiple, want):
+  k, per = volume_denoisers.chunk_layout(n, chunk, multiple)
+  assert (k, per) == want and k * per >= n and per <= max(chunk, multiple)
+  mask = np.zeros((3, 3, 70))
+  mask[1, 1, :n] = 1
+  idx = volume_denoisers.active_slices(mask, 2, dilation=0, chunk_size=chunk, multiple=multiple)
+  assert len(idx) == k * per and list(idx[:n]) == list(range(n)) and set(idx[n:]) <= {n - 1}
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slicewise_on_balanced_chunks_equals_slice_by_slice(axis):
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  rng = np.random.default_rng(axis)
+  x = rng.normal(size=(9, 10, 11)).astype(np.float32)
+  cond = rng.normal(size=(9, 10, 11, 2)).astype(np.float32)
+  mask = np.zeros(x.shape)
+  mask[tuple(slice(2, 7) if a == axis else slice(None) for a in range(3))] = 1  # 5 slices
+  apply = lambda xs, cs, t: xs * 2.0 + cs[..., :1] - cs[..., 1:] + t[:, None, None, None]
+  idx = volume_denoisers.active_slices(mask, axis, dilation=0, chunk_size=4,
+                                       multiple=len(jax.devices()))
+  denoise = volume_denoisers.slicewise(apply, jnp.asarray(cond), axis, idx, chunk_size=4,
+                                       mesh=mesh)
+  eps = np.asarray(jax.jit(denoise)(jnp.asarray(x), 3))
+  want = x * 2.0 + cond[..., 0] - cond[..., 1] + 3.0
+  inside = mask > 0
+  np.testing.assert_allclose(eps[inside], want[inside], rtol=1e-6)
+  assert np.all(eps[~inside] == 0)

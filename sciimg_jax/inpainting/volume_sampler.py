@@ -45,6 +45,7 @@ from sciimg_jax.inpainting import slice_models
 from sciimg_jax.inpainting.slice_task import CONDITIONS
 
 INIT_NOISE_STREAM = 1 << 30  # fold_in salt of a stage's starting noise (off the step keys)
+CHUNK_QUANTUM = 8            # slices per chunk are rounded up to a multiple of this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +153,11 @@ class VolumeInpainter:
                               stage.t0 * self.train_schedule.num_train_timesteps, "right") - 1
       self.schedules.append(schedule)
       self.starts.append(int(min(max(start, 0), stage.steps - 1)))
-    self.chunk_size = -(-p.chunk_size // self.mesh.devices.size) * self.mesh.devices.size
+    # Chunk sizes: multiples of the device count (each chunk splits over the mesh) and of 8
+    # or so, so that cases with a few more or fewer mask slices share one compiled sampler.
+    devices = self.mesh.devices.size
+    self.multiple = -(-CHUNK_QUANTUM // devices) * devices
+    self.chunk_size = -(-p.chunk_size // self.multiple) * self.multiple
     self.num_samples = p.num_samples
     self._run = jax.jit(jax.vmap(self._sample, in_axes=(None, None, 0)))
 
@@ -199,8 +204,8 @@ class VolumeInpainter:
     if p.slice_restriction:
       for name, model in self.models.items():
         idx = volume_denoisers.active_slices(mask, model.axis, dilation=p.mask_dilation,
-                                             chunk_size=self.chunk_size)
-        case[f"slices_{name}"] = idx if len(idx) else np.zeros(self.chunk_size, np.int32)
+                                             chunk_size=self.chunk_size, multiple=self.multiple)
+        case[f"slices_{name}"] = idx if len(idx) else np.zeros(self.multiple, np.int32)
     if p.resampling.mode == "adaptive" and p.resampling.max_loops:  # only adaptive loops use them
       labels, size_term = adaptive_resampling.mask_regions(
           mask, voided > -1.0, context_width=p.resampling.context_width,

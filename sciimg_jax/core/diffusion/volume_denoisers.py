@@ -19,11 +19,23 @@ import scipy.ndimage as ndi
 from sciimg_jax.core import sharding
 
 
-def active_slices(mask, axis, *, dilation=1, chunk_size=1):
+def chunk_layout(num_slices, chunk_size, multiple=1):
+  """(number of chunks, slices per chunk) for `num_slices` slices, at most `chunk_size` a chunk.
+
+  Balanced: k = ceil(n / chunk_size) chunks of ceil(n / k) slices, rounded up to
+  `multiple` (the device count, so every chunk splits over the mesh). 19 slices with
+  chunk_size 16 are 2 chunks of 10, not 2 of 16; padding stays below k * multiple.
+  """
+  k = max(-(-num_slices // chunk_size), 1)
+  per = -(-max(num_slices, 1) // k)
+  return k, min(-(-per // multiple) * multiple, max(chunk_size, multiple))
+
+
+def active_slices(mask, axis, *, dilation=1, chunk_size=1, multiple=1):
   """Indices of the slices along `axis` that meet the mask dilated by `dilation` voxels.
 
-  The list is padded (repeating its last entry) to a multiple of `chunk_size`, so
-  that jitted samplers are compiled once per number of chunks, not per case.
+  The list is padded (repeating its last entry) to the balanced `chunk_layout`, so
+  `slicewise` splits it into equal chunks of at most `chunk_size` slices.
   Returns an int32 array; empty if the mask is empty.
   """
   mask = np.asarray(mask) > 0
@@ -31,8 +43,9 @@ def active_slices(mask, axis, *, dilation=1, chunk_size=1):
     mask = ndi.binary_dilation(mask, iterations=dilation)
   other = tuple(a for a in range(3) if a != axis)
   idx = np.flatnonzero(mask.any(axis=other)).astype(np.int32)
-  if len(idx) and len(idx) % chunk_size:
-    idx = np.concatenate([idx, np.full(chunk_size - len(idx) % chunk_size, idx[-1], np.int32)])
+  if len(idx):
+    k, per = chunk_layout(len(idx), chunk_size, multiple)
+    idx = np.concatenate([idx, np.full(k * per - len(idx), idx[-1], np.int32)])
   return idx
 
 
@@ -43,12 +56,13 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None):
     apply_2d: (x (B, H, W, 1), cond (B, H, W, C), t (B,)) -> eps (B, H, W, 1).
     cond: (X, Y, Z, C) conditioning volumes, in the network's channel order.
     axis: 0, 1 or 2 (see `sciimg_jax.core.volumes.AXES`).
-    slices: int array of the slice indices to evaluate (from `active_slices`; its
-      length a multiple of `chunk_size`), or None for every slice. The epsilon of
+    slices: int array of the slice indices to evaluate (from `active_slices`, whose
+      padding makes equal chunks), or None for every slice. The epsilon of
       the other slices is 0: the caller must fix their content (known-region
       replacement does, for slices without any unknown voxel).
-    chunk_size: slices per network call; calls run one after another in
-      `lax.map`, which bounds memory.
+    chunk_size: the most slices per network call; the slices are cut into
+      ceil(len / chunk_size) equal chunks (`chunk_layout`), evaluated one after
+      another in `lax.map`, which bounds memory.
     mesh: if given, each chunk is split over the mesh's 'data' axis.
 
   Returns:
@@ -57,10 +71,13 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None):
   """
   n = cond.shape[axis]
   if slices is None:
-    slices = np.arange(n, dtype=np.int32)
-    if n % chunk_size:
-      slices = np.concatenate([slices, np.full(chunk_size - n % chunk_size, n - 1, np.int32)])
-  num_chunks = slices.shape[0] // chunk_size
+    k, per = chunk_layout(n, chunk_size)
+    slices = np.concatenate([np.arange(n, dtype=np.int32), np.full(k * per - n, n - 1, np.int32)])
+  num_chunks = max(-(-slices.shape[0] // chunk_size), 1)
+  if slices.shape[0] % num_chunks:
+    raise ValueError(f"{slices.shape[0]} slices do not make {num_chunks} equal chunks of at "
+                     f"most {chunk_size}; pad them with active_slices")
+  chunk_size = slices.shape[0] // num_chunks
   cond_slices = jnp.moveaxis(cond, axis, 0)[slices]                 # (A, H, W, C)
   cond_chunks = cond_slices.reshape((num_chunks, chunk_size) + cond_slices.shape[1:])
   constrain = ((lambda a: jax.lax.with_sharding_constraint(a, sharding.batch_sharded(mesh)))
