@@ -86,5 +86,8 @@ def get_config(variant=""):
   c.pipeline.stage1.steps = 25
   c.pipeline.stage2.steps = 25
   c.pipeline.resampling.max_loops = 2
+  # Slices per network call (all samples together): on CPU, per-slice cost of these networks
+  # grows past ~16 (bench/inpaint_methods.py); on a GPU raise it.
+  c.pipeline.chunk_size = 16
   c.evaluate = inpaint_evaluate.get_config().evaluate
   return base.apply_variant(c, variant, VARIANTS)

@@ -353,15 +353,15 @@ def test_repaint_harmonises_with_an_oracle():
   _close(out, x0, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("n,chunk,multiple,want", [
-    (19, 16, 1, (2, 10)), (19, 16, 4, (2, 12)), (19, 32, 8, (1, 24)), (5, 32, 8, (1, 8)),
-    (64, 16, 4, (4, 16)), (1, 8, 4, (1, 4))])
-def test_chunk_layout_is_balanced(n, chunk, multiple, want):
-  k, per = volume_denoisers.chunk_layout(n, chunk, multiple)
-  assert (k, per) == want and k * per >= n and per <= max(chunk, multiple)
+@pytest.mark.parametrize("n,chunk,quantum,multiple,want", [
+    (19, 32, 8, 1, (1, 24)), (19, 8, 8, 1, (3, 8)), (19, 16, 8, 4, (2, 12)), (5, 32, 8, 8, (1, 8)),
+    (64, 16, 4, 4, (4, 16)), (1, 8, 4, 4, (1, 4)), (19, 2, 8, 1, (12, 2))])
+def test_chunk_layout_is_balanced(n, chunk, quantum, multiple, want):
+  k, per = volume_denoisers.chunk_layout(n, chunk, quantum, multiple)
+  assert (k, per) == want and k * per >= n and per <= max(chunk, multiple) and per % multiple == 0
   mask = np.zeros((3, 3, 70))
   mask[1, 1, :n] = 1
-  idx = volume_denoisers.active_slices(mask, 2, dilation=0, chunk_size=chunk, multiple=multiple)
+  idx = volume_denoisers.active_slices(mask, 2, dilation=0, quantum=quantum)
   assert len(idx) == k * per and list(idx[:n]) == list(range(n)) and set(idx[n:]) <= {n - 1}
 
 
@@ -374,10 +374,9 @@ def test_slicewise_on_balanced_chunks_equals_slice_by_slice(axis):
   mask = np.zeros(x.shape)
   mask[tuple(slice(2, 7) if a == axis else slice(None) for a in range(3))] = 1  # 5 slices
   apply = lambda xs, cs, t: xs * 2.0 + cs[..., :1] - cs[..., 1:] + t[:, None, None, None]
-  idx = volume_denoisers.active_slices(mask, axis, dilation=0, chunk_size=4,
-                                       multiple=len(jax.devices()))
+  idx = volume_denoisers.active_slices(mask, axis, dilation=0, quantum=len(jax.devices()))
   denoise = volume_denoisers.slicewise(apply, jnp.asarray(cond), axis, idx, chunk_size=4,
-                                       mesh=mesh)
+                                       mesh=mesh, multiple=len(jax.devices()))
   eps = np.asarray(jax.jit(denoise)(jnp.asarray(x), 3))
   want = x * 2.0 + cond[..., 0] - cond[..., 1] + 3.0
   inside = mask > 0

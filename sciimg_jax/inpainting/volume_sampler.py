@@ -45,7 +45,8 @@ from sciimg_jax.inpainting import slice_models
 from sciimg_jax.inpainting.slice_task import CONDITIONS
 
 INIT_NOISE_STREAM = 1 << 30  # fold_in salt of a stage's starting noise (off the step keys)
-CHUNK_QUANTUM = 8            # slices per chunk are rounded up to a multiple of this
+SAMPLES_AXIS = "samples"     # the vmapped axis of `num_samples` samples
+CHUNK_QUANTUM = 8            # mask slices are padded to a multiple of this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,13 +154,15 @@ class VolumeInpainter:
                               stage.t0 * self.train_schedule.num_train_timesteps, "right") - 1
       self.schedules.append(schedule)
       self.starts.append(int(min(max(start, 0), stage.steps - 1)))
-    # Chunk sizes: multiples of the device count (each chunk splits over the mesh) and of 8
-    # or so, so that cases with a few more or fewer mask slices share one compiled sampler.
-    devices = self.mesh.devices.size
-    self.multiple = -(-CHUNK_QUANTUM // devices) * devices
-    self.chunk_size = -(-p.chunk_size // self.multiple) * self.multiple
+    # A network call takes `chunk_size` slices in all, N samples x chunk_size // N each;
+    # chunks are multiples of the device count (each splits over the mesh), and the mask
+    # slices are padded to a multiple of CHUNK_QUANTUM so that cases with a few more or
+    # fewer of them share one compiled sampler.
+    self.devices = self.mesh.devices.size
     self.num_samples = p.num_samples
-    self._run = jax.jit(jax.vmap(self._sample, in_axes=(None, None, 0)))
+    self.chunk_size = max(p.chunk_size // p.num_samples, 1)
+    self.quantum = -(-CHUNK_QUANTUM // self.devices) * self.devices
+    self._run = jax.jit(jax.vmap(self._sample, in_axes=(None, None, 0), axis_name=SAMPLES_AXIS))
 
   def _denoiser(self, name, params, case, schedule):
     if name in ("average", "tpdm"):
@@ -171,7 +174,8 @@ class VolumeInpainter:
     cond = jnp.stack([volumes[c] for c in model.config.data.conditions], axis=-1)
     apply = lambda x, c, t: model.apply(params[name], x, c, t)
     return volume_denoisers.slicewise(apply, cond, model.axis, case.get(f"slices_{name}"),
-                                      chunk_size=self.chunk_size, mesh=self.mesh)
+                                      chunk_size=self.chunk_size, mesh=self.mesh,
+                                      multiple=self.devices)
 
   def _sample(self, params, case, key):
     p = self.config.pipeline
@@ -189,7 +193,8 @@ class VolumeInpainter:
           loops_fn = adaptive_resampling.adaptive_loops(
               schedule, case["labels"], case["size_term"], x if stage.reference else None,
               max_loops=p.resampling.max_loops, disagreement_scale=p.resampling.disagreement_scale)
-        resampling = sampler.Resampling(p.resampling.jump_length, p.resampling.max_loops, loops_fn)
+        resampling = sampler.Resampling(p.resampling.jump_length, p.resampling.max_loops, loops_fn,
+                                        batch_axis_name=SAMPLES_AXIS)
       x = sampler.sample(
           self._denoiser(stage.denoiser, params, case, schedule), schedule, x_init, stage_key,
           parameterization=self.parameterization, stepper=stage.stepper, eta=stage.eta,
@@ -204,8 +209,8 @@ class VolumeInpainter:
     if p.slice_restriction:
       for name, model in self.models.items():
         idx = volume_denoisers.active_slices(mask, model.axis, dilation=p.mask_dilation,
-                                             chunk_size=self.chunk_size, multiple=self.multiple)
-        case[f"slices_{name}"] = idx if len(idx) else np.zeros(self.multiple, np.int32)
+                                             quantum=self.quantum)
+        case[f"slices_{name}"] = idx if len(idx) else np.zeros(self.quantum, np.int32)
     if p.resampling.mode == "adaptive" and p.resampling.max_loops:  # only adaptive loops use them
       labels, size_term = adaptive_resampling.mask_regions(
           mask, voided > -1.0, context_width=p.resampling.context_width,

@@ -44,6 +44,10 @@ class Resampling:
   jump_length: int = struct.field(pytree_node=False, default=1)
   max_loops: int = struct.field(pytree_node=False, default=0)
   loops_fn: object = struct.field(pytree_node=False, default=None)
+  # Under `jax.vmap(..., axis_name=batch_axis_name)` (several samples at once): a loop is
+  # skipped only when no voxel of any sample takes it. Without it, vmap would turn the
+  # per-row branch into a select that runs every branch (two network calls a row).
+  batch_axis_name: object = struct.field(pytree_node=False, default=None)
 
 
 def resampling_ops(start_index, resampling):
@@ -155,7 +159,13 @@ def _repaint_walk(down, schedule, parameterization, x_init, key, start_index, re
     def skip(x, loops, x0_hat):
       return x, loops, x0_hat
 
-    branch = jnp.where(r == 0, 0, jnp.where(jnp.any(loops >= r), 1, 2))
+    if resampling.loops_fn is None:  # every voxel takes every loop: nothing to skip
+      taken = jnp.bool_(True)
+    else:
+      taken = jnp.any(loops >= r)
+      if resampling.batch_axis_name is not None:
+        taken = jax.lax.psum(taken.astype(jnp.int32), resampling.batch_axis_name) > 0
+    branch = jnp.where(r == 0, 0, jnp.where(taken, 1, 2))
     return jax.lax.switch(branch, (main_step, loop_step, skip), x, loops, x0_hat), None
 
   ops = jnp.asarray(resampling_ops(start_index, resampling))

@@ -19,23 +19,29 @@ import scipy.ndimage as ndi
 from sciimg_jax.core import sharding
 
 
-def chunk_layout(num_slices, chunk_size, multiple=1):
+def chunk_layout(num_slices, chunk_size, quantum=1, multiple=1):
   """(number of chunks, slices per chunk) for `num_slices` slices, at most `chunk_size` a chunk.
 
-  Balanced: k = ceil(n / chunk_size) chunks of ceil(n / k) slices, rounded up to
-  `multiple` (the device count, so every chunk splits over the mesh). 19 slices with
-  chunk_size 16 are 2 chunks of 10, not 2 of 16; padding stays below k * multiple.
+  The slices are padded to L = a multiple of `quantum` (so that cases with a few more or
+  fewer slices share one compiled sampler), and L is cut into equal chunks: the largest
+  divisor of L that is at most `chunk_size` and a multiple of `multiple` (the device
+  count, so every chunk splits over the mesh). `quantum` must be a multiple of `multiple`.
+  19 slices with quantum 8: L = 24, one chunk of 24 for chunk_size 32 (not 32 slices),
+  three of 8 for chunk_size 8.
   """
-  k = max(-(-num_slices // chunk_size), 1)
-  per = -(-max(num_slices, 1) // k)
-  return k, min(-(-per // multiple) * multiple, max(chunk_size, multiple))
+  if quantum % multiple:
+    raise ValueError(f"quantum {quantum} is not a multiple of {multiple}")
+  total = max(-(-num_slices // quantum) * quantum, quantum)
+  per = max(d for d in range(multiple, min(chunk_size, total) + 1, multiple) if total % d == 0)\
+      if chunk_size >= multiple else multiple
+  return total // per, per
 
 
-def active_slices(mask, axis, *, dilation=1, chunk_size=1, multiple=1):
+def active_slices(mask, axis, *, dilation=1, quantum=1):
   """Indices of the slices along `axis` that meet the mask dilated by `dilation` voxels.
 
-  The list is padded (repeating its last entry) to the balanced `chunk_layout`, so
-  `slicewise` splits it into equal chunks of at most `chunk_size` slices.
+  The list is padded (repeating its last entry) to a multiple of `quantum`, so that
+  `slicewise` cuts it into equal chunks (`chunk_layout`).
   Returns an int32 array; empty if the mask is empty.
   """
   mask = np.asarray(mask) > 0
@@ -43,41 +49,39 @@ def active_slices(mask, axis, *, dilation=1, chunk_size=1, multiple=1):
     mask = ndi.binary_dilation(mask, iterations=dilation)
   other = tuple(a for a in range(3) if a != axis)
   idx = np.flatnonzero(mask.any(axis=other)).astype(np.int32)
-  if len(idx):
-    k, per = chunk_layout(len(idx), chunk_size, multiple)
-    idx = np.concatenate([idx, np.full(k * per - len(idx), idx[-1], np.int32)])
+  if len(idx) % quantum:
+    idx = np.concatenate([idx, np.full(quantum - len(idx) % quantum, idx[-1], np.int32)])
   return idx
 
 
-def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None):
+def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, multiple=1):
   """A volume denoiser from a 2D network applied to the slices along `axis`.
 
   Args:
     apply_2d: (x (B, H, W, 1), cond (B, H, W, C), t (B,)) -> eps (B, H, W, 1).
     cond: (X, Y, Z, C) conditioning volumes, in the network's channel order.
     axis: 0, 1 or 2 (see `sciimg_jax.core.volumes.AXES`).
-    slices: int array of the slice indices to evaluate (from `active_slices`, whose
-      padding makes equal chunks), or None for every slice. The epsilon of
+    slices: int array of the slice indices to evaluate (from `active_slices`), or
+      None for every slice. The epsilon of
       the other slices is 0: the caller must fix their content (known-region
       replacement does, for slices without any unknown voxel).
-    chunk_size: the most slices per network call; the slices are cut into
-      ceil(len / chunk_size) equal chunks (`chunk_layout`), evaluated one after
-      another in `lax.map`, which bounds memory.
+    chunk_size: the most slices per network call; the slices are cut into equal
+      chunks (`chunk_layout`), evaluated one after another in `lax.map`, which
+      bounds memory.
     mesh: if given, each chunk is split over the mesh's 'data' axis.
+    multiple: chunk sizes are multiples of this (the mesh's device count); the
+      number of slices must be one too.
 
   Returns:
     denoise(x_t (X, Y, Z), t) -> eps (X, Y, Z); t is the training timestep, a
     scalar or a vector of equal entries.
   """
   n = cond.shape[axis]
-  if slices is None:
-    k, per = chunk_layout(n, chunk_size)
+  if slices is None:  # every slice: ceil(n / chunk_size) chunks, as equal as the devices allow
+    k = -(-n // max(chunk_size, multiple))
+    per = -(-(-(-n // k)) // multiple) * multiple
     slices = np.concatenate([np.arange(n, dtype=np.int32), np.full(k * per - n, n - 1, np.int32)])
-  num_chunks = max(-(-slices.shape[0] // chunk_size), 1)
-  if slices.shape[0] % num_chunks:
-    raise ValueError(f"{slices.shape[0]} slices do not make {num_chunks} equal chunks of at "
-                     f"most {chunk_size}; pad them with active_slices")
-  chunk_size = slices.shape[0] // num_chunks
+  num_chunks, chunk_size = chunk_layout(slices.shape[0], chunk_size, multiple, multiple)
   cond_slices = jnp.moveaxis(cond, axis, 0)[slices]                 # (A, H, W, C)
   cond_chunks = cond_slices.reshape((num_chunks, chunk_size) + cond_slices.shape[1:])
   constrain = ((lambda a: jax.lax.with_sharding_constraint(a, sharding.batch_sharded(mesh)))
