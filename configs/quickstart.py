@@ -2,7 +2,7 @@
 
 Generates MNI152-derived subjects at 4 mm (train and held-out disjoint), trains a
 small axial and a small coronal (x_t, voided, mask) -> epsilon U-Net, inpaints the
-held-out subjects with the hierarchical sampler (fixed resampling; the mean of 4
+held-out subjects with the hierarchical sampler (fixed resampling; the mean of 2
 samples and sample 0 alone), with the axial-only baseline and with the classical
 biharmonic and harmonic fills, scores them with the BraTS metrics and prints the
 comparison (also in `comparison.json`). Each training run writes checkpoints,
@@ -80,7 +80,7 @@ def get_config(variant=""):
   c.axial = slice_model("axial")
   c.coronal = slice_model("coronal")
   # Methods to compare, "method/resampling" (see sciimg_jax/inpainting/volume_sampler.py).
-  c.compare = ("hierarchical/fixed/mean4", "axial/none", "biharmonic/none", "harmonic/none")
+  c.compare = ("hierarchical/fixed/mean2", "axial/none", "biharmonic/none", "harmonic/none")
   c.inpaint = inpaint.get_config().inpaint
   c.pipeline = inpaint.get_pipeline_config()
   c.pipeline.stage1.steps = 25
