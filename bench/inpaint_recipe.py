@@ -24,6 +24,9 @@ xla_flags.set_cpu_flags()
 
 from configs import base  # noqa: E402
 from configs import quickstart  # noqa: E402
+from data_pipelines import input_pipeline  # noqa: E402
+from data_pipelines import sources as data_sources  # noqa: E402
+from skimage.restoration import inpaint_biharmonic  # noqa: E402
 from sciimg_jax.inpainting import slice_task  # noqa: E402
 
 # Each change is a dict of dotted config keys of a slice-model training config.
@@ -82,9 +85,6 @@ def main():
 
 def biharmonic_reference(config):
   """The same error for `skimage.restoration.inpaint_biharmonic` on the same held-out slices."""
-  from skimage.restoration import inpaint_biharmonic  # noqa: PLC0415
-  from data_pipelines import input_pipeline  # noqa: PLC0415
-  from data_pipelines import sources as data_sources  # noqa: PLC0415
   splits = data_sources.source_dirs(config.data, config.data.cache_dir)
   source = input_pipeline.slice_sources(config.data, splits, config.data.cache_dir)["eval"]
   batch = input_pipeline.make_batch(config.data, source, slice_task.sample_indices(config, source))

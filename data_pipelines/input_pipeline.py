@@ -149,7 +149,7 @@ class RandomLesionMasks(grain.transforms.RandomMap):
 
 
 def check_random_masks(data_config):
-  """Raises InputError for `data.random_masks` settings that cannot work."""
+  """Raises InputError for `data.random_masks` settings that cannot work (probability > 0)."""
   r = data_config.random_masks
   if not 0.0 <= r.probability <= 1.0:
     raise InputError("data.random_masks.probability", f"must be in [0, 1], got {r.probability!r}")
@@ -159,9 +159,9 @@ def check_random_masks(data_config):
                      f"must be (low, high) with 0 < low <= high, got {tuple(r.radius_fraction)}")
   if r.max_blobs < 1:
     raise InputError("data.random_masks.max_blobs", f"must be >= 1, got {r.max_blobs!r}")
-  if r.probability and not {"t1n-voided", "mask"} <= set(data_config.conditions):
+  if not {"t1n-voided", "mask"} <= set(data_config.conditions):
     raise InputError("data.random_masks", "needs 't1n-voided' and 'mask' among data.conditions")
-  if r.probability and not data_config.target:
+  if not data_config.target:
     raise InputError("data.random_masks", "needs data.target (the brain comes from it)")
 
 

@@ -220,3 +220,12 @@ def test_nothing_scored_is_an_error(tmp_path):
   with pytest.raises(InputError, match="no case could be scored"):
     scoring_job.evaluate_folder(config, tmp_path / "work")
   assert json.loads((tmp_path / "work" / "summary.json").read_text())["count"] == 0
+
+
+def test_unknown_prediction_key_is_refused(tmp_path):
+  config = inpaint_evaluate.get_config("tiny")
+  config.evaluate.predictions, config.evaluate.ground_truth = str(tmp_path), str(tmp_path)
+  config.evaluate.prediction_key = "t1n"
+  with pytest.raises(InputError, match="evaluate.prediction_key: must be t1n-inference or "
+                     "t1n-sample, got 't1n'"):
+    scoring_job.evaluate_folder(config, tmp_path / "work")

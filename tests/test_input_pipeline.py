@@ -2,6 +2,7 @@
 
 import pathlib
 import pickle
+import re
 
 import grain
 import nibabel as nib
@@ -300,6 +301,16 @@ def test_random_mask_settings_are_checked(dirs):
   c.random_masks.probability = 1.5
   with pytest.raises(InputError, match=r"data\.random_masks\.probability: must be in \[0, 1\]"):
     input_pipeline.make_train_iterator(c, sources["train"], seed=0, batch_size_per_process=2)
+  for key, value, problem in [("random_masks.radius_fraction", (0.2, 0.1), "0 < low <= high"),
+                              ("random_masks.max_blobs", 0, "must be >= 1"),
+                              ("conditions", ("t1n-voided",), "needs 't1n-voided' and 'mask'"),
+                              ("target", "", "needs data.target")]:
+    bad = _data_config(slices="brain")
+    bad.random_masks.probability = 0.5
+    *path, last = key.split(".")
+    (bad[path[0]] if path else bad)[last] = value
+    with pytest.raises(InputError, match=re.escape(problem)):
+      input_pipeline.check_random_masks(bad)
 
 
 def test_train_iterator_orbax_checkpoint(dirs, tmp_path):

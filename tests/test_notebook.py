@@ -52,3 +52,16 @@ def test_notebook_installs_only_from_the_checkout_or_a_set_source(tmp_path, monk
   assert len(calls) == 1
   exec(_install_cell(nb), {"INSTALL": True, "SOURCE": "my-index/sciimg_jax.whl"})  # noqa: S102
   assert calls[-1][-1] == "my-index/sciimg_jax.whl" and "-e" not in calls[-1]
+
+
+def test_compare_entries_are_parsed_and_checked():
+  from sciimg_jax.inpainting import quickstart  # noqa: PLC0415
+  from sciimg_jax.core.errors import InputError  # noqa: PLC0415
+  assert quickstart.parse_entry("axial/none") == ("axial", "none", 1)
+  assert quickstart.parse_entry("hierarchical/fixed/mean4") == ("hierarchical", "fixed", 4)
+  for bad in ("axial", "axial/none/mean1", "axial/none/mean", "axial/none/x4", "a/b/mean2/c"):
+    try:
+      quickstart.parse_entry(bad)
+      raise AssertionError(f"{bad!r} was accepted")
+    except InputError as e:
+      assert "is not 'method/resampling' or 'method/resampling/meanN'" in str(e)

@@ -123,6 +123,18 @@ def test_in_channels_must_match_conditions(tiny_config, tmp_path):
     slice_task.train_slice_model(tiny_config, tmp_path)
 
 
+def test_in_mask_loss_weight_is_checked(tiny_config):
+  tiny_config.train.loss_weight_in_mask = 0.0
+  with pytest.raises(InputError, match="train.loss_weight_in_mask: must be > 0, got 0.0"):
+    slice_task.check_config(tiny_config)
+  tiny_config.train.loss_weight_in_mask = 5.0
+  tiny_config.data.conditions = ("t1n-voided",)
+  tiny_config.model.in_channels = 2
+  tiny_config.train.eval_every = 0
+  with pytest.raises(InputError, match="needs 'mask' among data.conditions"):
+    slice_task.check_config(tiny_config)
+
+
 # --- a second task: a classifier on random data, through the same loop ----------------
 
 

@@ -13,7 +13,8 @@ An entry of `config.compare` is 'method/resampling' (one sample) or
 'method/resampling/meanN': N samples in one batched call, scored twice, as their
 mean (row 'method/resampling/meanN') and as sample 0 alone ('method/resampling/sample').
 
-Each step resumes: trained models are reused, as are finished inpaintings.
+A rerun reuses the trained models (training resumes from its last checkpoint);
+inpainting and scoring are done again.
 """
 
 import pathlib

@@ -19,6 +19,10 @@ import scipy.ndimage as ndi
 from sciimg_jax.core import sharding
 
 
+def _ceil_div(a, b):
+  return -(-a // b)
+
+
 def chunk_layout(num_slices, chunk_size, quantum=1, multiple=1):
   """(number of chunks, slices per chunk) for `num_slices` slices, at most `chunk_size` a chunk.
 
@@ -31,7 +35,7 @@ def chunk_layout(num_slices, chunk_size, quantum=1, multiple=1):
   """
   if quantum % multiple:
     raise ValueError(f"quantum {quantum} is not a multiple of {multiple}")
-  total = max(-(-num_slices // quantum) * quantum, quantum)
+  total = max(_ceil_div(num_slices, quantum) * quantum, quantum)
   per = max(d for d in range(multiple, min(chunk_size, total) + 1, multiple) if total % d == 0)\
       if chunk_size >= multiple else multiple
   return total // per, per
@@ -78,8 +82,8 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, mu
   """
   n = cond.shape[axis]
   if slices is None:  # every slice: ceil(n / chunk_size) chunks, as equal as the devices allow
-    k = -(-n // max(chunk_size, multiple))
-    per = -(-(-(-n // k)) // multiple) * multiple
+    k = _ceil_div(n, max(chunk_size, multiple))
+    per = _ceil_div(_ceil_div(n, k), multiple) * multiple
     slices = np.concatenate([np.arange(n, dtype=np.int32), np.full(k * per - n, n - 1, np.int32)])
   num_chunks, chunk_size = chunk_layout(slices.shape[0], chunk_size, multiple, multiple)
   cond_slices = jnp.moveaxis(cond, axis, 0)[slices]                 # (A, H, W, C)
