@@ -2,6 +2,8 @@
 
   python bench/inpaint_volume.py                         # 240x240x155, 50 + 50 steps
   python bench/inpaint_volume.py --scale=0.5 --steps=10  # a CPU-sized run
+  python bench/inpaint_volume.py --scale=0.5 --steps=4 --chunk_size=16 --skip=jit-all \
+      --peer monai --peer-python /tmp/peer/bin/python    # against a MONAI loop
 
 Volume: 240x240x155 (scaled by --scale), an ellipsoidal lesion-size mask (radii 22,
 18, 14 voxels at full scale), random-initialised reference networks (2D, in 3,
@@ -13,11 +15,20 @@ Axial slices are padded to a multiple of 16, coronal slices likewise. Prints sec
   jit-all        the same, every slice evaluated
   python-loop    a Python loop over steps and slice chunks calling the same jitted
                  network (the way the PyTorch originals run), only mask slices
+  monai-loop     (--peer monai) the same workload written the way a PyTorch user would,
+                 run by --peer-python with torch and MONAI: MONAI's DiffusionModelUNet
+                 with the reference config, MONAI's DDIMScheduler, a Python loop over
+                 steps and over chunks of at most chunk_size mask slices (the last one
+                 smaller, no padding), known-region replacement after every step, under
+                 torch.inference_mode with as many torch threads as there are cores
 Each is timed after one warm-up call (compilation excluded; reported separately).
 """
 
 import argparse
 import functools
+import os
+import sys
+import tempfile
 import time
 
 from sciimg_jax.core import xla_flags
@@ -28,6 +39,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 
+import peer  # bench/peer.py, beside this script
 from configs import base
 from configs.inpainting import inpaint
 from sciimg_jax.core import sharding
@@ -98,6 +110,74 @@ def python_loop(inp, voided, mask, key):
   return np.asarray(x)
 
 
+PEER_MONAI = r"""
+import json, sys, time
+import numpy as np, torch
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler
+a = json.loads(sys.argv[1])
+torch.set_num_threads(a["threads"])
+torch.manual_seed(0)
+case = np.load(a["case"])
+voided, mask = torch.from_numpy(case["voided"]), torch.from_numpy(case["mask"])
+def network():
+  return DiffusionModelUNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64, 128),
+                            attention_levels=(False, False, True), num_res_blocks=2,
+                            num_head_channels=32, norm_num_groups=8).eval()
+nets = {s["axis"]: network() for s in a["stages"]}
+def inpaint(stages):
+  x = None
+  for s in stages:
+    sched = DDIMScheduler(num_train_timesteps=1000, schedule="linear_beta", beta_start=1e-4,
+                          beta_end=0.02, clip_sample=True)
+    sched.set_timesteps(s["steps"])
+    steps = [int(t) for t in sched.timesteps if t <= s["start_t"]]
+    ab = sched.alphas_cumprod
+    noise = torch.randn(voided.shape)
+    x = noise if x is None else ab[steps[0]].sqrt() * x + (1 - ab[steps[0]]).sqrt() * noise
+    net, axis, idx = nets[s["axis"]], s["axis"], s["slices"]
+    cond = torch.stack([voided, mask]).movedim(axis + 1, 1)  # (2, slices, H, W)
+    for t in steps:
+      moved = x.movedim(axis, 0)
+      eps = torch.zeros_like(moved)
+      for c0 in range(0, len(idx), a["chunk_size"]):
+        chunk = idx[c0:c0 + a["chunk_size"]]
+        inp = torch.cat([moved[chunk][:, None], cond[:, chunk].transpose(0, 1)], 1)
+        eps[chunk] = net(inp, torch.full((len(chunk),), t, dtype=torch.long))[:, 0]
+      x, _ = sched.step(eps.movedim(0, axis), t, x)
+      prev = t - sched.num_train_timesteps // sched.num_inference_steps
+      ab_prev = ab[prev] if prev >= 0 else torch.tensor(1.0)
+      known = ab_prev.sqrt() * voided + (1 - ab_prev).sqrt() * torch.randn(voided.shape)
+      x = torch.where(mask > 0, x, known)
+  return x
+def timed(stages):
+  t0 = time.perf_counter()
+  with torch.inference_mode():
+    inpaint(stages)
+  return time.perf_counter() - t0
+first = timed(a["stages"])
+stage1, total = timed(a["stages"][:1]), timed(a["stages"])
+print(json.dumps(dict(stage1=stage1, total=total, first=first, torch=torch.__version__)))
+"""
+
+
+def run_peer(args, hier, voided, mask):
+  """Runs the MONAI loop on the same case and stages in `args.peer_python`; its seconds."""
+  stages = []
+  for stage, schedule, start in zip(hier.stages, hier.schedules, hier.starts):
+    model = hier.models[stage.denoiser]
+    slices = volume_denoisers.active_slices(mask, model.axis,
+                                            dilation=hier.config.pipeline.mask_dilation)
+    stages.append(dict(axis=model.axis, steps=stage.steps,
+                       start_t=int(np.asarray(schedule.timesteps)[start]),
+                       slices=[int(k) for k in slices]))
+  with tempfile.TemporaryDirectory() as tmp:
+    case = os.path.join(tmp, "case.npz")
+    np.savez(case, voided=voided, mask=mask)
+    cfg = dict(case=case, stages=stages, chunk_size=args.chunk_size, threads=os.cpu_count())
+    return peer.run(args.peer_python, PEER_MONAI, cfg)
+
+
 def timed(fn, *args):
   t0 = time.perf_counter()
   fn(*args)
@@ -114,6 +194,9 @@ def main():
   parser.add_argument("--t0", type=float, default=0.5)
   parser.add_argument("--chunk_size", type=int, default=32)
   parser.add_argument("--skip", default="", help="comma list of runs to skip: jit-all,python-loop")
+  parser.add_argument("--peer", default="none", choices=["none", "monai"])
+  parser.add_argument("--peer-python", default=sys.executable,
+                      help="python with torch and monai, for --peer monai")
   args = parser.parse_args()
 
   shape = tuple(int(round(n * args.scale)) for n in (240, 240, 155))
@@ -141,12 +224,21 @@ def main():
   runs = {"jit": True, "jit-all": False}
   skip = set(filter(None, args.skip.split(",")))
   print(f"{'run':<14}{'stage 1 s':>12}{'stage 2 s':>12}{'total s':>12}{'compile+1st s':>16}")
+  totals = {}
   for name, restrict in runs.items():
     if name in skip:
       continue
     _, s1 = timed(inpainter("axial", restrict), voided, mask, key)
     first, total = timed(inpainter("hierarchical", restrict), voided, mask, key)
+    totals[name] = total
     print(f"{name:<14}{s1:>12.2f}{total - s1:>12.2f}{total:>12.2f}{first:>16.2f}")
+  if args.peer == "monai":
+    peer = run_peer(args, inpainter("hierarchical", True), voided, mask)
+    if peer:
+      print(f"{'monai-loop':<14}{peer['stage1']:>12.2f}{peer['total'] - peer['stage1']:>12.2f}"
+            f"{peer['total']:>12.2f}{peer['first']:>16.2f}   (torch {peer['torch']})")
+      if "jit" in totals:
+        print(f"monai-loop / jit = {peer['total'] / totals['jit']:.2f}")
   if "python-loop" not in skip:
     hier, axial = inpainter("hierarchical", True), inpainter("axial", True)
     _, s1 = timed(python_loop, axial, voided, mask, key)

@@ -66,14 +66,13 @@ plus one dot, or one dot per kernel offset, in a custom_vjp) was 1.3-2.5x slower
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sciimg_jax.core import xla_flags  # pylint: disable=g-import-not-at-top  # noqa: E402
+import peer  # bench/peer.py  # noqa: E402
 
 # Dense peak FLOP/s by device kind and compute dtype (SXM parts; no sparsity).
 PEAK_FLOPS = {
@@ -135,14 +134,7 @@ def parse_args():
 def run_peer(args, threads):
   cfg = dict(batch=args.batch, size=args.size, steps=args.steps, warmup=args.warmup,
              threads=threads)
-  try:
-    out = subprocess.run([args.peer_python, "-c", PEER_MONAI, json.dumps(cfg)], check=True,
-                         capture_output=True, text=True)
-  except (subprocess.CalledProcessError, OSError) as e:
-    err = getattr(e, "stderr", "") or str(e)
-    print(f"peer monai: could not run with {args.peer_python}: {err.strip().splitlines()[-1:]}")
-    return None
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return peer.run(args.peer_python, PEER_MONAI, cfg)
 
 
 class ReferenceTask:

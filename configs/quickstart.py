@@ -59,7 +59,7 @@ TINY_SLICE_MODEL = {**base.TINY, "data.image_size": (64, 64), "model.channels": 
 QUALITY_SLICE_MODEL = {"train.num_steps": 2000, "optim.warmup_steps": 100,
                        "train.eval_every": 250, "train.checkpoint_every": 500,
                        "train.num_sample_images": 16, "data.synthetic.num_eval": 8}
-STUDY = ("biharmonic/none", "harmonic/none", "axial/none/mean4", "coronal/none/mean4",
+STUDY = ("biharmonic/none", "harmonic/none", "biharmonic2d/none", "axial/none/mean4", "coronal/none/mean4",
          "tpdm/none/mean4", "average/none/mean4", "hierarchical/none/mean4",
          "hierarchical/fixed/mean4", "hierarchical/adaptive/mean4")
 

@@ -45,7 +45,18 @@ def test_biharmonic_per_component_equals_skimage_on_the_whole_volume():
   assert np.abs(bounded - f)[mask].mean() < np.abs(f[mask] - f[~mask].mean()).mean() / 5
 
 
-@pytest.mark.parametrize("method", ["biharmonic", "harmonic"])
+def test_axial_biharmonic_fills_each_axial_slice_as_skimage_does():
+  f, mask = _linear_with_holes()
+  f = f + np.sin(f)
+  out = classical.axial_biharmonic_fill(np.where(mask, 0.0, f), mask)
+  for k in range(f.shape[2]):
+    voided_k, mask_k = np.where(mask, 0.0, f)[:, :, k].copy(), mask[:, :, k].copy()
+    expected = (inpaint_biharmonic(voided_k, mask_k)
+                if mask[:, :, k].any() else f[:, :, k])
+    np.testing.assert_allclose(out[:, :, k], expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["biharmonic", "harmonic", "biharmonic2d"])
 def test_classical_inpainter_keeps_the_known_region(method):
   f, mask = _linear_with_holes()
   voided = np.where(mask, -1.0, f / 10).astype(np.float32)
@@ -55,7 +66,7 @@ def test_classical_inpainter_keeps_the_known_region(method):
   np.testing.assert_allclose(out[mask], (f / 10)[mask], atol=0.05)
 
 
-@pytest.mark.parametrize("method", ["biharmonic", "harmonic"])
+@pytest.mark.parametrize("method", ["biharmonic", "harmonic", "biharmonic2d"])
 def test_mask_on_the_border_and_a_mask_with_nothing_known(method, caplog):
   f, _ = _linear_with_holes()
   mask = np.zeros(f.shape, bool)

@@ -130,3 +130,21 @@ def test_group_norm_and_attention_gradients_match_autodiff():
       bl(q), bl(k), bl(v), scale=1.0)) * wo), (0, 1, 2))
   for a, b in zip(ours(q, kk, v), ref(q, kk, v)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_blocked_attention_equals_batched_attention_with_gradients():
+  # 3 slices, 2 heads, 48 tokens in query blocks of at most 20 (3 blocks of 16).
+  q, kk, v, wo = (jax.random.normal(jax.random.key(20 + i), (3, 2, 48, 8)) for i in range(4))
+  blocked = lambda *a: unet.blocked_attention(*a, query_block=20)
+  np.testing.assert_allclose(blocked(q, kk, v), unet.batched_attention(q, kk, v), atol=1e-6)
+  grads = [jax.grad(lambda *a: jnp.sum(f(*a) * wo), (0, 1, 2))(q, kk, v)
+           for f in (blocked, unet.batched_attention)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_long_attention_on_cpu_takes_the_blocked_path():
+  q = jax.random.normal(jax.random.key(0), (1, 1, unet.CPU_BLOCKED_MIN_LENGTH, 4))
+  text = jax.jit(unet.attention).lower(q, q, q).as_text()
+  short = jax.jit(unet.attention).lower(q[:, :, :16], q[:, :, :16], q[:, :, :16]).as_text()
+  assert "while" in text and "while" not in short  # lax.map lowers to a loop

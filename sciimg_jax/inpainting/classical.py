@@ -3,13 +3,16 @@
   biharmonic  `skimage.restoration.inpaint_biharmonic`: the smooth fill that minimises
               the squared Laplacian, matching the known voxels around the hole;
   harmonic    the Laplace (membrane) fill: every unknown voxel is the mean of its six
-              neighbours, solved exactly as one sparse linear system (scipy.sparse).
+              neighbours, solved exactly as one sparse linear system (scipy.sparse);
+  biharmonic2d  the biharmonic fill of each axial slice on its own: the in-plane
+              context an axial slice model sees, so it tells how much of a 3D fill's
+              lead is the through-plane context.
 
 Both work on the normalised volume the inpainting job hands every inpainter, one mask
 component at a time inside its bounding box grown by `pipeline.classical_margin`
 voxels, so the cost follows the holes, not the volume. They need no training and no
 random key, and run through the same job, outputs and scoring as the diffusion methods
-(`pipeline.method=biharmonic|harmonic`).
+(`pipeline.method=biharmonic|harmonic|biharmonic2d`).
 """
 
 from absl import logging
@@ -60,7 +63,17 @@ def biharmonic_fill(image, mask):
   return inpaint_biharmonic(np.asarray(image, np.float64), np.asarray(mask, bool))
 
 
-FILLS = {"biharmonic": biharmonic_fill, "harmonic": harmonic_fill}
+def axial_biharmonic_fill(image, mask):
+  """The 2D biharmonic fill of every axial slice (`image[:, :, k]`) that meets the mask."""
+  out = np.asarray(image, np.float64).copy()
+  for k in np.flatnonzero(np.asarray(mask, bool).any(axis=(0, 1))):
+    out[:, :, k] = inpaint_biharmonic(np.ascontiguousarray(out[:, :, k]),
+                                      np.ascontiguousarray(mask[:, :, k], bool))
+  return out
+
+
+FILLS = {"biharmonic": biharmonic_fill, "harmonic": harmonic_fill,
+         "biharmonic2d": axial_biharmonic_fill}
 
 
 def fill_components(image, mask, fill, margin):

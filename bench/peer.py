@@ -1,0 +1,19 @@
+"""Runs a peer benchmark (a script for another Python, e.g. one with torch and MONAI)."""
+
+import json
+import subprocess
+
+
+def run(python, script, config):
+  """Runs `script` with `python`, the config as its JSON argument; its last stdout line as JSON.
+
+  Returns None (and says why) if that Python cannot run it, e.g. torch is not installed.
+  """
+  try:
+    out = subprocess.run([python, "-c", script, json.dumps(config)], check=True,
+                         capture_output=True, text=True)
+  except (subprocess.CalledProcessError, OSError) as e:
+    err = getattr(e, "stderr", "") or str(e)
+    print(f"peer: could not run with {python}: {err.strip().splitlines()[-1:]}")
+    return None
+  return json.loads(out.stdout.strip().splitlines()[-1])
