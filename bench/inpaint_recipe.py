@@ -8,7 +8,9 @@ evaluation: the learning curves the trainer also logs to metrics.jsonl and Tenso
   python bench/inpaint_recipe.py --workdir=runs/recipe --steps=400 \
       --variants=baseline,random_masks,random_masks+weight
 
-A variant is a '+'-joined list of the names in CHANGES (or 'baseline').
+A variant is a '+'-joined list of the names in CHANGES; 'baseline' is the quickstart's
+axial model as it is (its recipe changes as findings land: x0 since the parameterisation
+study, so that study's eps row is the variant 'eps').
 """
 
 import argparse
@@ -35,7 +37,9 @@ CHANGES = {
     "random_masks": {"data.slices": "brain", "data.random_masks.probability": 0.8},
     "weight": {"train.loss_weight_in_mask": 5.0},
     "weight20": {"train.loss_weight_in_mask": 20.0},
+    "eps": {"diffusion.parameterization": "eps"},
     "x0": {"diffusion.parameterization": "x0"},
+    "subjects96": {"data.synthetic.num_train": 96},
     "v": {"diffusion.parameterization": "v"},
     "wide": {"model.channels": (32, 64, 128), "model.num_head_channels": 32},
     "lr3e-4": {"optim.learning_rate": 3e-4},
