@@ -233,12 +233,12 @@ def main():
     totals[name] = total
     print(f"{name:<14}{s1:>12.2f}{total - s1:>12.2f}{total:>12.2f}{first:>16.2f}")
   if args.peer == "monai":
-    peer = run_peer(args, inpainter("hierarchical", True), voided, mask)
-    if peer:
-      print(f"{'monai-loop':<14}{peer['stage1']:>12.2f}{peer['total'] - peer['stage1']:>12.2f}"
-            f"{peer['total']:>12.2f}{peer['first']:>16.2f}   (torch {peer['torch']})")
+    monai = run_peer(args, inpainter("hierarchical", True), voided, mask)
+    if monai:
+      print(f"{'monai-loop':<14}{monai['stage1']:>12.2f}{monai['total'] - monai['stage1']:>12.2f}"
+            f"{monai['total']:>12.2f}{monai['first']:>16.2f}   (torch {monai['torch']})")
       if "jit" in totals:
-        print(f"monai-loop / jit = {peer['total'] / totals['jit']:.2f}")
+        print(f"monai-loop / jit = {monai['total'] / totals['jit']:.2f}")
   if "python-loop" not in skip:
     hier, axial = inpainter("hierarchical", True), inpainter("axial", True)
     _, s1 = timed(python_loop, axial, voided, mask, key)

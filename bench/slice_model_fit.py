@@ -18,21 +18,14 @@ xla_flags.set_cpu_flags()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
 from data_pipelines import input_pipeline  # noqa: E402
 from data_pipelines import sources as data_sources  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402
 from sciimg_jax.core.diffusion import schedules  # noqa: E402
 from sciimg_jax.inpainting import slice_models  # noqa: E402
+from sciimg_jax.inpainting import slice_task  # noqa: E402
 
 NOISE_LEVELS = (25, 100, 250, 500, 750, 950)
-
-
-def mask_slices(source, mask_channel, num):
-  """`num` records evenly spread over those whose mask is not empty."""
-  with_mask = [i for i in range(len(source)) if np.any(source[i]["cond"][..., mask_channel] > 0)]
-  return np.asarray(with_mask)[np.linspace(0, len(with_mask) - 1, num).round().astype(int)]
 
 
 def main():
@@ -51,8 +44,8 @@ def main():
   print(f"{args.workdir} ({c.diffusion.parameterization}): in-mask x0 error at t = "
         + ", ".join(map(str, NOISE_LEVELS)))
   for split in ("train", "eval"):
-    batch = input_pipeline.make_batch(c.data, sources[split],
-                                      mask_slices(sources[split], m, args.num_slices))
+    batch = input_pipeline.make_batch(
+        c.data, sources[split], slice_task.sample_indices(c, sources[split], args.num_slices))
     x0, cond = jnp.asarray(batch["target"]), jnp.asarray(batch["cond"])
     mask = cond[..., m:m + 1]
     errors = []

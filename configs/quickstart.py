@@ -4,10 +4,11 @@ Generates MNI152-derived subjects at 4 mm (train and held-out disjoint), trains 
 small axial and a small coronal (x_t, voided, mask) -> x0 U-Net, inpaints the
 held-out subjects with the hierarchical sampler (fixed resampling, one sample; the
 tiny variant of the tests draws 2 and scores their mean and sample 0), with the
-axial-only baseline and with the classical biharmonic and harmonic fills, scores them with the BraTS metrics and prints the
-comparison (also in `comparison.json`). Each training run writes checkpoints,
-metrics (JSONL + TensorBoard: the loss and the held-out learning curve
-`sample_mse_in_mask`) and a PNG of inpainted held-out slices into its folder.
+axial-only baseline and with the classical biharmonic and harmonic fills, scores them
+with the BraTS metrics and prints the comparison (also in `comparison.json`). Each
+training run writes checkpoints, metrics (JSONL + TensorBoard: the loss and the
+held-out learning curve `sample_mse_in_mask`) and a PNG of inpainted held-out slices
+into its folder.
 
   python main.py --config=configs/quickstart.py --workdir=runs/quickstart
   python main.py --config=configs/quickstart.py:quality --workdir=runs/quality  # the study

@@ -83,8 +83,9 @@ def make_slice_inpainter(config, net, mesh):
                  out_shardings=sharding.batch_sharded(mesh))
 
 
-def sample_indices(config, source):
-  """`train.num_sample_images` held-out records, evenly spread over those that meet the mask.
+def sample_indices(config, source, num=None):
+  """`num` (default `train.num_sample_images`) records of `source`, evenly spread over those
+  that meet the mask.
 
   (With `data.slices='brain'` most held-out slices have no mask; a curve of the error
   inside the mask needs ones that do.)
@@ -93,8 +94,8 @@ def sample_indices(config, source):
   with_mask = [i for i in range(len(source)) if np.any(source[i]["cond"][..., m] > 0)]
   if not with_mask:
     raise InputError("data.eval_root", "no held-out slice meets a mask; nothing to evaluate")
-  return np.asarray(with_mask)[np.linspace(
-      0, len(with_mask) - 1, config.train.num_sample_images).round().astype(int)]
+  num = config.train.num_sample_images if num is None else num
+  return np.asarray(with_mask)[np.linspace(0, len(with_mask) - 1, num).round().astype(int)]
 
 
 class SliceDiffusionTask:
