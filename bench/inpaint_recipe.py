@@ -42,8 +42,11 @@ CHANGES = {
     "subjects96": {"data.synthetic.num_train": 96},
     "v": {"diffusion.parameterization": "v"},
     "wide": {"model.channels": (32, 64, 128), "model.num_head_channels": 32},
+    "deep": {"model.num_res_blocks": 2},
     "lr3e-4": {"optim.learning_rate": 3e-4},
+    "lr3e-3": {"optim.learning_rate": 3e-3},
     "ema999": {"optim.ema_decay": 0.999},
+    "no_ema": {"optim.ema_decay": 0.0},
     "batch16": {"data.batch_size": 16},
 }
 

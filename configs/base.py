@@ -54,6 +54,7 @@ def get_base_config():
   c.diffusion.spacing = "uniform"   # uniform: 0, T/n, 2T/n, ... | linspace: round(linspace(0, T-1, n))
   c.diffusion.stepper = "ddim"      # ddim | ddpm
   c.diffusion.eta = 0.0
+  c.diffusion.clip_x0 = 1.0         # sampling clips predicted x0 to [-c, c]; 0 = no clipping
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4

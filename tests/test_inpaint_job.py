@@ -424,7 +424,7 @@ def test_a_failed_rerun_leaves_no_stale_prediction(tmp_path):
     ("stage1.steps", 0, "whole number >= 1"), ("stage1.stepper", "foo", "unknown stepper"),
     ("stage2.t0", 1.5, "(0, 1]"), ("resampling.max_loops", -1, ">= 0"),
     ("chunk_size", 0, ">= 1"), ("method", "cubic", "unknown method"),
-    ("num_samples", 0, "whole number >= 1")])
+    ("num_samples", 0, "whole number >= 1"), ("clip_x0", -1.0, "0 = no clipping")])
 def test_pipeline_config_is_checked_before_any_work(key, value, problem):
   from sciimg_jax.inpainting import volume_sampler  # noqa: PLC0415
   c = inpaint.get_config("tiny")

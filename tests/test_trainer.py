@@ -135,6 +135,12 @@ def test_in_mask_loss_weight_is_checked(tiny_config):
     slice_task.check_config(tiny_config)
 
 
+def test_negative_clip_x0_is_refused(tiny_config):
+  tiny_config.diffusion.clip_x0 = -0.5
+  with pytest.raises(InputError, match="diffusion.clip_x0: must be >= 0"):
+    slice_task.check_config(tiny_config)
+
+
 # --- a second task: a classifier on random data, through the same loop ----------------
 
 

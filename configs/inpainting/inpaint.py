@@ -33,6 +33,7 @@ def get_pipeline_config():
       mode="fixed",               # none | fixed | adaptive (README: what each buys)
       jump_length=1, max_loops=4, context_width=3, size_ratio=0.4, disagreement_scale=0.1))
   p.spacing = "uniform"
+  p.clip_x0 = 1.0                   # clip predicted x0 to [-c, c] at every step; 0 = no clipping
   p.num_samples = 1                 # N > 1: write the mean of N samples (one batched call)
   p.chunk_size = 32                 # slices per network call
   p.slice_restriction = True        # evaluate only slices that meet the dilated mask

@@ -46,6 +46,9 @@ def check_config(config):
     raise InputError("train.loss_weight_in_mask", "needs 'mask' among data.conditions")
   if w <= 0:
     raise InputError("train.loss_weight_in_mask", f"must be > 0, got {w!r}")
+  if config.diffusion.get("clip_x0", 1.0) < 0:
+    raise InputError("diffusion.clip_x0", f"must be >= 0 (0 = no clipping), "
+                     f"got {config.diffusion.clip_x0!r}")
   if config.train.eval_every:
     missing = [k for k in CONDITIONS if k not in config.data.conditions]
     if missing:
@@ -74,7 +77,7 @@ def make_slice_inpainter(config, net, mesh):
     model_fn = lambda x_t, t: net(params, jnp.concatenate([x_t, cond], axis=-1), t).astype(jnp.float32)
     x0 = sampler.sample(
         model_fn, schedule, x_init, jax.random.fold_in(key, 1), parameterization=d.parameterization,
-        stepper=d.stepper, eta=d.eta, clip_x0=1.0,
+        stepper=d.stepper, eta=d.eta, clip_x0=d.get("clip_x0", 1.0) or None,
         post_step_fn=known_region.known_region_replacement(schedule, known, mask))
     return mask * x0 + (1.0 - mask) * known
 

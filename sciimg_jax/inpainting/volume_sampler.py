@@ -108,6 +108,7 @@ def check_pipeline_config(p):
         f"must be a whole number >= 1, got {p.num_samples!r}")
   check("mask_dilation", p.mask_dilation >= 0, f"must be >= 0, got {p.mask_dilation!r}")
   check("classical_margin", p.classical_margin >= 1, f"must be >= 1, got {p.classical_margin!r}")
+  check("clip_x0", p.clip_x0 >= 0, f"must be >= 0 (0 = no clipping), got {p.clip_x0!r}")
   check("spacing", p.spacing in schedules.SPACINGS,
         f"unknown spacing {p.spacing!r}; known: {', '.join(schedules.SPACINGS)}")
 
@@ -198,7 +199,7 @@ class VolumeInpainter:
       x = sampler.sample(
           self._denoiser(stage.denoiser, params, case, schedule), schedule, x_init, stage_key,
           parameterization=self.parameterization, stepper=stage.stepper, eta=stage.eta,
-          start_index=start, clip_x0=1.0, resampling=resampling,
+          start_index=start, clip_x0=p.clip_x0 or None, resampling=resampling,
           post_step_fn=known_region.known_region_replacement(schedule, known, mask))
     return mask * x + (1.0 - mask) * known
 
