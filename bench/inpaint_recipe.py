@@ -56,6 +56,7 @@ def variant_config(variant, steps, cache_dir, num_images):
   for name in variant.split("+"):
     base.set_keys(c, CHANGES[name])
   c.data.cache_dir = str(cache_dir)
+  c.diffusion.sample_steps = 25  # the evaluation sampler of the README's curves
   c.train.num_steps = steps
   c.train.eval_every = max(steps // 4, 1)
   c.train.checkpoint_every = steps

@@ -1,0 +1,238 @@
+"""Embedded paired IR / RGB pathology data: tissue label maps, IR cubes and H&E renderings.
+
+Nothing is downloaded. Each image is a tissue region drawn from its own random stream,
+seeded by (seed, image id), so an image does not depend on how many others are made:
+
+  * a label map of CLASSES: stroma everywhere, glands (an epithelial ring around a lumen,
+    ellipses with smooth-noise boundaries), small vessels full of blood in the stroma, and
+    sometimes a necrotic patch;
+  * the IR absorbance cube on WAVENUMBERS (900-1800 and 2800-3000 cm^-1): per class a
+    mixture of Gaussian absorption bands at the positions of real tissue bands (BANDS: amide
+    I/II/III, lipid ester C=O, CH2/CH3 stretches and bending, carboxylate, the collagen
+    triplet, phosphate, glycogen), weights jittered per pixel (biological variation), times a
+    smooth section-thickness field (the direction that dominates the variance of real IR
+    data), plus a smooth scattering baseline (offset, slope and a broad Mie-like ripple) and
+    white noise;
+  * the RGB image of the same section stained with H&E: per class hematoxylin and eosin
+    amounts with texture (nuclei in the epithelium, fibres in the stroma), the same thickness,
+    rendered by Beer-Lambert with the Ruifrok-Johnston optical-density vectors.
+
+`write_dataset` writes them in the formats `ir_formats` reads:
+
+  OUT/manifest.json                 classes, wavenumbers, images of each split
+  OUT/<split>/<name>/<name>-ir.hdr  + <name>-ir.img   ENVI cube (H, W, bands)
+  OUT/<split>/<name>/<name>-rgb.png                   H&E rendering
+  OUT/<split>/<name>/<name>-labels.png                class index a pixel
+  OUT/<split>/spectra.csv                             sampled pixel spectra with labels
+
+Training and test images are different regions (ids 0.. and TEST_FIRST_IMAGE..), so no
+patch of a test region is ever in training.
+
+Usage: python -m data_pipelines.synthetic_ir --out_dir D --num_train N --num_test M
+"""
+
+import argparse
+import pathlib
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from data_pipelines import ir_formats
+from sciimg_jax.core import atomic_files
+
+CLASSES = ("epithelium", "stroma", "lumen", "blood", "necrosis")
+TEST_FIRST_IMAGE = 10_000
+
+# Absorption bands of tissue: name -> (centre, width sigma), cm^-1.
+BANDS = {
+    "amide_I": (1655.0, 15.0), "amide_II": (1545.0, 14.0), "amide_III": (1310.0, 12.0),
+    "lipid_ester": (1740.0, 9.0), "ch2_bend": (1455.0, 10.0), "carboxylate": (1400.0, 10.0),
+    "collagen_1338": (1338.0, 7.0), "collagen_1282": (1282.0, 8.0), "collagen_1204": (1204.0, 7.0),
+    "phosphate_asym": (1240.0, 14.0), "phosphate_sym": (1082.0, 13.0),
+    "glycogen_1030": (1030.0, 9.0), "glycogen_1152": (1152.0, 9.0),
+    "ch3_asym": (2958.0, 8.0), "ch2_asym": (2922.0, 9.0), "ch2_sym": (2852.0, 6.0),
+}
+
+# Band weights (absorbance at unit thickness) of each class; unlisted bands are 0.
+CLASS_BANDS = {
+    "epithelium": {"amide_I": 1.0, "amide_II": 0.64, "amide_III": 0.10, "lipid_ester": 0.10,
+                   "ch2_bend": 0.14, "carboxylate": 0.10, "phosphate_asym": 0.34,
+                   "phosphate_sym": 0.40, "glycogen_1030": 0.16, "glycogen_1152": 0.10,
+                   "ch3_asym": 0.20, "ch2_asym": 0.26, "ch2_sym": 0.12, "collagen_1338": 0.02},
+    "stroma": {"amide_I": 1.0, "amide_II": 0.56, "amide_III": 0.16, "lipid_ester": 0.04,
+               "ch2_bend": 0.12, "carboxylate": 0.09, "collagen_1338": 0.20,
+               "collagen_1282": 0.17, "collagen_1204": 0.16, "phosphate_asym": 0.13,
+               "phosphate_sym": 0.12, "glycogen_1030": 0.06, "ch3_asym": 0.16, "ch2_asym": 0.15,
+               "ch2_sym": 0.06},
+    "lumen": {"amide_I": 0.08, "amide_II": 0.05, "glycogen_1030": 0.06, "glycogen_1152": 0.05,
+              "phosphate_sym": 0.04},
+    "blood": {"amide_I": 1.0, "amide_II": 0.76, "amide_III": 0.08, "ch2_bend": 0.16,
+              "carboxylate": 0.14, "phosphate_asym": 0.06, "phosphate_sym": 0.05,
+              "ch3_asym": 0.24, "ch2_asym": 0.17, "ch2_sym": 0.07},
+    "necrosis": {"amide_I": 0.72, "amide_II": 0.40, "amide_III": 0.08, "lipid_ester": 0.26,
+                 "ch2_bend": 0.18, "carboxylate": 0.12, "phosphate_asym": 0.26,
+                 "phosphate_sym": 0.24, "glycogen_1030": 0.12, "ch3_asym": 0.18,
+                 "ch2_asym": 0.40, "ch2_sym": 0.22},
+}
+# Section thickness relative to the tissue's (lumen is mostly empty slide).
+CLASS_THICKNESS = {"epithelium": 1.0, "stroma": 1.0, "lumen": 0.12, "blood": 0.9, "necrosis": 0.8}
+
+# H&E: (hematoxylin, eosin) amounts of each class, and the Ruifrok-Johnston OD vectors (R, G, B).
+CLASS_STAINS = {"epithelium": (0.40, 0.14), "stroma": (0.06, 0.26), "lumen": (0.01, 0.01),
+                "blood": (0.03, 0.55), "necrosis": (0.22, 0.18)}
+HEMATOXYLIN = np.array([0.650, 0.704, 0.286])
+EOSIN = np.array([0.072, 0.990, 0.105])
+
+
+def wavenumbers(step=4.0):
+  """The band centres: 900-1800 and 2800-3000 cm^-1 every `step` (277 bands at 4 cm^-1)."""
+  return np.concatenate([np.arange(900.0, 1800.0 + step / 2, step),
+                         np.arange(2800.0, 3000.0 + step / 2, step)]).astype(np.float32)
+
+
+def band_profiles(wn):
+  """(bands of BANDS, wavenumbers): each absorption band's unit-height Gaussian."""
+  return np.stack([np.exp(-0.5 * ((wn - c) / s) ** 2) for c, s in BANDS.values()])
+
+
+def band_weights(classes=CLASSES):
+  """(classes, bands of BANDS): CLASS_BANDS as a matrix."""
+  return np.array([[CLASS_BANDS[k].get(b, 0.0) for b in BANDS] for k in classes])
+
+
+def class_spectra(wn, classes=CLASSES):
+  """(classes, wavenumbers): each class's mean absorbance spectrum at unit thickness."""
+  return (band_weights(classes) @ band_profiles(wn)).astype(np.float32)
+
+
+def smooth_field(rng, shape, sigma, lo=-1.0, hi=1.0):
+  """Gaussian-smoothed noise rescaled to [lo, hi]."""
+  f = ndi.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+  f = (f - f.min()) / max(f.max() - f.min(), 1e-12)
+  return lo + (hi - lo) * f
+
+
+def label_map(rng, size):
+  """(size, size) int32 class indices: stroma, glands, vessels, sometimes necrosis."""
+  e, s, l, b, n = (CLASSES.index(k) for k in CLASSES)
+  labels = np.full((size, size), s, np.int32)
+  yy, xx = np.mgrid[:size, :size].astype(np.float64)
+  wobble = smooth_field(rng, (size, size), size / 24, -0.18, 0.18)
+  num_glands = max(2, int(rng.poisson(size * size / 1400)))
+  for _ in range(num_glands):
+    cy, cx = rng.uniform(0, size, 2)
+    a, c = rng.uniform(7.0, 16.0, 2)
+    th = rng.uniform(0, np.pi)
+    u = ((xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)) / a
+    v = (-(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)) / c
+    f = u ** 2 + v ** 2 + wobble
+    ring = rng.uniform(3.0, 6.0) / min(a, c)
+    labels[f < 1.0] = e
+    labels[f < (1.0 - ring) ** 2] = l
+  for _ in range(max(2, int(rng.poisson(size * size / 900)))):
+    cy, cx = rng.uniform(0, size, 2)
+    r = rng.uniform(1.5, 4.0)
+    vessel = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) & (labels == s)
+    labels[vessel] = b
+  if rng.uniform() < 0.6:
+    patch = smooth_field(rng, (size, size), 6.0)
+    labels[patch > rng.uniform(0.72, 0.8)] = n
+  return labels
+
+
+def ir_cube(rng, labels, wn, thickness, noise=0.004):
+  """(H, W, bands) absorbance of the label map (see the module docstring)."""
+  h, w = labels.shape
+  jitter = rng.lognormal(0.0, 0.12, (h, w, len(BANDS)))  # biological variation per pixel
+  pure = np.einsum("hwk,kb->hwb", band_weights()[labels] * jitter, band_profiles(wn))
+  t = thickness * np.array([CLASS_THICKNESS[k] for k in CLASSES])[labels]
+  x = (wn - 900.0) / 2100.0
+  offset = smooth_field(rng, (h, w), h / 6, 0.0, 0.08)
+  slope = smooth_field(rng, (h, w), h / 6, -0.05, 0.05)
+  ripple = smooth_field(rng, (h, w), h / 6, 0.0, 0.04)
+  phase = rng.uniform(0, 2 * np.pi)
+  baseline = (offset[..., None] + slope[..., None] * x
+              + ripple[..., None] * np.sin(2 * np.pi * x * 1.3 + phase))
+  cube = t[..., None] * pure + baseline + rng.normal(0.0, noise, pure.shape)
+  return cube.astype(np.float32)
+
+
+def he_rgb(rng, labels, thickness):
+  """(H, W, 3) uint8 H&E rendering of the label map (Beer-Lambert)."""
+  h, w = labels.shape
+  stains = np.array([CLASS_STAINS[k] for k in CLASSES])[labels]  # (H, W, 2)
+  epi = labels == CLASSES.index("epithelium")
+  nuclei = (ndi.gaussian_filter(rng.standard_normal((h, w)), 1.0) > 0.35) & epi
+  stains[..., 0] += 0.45 * nuclei
+  fibres = ndi.gaussian_filter(rng.standard_normal((h, w)), (0.8, 4.0))
+  stroma = labels == CLASSES.index("stroma")
+  stains[..., 1] *= np.where(stroma, 1.0 + 1.5 * fibres, 1.0)
+  grains = labels == CLASSES.index("necrosis")
+  stains[..., 0] *= np.where(grains, rng.uniform(0.3, 1.8, (h, w)), 1.0)
+  t = thickness * np.array([CLASS_THICKNESS[k] for k in CLASSES])[labels]
+  od = 0.02 + t[..., None] * (np.clip(stains[..., :1], 0, None) * HEMATOXYLIN
+                              + np.clip(stains[..., 1:], 0, None) * EOSIN)
+  rgb = 255.0 * 10.0 ** (-od) + rng.normal(0.0, 2.0, od.shape)
+  return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def synthesize_image(image_id, *, size=96, seed=0, step=4.0):
+  """(labels (H, W) int32, cube (H, W, bands) float32, rgb (H, W, 3) uint8, wavenumbers)."""
+  rng = np.random.default_rng([seed, image_id])
+  wn = wavenumbers(step)
+  labels = label_map(rng, size)
+  thickness = smooth_field(rng, (size, size), size / 5, 0.55, 1.45)
+  cube = ir_cube(rng, labels, wn, thickness)
+  rgb = he_rgb(rng, labels, thickness)
+  return labels, cube, rgb, wn
+
+
+def image_name(image_id):
+  return f"IR-{image_id:05d}"
+
+
+def write_dataset(out_dir, *, num_train=8, num_test=4, size=96, seed=0, step=4.0,
+                  spectra_per_class=40):
+  """Writes the paired dataset (module docstring); returns the manifest."""
+  out_dir = pathlib.Path(out_dir)
+  splits = {"train": range(num_train),
+            "test": range(TEST_FIRST_IMAGE, TEST_FIRST_IMAGE + num_test)}
+  manifest = {"classes": list(CLASSES), "seed": seed, "size": size, "step": step,
+              "wavenumbers": wavenumbers(step).tolist(), "splits": {}}
+  for split, ids in splits.items():
+    names, table, table_labels = [], [], []
+    for image_id in ids:
+      labels, cube, rgb, wn = synthesize_image(image_id, size=size, seed=seed, step=step)
+      name = image_name(image_id)
+      folder = out_dir / split / name
+      ir_formats.write_envi(folder / f"{name}-ir.hdr", cube, wn)
+      ir_formats.write_image(folder / f"{name}-rgb.png", rgb)
+      ir_formats.write_image(folder / f"{name}-labels.png", labels.astype(np.uint8))
+      rng = np.random.default_rng([seed, image_id, 1])
+      for k in range(len(CLASSES)):
+        idx = np.flatnonzero(labels.reshape(-1) == k)
+        pick = rng.choice(idx, min(len(idx), spectra_per_class), replace=False)
+        table.append(cube.reshape(-1, cube.shape[-1])[pick])
+        table_labels += [CLASSES[k]] * len(pick)
+      names.append(name)
+    ir_formats.write_spectra_csv(out_dir / split / "spectra.csv", np.concatenate(table),
+                                 wavenumbers(step), table_labels)
+    manifest["splits"][split] = names
+  atomic_files.write_json(out_dir / "manifest.json", manifest)
+  return manifest
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out_dir", required=True)
+  parser.add_argument("--num_train", type=int, default=8)
+  parser.add_argument("--num_test", type=int, default=4)
+  parser.add_argument("--size", type=int, default=96)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  write_dataset(args.out_dir, num_train=args.num_train, num_test=args.num_test,
+                size=args.size, seed=args.seed)
+
+
+if __name__ == "__main__":
+  main()
