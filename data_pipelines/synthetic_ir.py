@@ -5,7 +5,7 @@ seeded by (seed, image id), so an image does not depend on how many others are m
 
   * a label map of CLASSES: stroma everywhere, glands (an epithelial ring around a lumen,
     ellipses with smooth-noise boundaries), small vessels full of blood in the stroma, and
-    sometimes a necrotic patch;
+    necrotic patches;
   * the IR absorbance cube on WAVENUMBERS (900-1800 and 2800-3000 cm^-1): per class a
     mixture of Gaussian absorption bands at the positions of real tissue bands (BANDS: amide
     I/II/III, lipid ester C=O, CH2/CH3 stretches and bending, carboxylate, the collagen
@@ -113,7 +113,7 @@ def smooth_field(rng, shape, sigma, lo=-1.0, hi=1.0):
 
 
 def label_map(rng, size):
-  """(size, size) int32 class indices: stroma, glands, vessels, sometimes necrosis."""
+  """(size, size) int32 class indices: stroma, glands, vessels, necrosis."""
   e, s, l, b, n = (CLASSES.index(k) for k in CLASSES)
   labels = np.full((size, size), s, np.int32)
   yy, xx = np.mgrid[:size, :size].astype(np.float64)
@@ -134,9 +134,8 @@ def label_map(rng, size):
     r = rng.uniform(1.5, 4.0)
     vessel = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) & (labels == s)
     labels[vessel] = b
-  if rng.uniform() < 0.6:
-    patch = smooth_field(rng, (size, size), 6.0)
-    labels[patch > rng.uniform(0.72, 0.8)] = n
+  patch = smooth_field(rng, (size, size), 6.0)  # necrosis: 3-10 % of the region
+  labels[patch > np.quantile(patch, 1.0 - rng.uniform(0.03, 0.10))] = n
   return labels
 
 
@@ -215,8 +214,9 @@ def write_dataset(out_dir, *, num_train=8, num_test=4, size=96, seed=0, step=4.0
         table.append(cube.reshape(-1, cube.shape[-1])[pick])
         table_labels += [CLASSES[k]] * len(pick)
       names.append(name)
-    ir_formats.write_spectra_csv(out_dir / split / "spectra.csv", np.concatenate(table),
-                                 wavenumbers(step), table_labels)
+    if table:
+      ir_formats.write_spectra_csv(out_dir / split / "spectra.csv", np.concatenate(table),
+                                   wavenumbers(step), table_labels)
     manifest["splits"][split] = names
   atomic_files.write_json(out_dir / "manifest.json", manifest)
   return manifest

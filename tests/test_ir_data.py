@@ -177,3 +177,71 @@ def test_written_dataset_is_read_back_by_the_loaders(tmp_path):
   x = cube.reshape(-1, cube.shape[-1])
   s = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
   assert s[0] / s.sum() > 0.5
+
+
+# --- patches ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("patch_size", [4, 5])
+def test_training_patches_never_touch_a_test_block(patch_size):
+  from data_pipelines import ir_patches  # noqa: PLC0415
+  rng = np.random.default_rng(0)
+  labels = rng.integers(-1, 3, (40, 36))
+  test = ir_patches.spatial_split(labels.shape, block=8, test_fraction=0.3, seed=1)
+  assert abs(test.mean() - 0.3) < 0.1
+  centres, classes = ir_patches.patch_centres(labels, patch_size, num_classes=3, per_class=10_000,
+                                              rng=rng, allowed=~test)
+  r = patch_size // 2
+  # Every admissible window, by brute force, and no other.
+  expect = {(y, x) for y in range(r, 40 - patch_size + r + 1) for x in range(r, 36 - patch_size + r + 1)
+            if labels[y, x] >= 0 and not test[y - r:y - r + patch_size, x - r:x - r + patch_size].any()}
+  assert {tuple(c) for c in centres} == expect
+  np.testing.assert_array_equal(classes, labels[centres[:, 0], centres[:, 1]])
+  windows = ir_patches.cut(test[..., None], centres, patch_size)
+  assert windows.shape == (len(centres), patch_size, patch_size, 1) and not windows.any()
+
+
+def test_patches_are_class_balanced():
+  from data_pipelines import ir_patches  # noqa: PLC0415
+  labels = np.zeros((30, 30), int)
+  labels[:5] = 1
+  labels[10:12, 10:12] = 2
+  _, classes = ir_patches.patch_centres(labels, 3, num_classes=3, per_class=20,
+                                        rng=np.random.default_rng(0))
+  assert np.bincount(classes).tolist() == [20, 20, 4]
+
+
+def test_tfds_patches_match_the_regions_and_sides_share_no_pixel(tmp_path):
+  from data_pipelines import ir_tfds  # noqa: PLC0415
+  synthetic_ir.write_dataset(tmp_path / "data", num_train=3, num_test=1, size=64)
+  options = ir_tfds.PatchOptions(classes=synthetic_ir.CLASSES, patch_size=8, per_class=6,
+                                 block=16, test_fraction=0.4)
+  folder = tmp_path / "data" / "train"
+  builder = ir_tfds.build({"train": (folder, "train"), "test": (folder, "test"),
+                           "held_out": (tmp_path / "data" / "test", "all")}, options,
+                          tmp_path / "cache")
+  train, test = builder.as_data_source("train"), builder.as_data_source("test")
+  assert len(builder.as_data_source("held_out")) > 0
+  example = train[3]
+  region = example["region"].decode() if isinstance(example["region"], bytes) else example["region"]
+  image_id = int(region.split("-")[1])
+  labels, cube, rgb, _ = synthetic_ir.synthesize_image(image_id, size=64)
+  y, x = int(example["y"]), int(example["x"])
+  np.testing.assert_array_equal(example["ir"], cube[y - 4:y + 4, x - 4:x + 4])
+  np.testing.assert_array_equal(example["rgb"], rgb[y - 4:y + 4, x - 4:x + 4])
+  assert example["label"] == labels[y, x]
+  covered = {"train": set(), "test": set()}
+  for side, source in (("train", train), ("test", test)):
+    for k in range(len(source)):
+      e = source[k]
+      r = e["region"].decode() if isinstance(e["region"], bytes) else e["region"]
+      covered[side] |= {(r, yy, xx) for yy in range(e["y"] - 4, e["y"] + 4)
+                        for xx in range(e["x"] - 4, e["x"] + 4)}
+  assert covered["train"] and covered["test"] and not covered["train"] & covered["test"]
+
+
+def test_tfds_refuses_a_class_without_patches(tmp_path):
+  from data_pipelines import ir_tfds  # noqa: PLC0415
+  synthetic_ir.write_dataset(tmp_path / "data", num_train=1, num_test=0, size=48)
+  options = ir_tfds.PatchOptions(classes=synthetic_ir.CLASSES + ("mucus",), patch_size=8)
+  with pytest.raises(InputError, match=r"train: class 'mucus' has no all patch"):
+    ir_tfds.build({"train": (tmp_path / "data" / "train", "all")}, options, tmp_path / "cache")
