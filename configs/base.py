@@ -108,9 +108,12 @@ def set_keys(c, values, prefix=""):
 
 
 def apply_variant(c, variant, variants):
-  """Applies `variants[variant]` (dotted keys -> values) to `c`; '' applies nothing."""
-  if variant:
-    if variant not in variants:
-      raise ValueError(f"unknown config variant {variant!r}; known: {', '.join(variants)}")
-    set_keys(c, variants[variant])
+  """Applies `variants[variant]` (dotted keys -> values) to `c`; '' applies nothing.
+
+  'a+b' applies variant a, then b.
+  """
+  for name in filter(None, variant.split("+")):
+    if name not in variants:
+      raise ValueError(f"unknown config variant {name!r}; known: {', '.join(variants)}")
+    set_keys(c, variants[name])
   return c

@@ -32,13 +32,17 @@ Usage: python -m data_pipelines.synthetic_ir --out_dir D --num_train N --num_tes
 """
 
 import argparse
+import os
 import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from data_pipelines import ir_formats
 from sciimg_jax.core import atomic_files
+from sciimg_jax.core.errors import InputError
 
 CLASSES = ("epithelium", "stroma", "lumen", "blood", "necrosis")
 TEST_FIRST_IMAGE = 10_000
@@ -220,6 +224,33 @@ def write_dataset(out_dir, *, num_train=8, num_test=4, size=96, seed=0, step=4.0
     manifest["splits"][split] = names
   atomic_files.write_json(out_dir / "manifest.json", manifest)
   return manifest
+
+
+VERSION = 1  # bump when the generator's output changes
+
+
+def generate(cache_dir, *, num_train, num_test, size, seed=0):
+  """{'train': folder, 'test': folder} of the embedded dataset, written once under `cache_dir`.
+
+  The folder's name holds every parameter and the generator version, so a change writes a
+  new folder; it is written under a temporary name and renamed, so a stopped run leaves no
+  half-written dataset that a later run would take for complete.
+  """
+  for key, value, lo in (("num_train", num_train, 1), ("num_test", num_test, 1), ("size", size, 32)):
+    if not isinstance(value, int) or value < lo:
+      raise InputError(f"data.synthetic.{key}", f"must be a whole number >= {lo}, got {value!r}")
+  out = pathlib.Path(cache_dir) / (f"embedded-ir-v{VERSION}-seed{seed}-size{size}-"
+                                   f"train{num_train}-test{num_test}")
+  if not (out / "manifest.json").is_file():
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+      write_dataset(tmp, num_train=num_train, num_test=num_test, size=size, seed=seed)
+      os.chmod(tmp, atomic_files.plain_mode(folder=True))
+      if not (out / "manifest.json").is_file():  # another process may have finished first
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        os.makedirs(tmp)  # TemporaryDirectory removes its folder on exit
+  return {"train": out / "train", "test": out / "test"}
 
 
 def main():

@@ -9,12 +9,14 @@ from sciimg_jax.inpainting import inpaint_job
 from sciimg_jax.inpainting import quickstart
 from sciimg_jax.inpainting import scoring_job
 from sciimg_jax.inpainting import slice_task
+from sciimg_jax.ir import classifier_task
 
 JOBS = {
     "inpaint_train": slice_task.train_slice_model,
     "inpaint": inpaint_job.inpaint_folder,
     "inpaint_evaluate": scoring_job.evaluate_folder,
     "quickstart": quickstart.run_quickstart,
+    "ir_train": classifier_task.train_classifier,
 }
 
 

@@ -16,6 +16,13 @@ from sciimg_jax.core.models.unet import UNet
 MODELS = {"unet": UNet}
 
 
+def register(name, constructor):
+  """Adds a network to the registry (a method package registers its own at import)."""
+  if MODELS.get(name, constructor) is not constructor:
+    raise ValueError(f"model {name!r} is registered already")
+  MODELS[name] = constructor
+
+
 def create_model(model_config, *, rngs: nnx.Rngs, **overrides) -> nnx.Module:
   """Builds `MODELS[model_config.name]` from the other keys of the config block.
 

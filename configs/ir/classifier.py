@@ -1,0 +1,60 @@
+"""IR and RGB patch classifiers on the embedded paired data (or a user's folders of regions).
+
+  python main.py --config=configs/ir/classifier.py:ir --workdir=runs/ir        # spectral-spatial
+  python main.py --config=configs/ir/classifier.py:rgb --workdir=runs/rgb      # same trunk, RGB
+  python main.py --config=configs/ir/classifier.py:pixel --workdir=runs/pixel  # per-pixel spectra
+  ...:tiny, ...:rgb+tiny   a few steps on a small dataset, for tests
+
+Real data: --config.data.train_dir=DIR [--config.data.test_dir=DIR] (folders of regions, see
+data_pipelines/ir_tfds.py) and --config.data.classes='("a","b",...)'.
+"""
+
+import ml_collections
+
+from configs import base
+from data_pipelines import synthetic_ir
+
+
+def get_config(variant=""):
+  c = base.get_base_config()
+  c.job = "ir_train"
+  c.data = ml_collections.ConfigDict()
+  c.data.train_dir = ""           # '' = the embedded paired data
+  c.data.test_dir = ""            # '' with train_dir: a spatial block split of train_dir
+  c.data.synthetic = ml_collections.ConfigDict(dict(num_train=8, num_test=4, size=96, seed=0))
+  c.data.classes = synthetic_ir.CLASSES
+  c.data.modality = "ir"          # ir | rgb
+  c.data.patch_size = 16
+  c.data.per_class = 64           # patches of each class per region
+  c.data.block = 32               # spatial split blocks (pixels), without test_dir
+  c.data.test_fraction = 0.25
+  c.data.batch_size = 64
+  c.data.cache_dir = ""           # '' = <workdir>/data
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="spectral_spatial", spectral_widths=(64, 16), trunk_widths=(32, 64), num_groups=8))
+
+  c.optim.learning_rate = 1e-3
+  c.optim.warmup_steps = 50
+  c.optim.weight_decay = 1e-4
+  c.optim.ema_decay = 0.99
+  c.train.num_steps = 600
+  c.train.log_every = 50
+  c.train.eval_every = 200
+  c.train.checkpoint_every = 200
+  c.train.label_smoothing = 0.0
+  return base.apply_variant(c, variant, VARIANTS)
+
+
+VARIANTS = {
+    "ir": {},
+    "rgb": {"data.modality": "rgb", "model": ml_collections.ConfigDict(dict(
+        name="spatial", trunk_widths=(32, 64), num_groups=8))},
+    "pixel": {"model": ml_collections.ConfigDict(dict(name="spectral_pixel",
+                                                      spectral_widths=(128, 64)))},
+    "tiny": {"data.synthetic.num_train": 2, "data.synthetic.num_test": 1,
+             "data.synthetic.size": 48, "data.patch_size": 8, "data.per_class": 8,
+             "data.batch_size": 8, "train.num_steps": 6, "train.log_every": 2,
+             "train.eval_every": 3, "train.checkpoint_every": 3, "optim.warmup_steps": 1,
+             "train.progress_bar": False},
+}

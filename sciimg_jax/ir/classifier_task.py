@@ -1,0 +1,184 @@
+"""Training of the IR and RGB patch classifiers: a task of the shared trainer.
+
+Data: the embedded paired IR/RGB regions (`data_pipelines.synthetic_ir`, written once under
+the cache folder) or a user's folders of regions (`data.train_dir`, `data.test_dir`; with no
+`test_dir`, the blocks of a spatial split of `train_dir`). Patches come from the TFDS builder
+`data_pipelines.ir_tfds`; `data.modality` picks the IR cube or the RGB image of the same
+patch. IR inputs are standardised per band with the training patches' statistics; RGB
+inputs are scaled from [0, 255] to about [-2, 2].
+
+Loss: cross-entropy, with `train.label_smoothing`. Evaluation (every `train.eval_every`
+steps and at the end) on the held-out patches, with the EMA parameters: accuracy, balanced
+accuracy, macro F1, and the collapse diagnostics (`diagnostics`) of penultimate features
+and logits: effective rank, participation ratio, PC1 share; the effective rank of the
+input gradient over bands; a linear probe's accuracy on the features.
+
+  python main.py --config=configs/ir/classifier.py:ir --workdir=runs/ir
+  python main.py --config=configs/ir/classifier.py:rgb --workdir=runs/rgb
+"""
+
+import pathlib
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from data_pipelines import ir_tfds
+from data_pipelines import synthetic_ir
+from sciimg_jax.core import atomic_files
+from sciimg_jax.core import models
+from sciimg_jax.core import trainer
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.ir import classifiers  # noqa: F401  (registers the classifiers)
+from sciimg_jax.ir import diagnostics
+
+MODALITIES = ("ir", "rgb")
+
+
+def source_splits(data, workdir):
+  """{'train': (folder, side), 'test': (folder, side)} for `ir_tfds.build`."""
+  if not data.train_dir:
+    s = data.synthetic
+    dirs = synthetic_ir.generate(pathlib.Path(data.cache_dir or pathlib.Path(workdir) / "data"),
+                                 num_train=s.num_train, num_test=s.num_test, size=s.size,
+                                 seed=s.seed)
+    return {"train": (dirs["train"], "all"), "test": (dirs["test"], "all")}
+  if data.test_dir:
+    return {"train": (data.train_dir, "all"), "test": (data.test_dir, "all")}
+  return {"train": (data.train_dir, "train"), "test": (data.train_dir, "test")}
+
+
+class Standardize(grain.transforms.Map):
+  """Example -> {'x': float32 (p, p, C), 'label'}: the chosen modality, standardised."""
+
+  def __init__(self, modality, mean, std):
+    self.modality, self.mean, self.std = modality, mean, std
+
+  def map(self, element):
+    x = np.asarray(element[self.modality], np.float32)
+    return {"x": (x - self.mean) / self.std, "label": np.int32(element["label"])}
+
+
+def input_statistics(modality, source, max_examples=2048):
+  """Per-channel mean and std of the training patches (every `len/max` th of them)."""
+  if modality == "rgb":
+    return np.float32(127.5), np.float32(64.0)
+  step = max(1, len(source) // max_examples)
+  x = np.stack([np.asarray(source[i]["ir"], np.float32) for i in range(0, len(source), step)])
+  x = x.reshape(-1, x.shape[-1])
+  return x.mean(0), np.maximum(x.std(0), 1e-6)
+
+
+class PatchClassifierTask:
+  """`trainer.Task`: a patch classifier on one modality."""
+
+  def __init__(self, config, workdir):
+    d = config.data
+    if d.modality not in MODALITIES:
+      raise InputError("data.modality", f"unknown modality {d.modality!r}; known: "
+                       f"{', '.join(MODALITIES)}")
+    self.config = config
+    self.workdir = pathlib.Path(workdir)
+    self.options = ir_tfds.PatchOptions(
+        classes=tuple(d.classes), patch_size=d.patch_size, per_class=d.per_class,
+        block=d.block, test_fraction=d.test_fraction, seed=config.seed)
+    builder = ir_tfds.build(source_splits(d, workdir), self.options,
+                            d.cache_dir or self.workdir / "data")
+    self.wavenumbers = np.asarray(builder.info.metadata["wavenumbers"], np.float32)
+    self.sources = {s: builder.as_data_source(s) for s in ("train", "test")}
+    self.mean, self.std = input_statistics(d.modality, self.sources["train"])
+    self.transform = Standardize(d.modality, self.mean, self.std)
+    self.in_channels = len(self.wavenumbers) if d.modality == "ir" else 3
+    self._test = None
+
+  def create_model(self, rngs, dtype):
+    return models.create_model(self.config.model, rngs=rngs, dtype=dtype,
+                               in_channels=self.in_channels,
+                               num_classes=len(self.config.data.classes))
+
+  def frozen_params(self, mesh):
+    return None
+
+  def train_iterator(self, batch_size_per_process):
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(self.sources["train"]),
+        shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True), shuffle=True,
+        num_epochs=None, seed=int(self.config.seed))
+    return iter(grain.DataLoader(
+        data_source=self.sources["train"], sampler=sampler,
+        operations=[self.transform,
+                    grain.transforms.Batch(int(batch_size_per_process), drop_remainder=True)]))
+
+  def loss(self, model, batch, key, frozen):
+    del key, frozen
+    logits = model(batch["x"]).astype(jnp.float32)
+    k = len(self.config.data.classes)
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], k),
+                                  self.config.train.label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    return loss, {"train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+  def arrays(self, split, limit=None):
+    """(x, labels) of a split, standardised, in stored order."""
+    source = self.sources[split]
+    idx = range(len(source)) if limit is None else np.linspace(
+        0, len(source) - 1, min(limit, len(source))).round().astype(int)
+    examples = [self.transform.map(source[int(i)]) for i in idx]
+    return (np.stack([e["x"] for e in examples]),
+            np.array([e["label"] for e in examples], np.int32))
+
+  def evaluate(self, net, params, frozen, step, key, workdir):
+    if self._test is None:
+      self._test = self.arrays("test")
+      self._probe = self.arrays("train", limit=len(self._test[1]))
+      self._embed = jax.jit(lambda p, x: _logits_and_features(net, p, x))
+    return evaluate_classifier(self, net, params, self._embed)
+
+
+def _logits_and_features(net, params, x):
+  module = net.module(params)
+  features = module.embed(x)
+  return module.head(features), features
+
+
+def batched(fn, params, x, batch=256):
+  outs = [fn(params, x[i:i + batch]) for i in range(0, len(x), batch)]
+  return tuple(np.concatenate([np.asarray(o[k]) for o in outs]) for k in range(len(outs[0])))
+
+
+def evaluate_classifier(task, net, params, embed, gradient_examples=256):
+  """The metrics and diagnostics of the module docstring on the held-out patches."""
+  from sklearn import metrics  # noqa: PLC0415
+  x, y = task._test
+  logits, features = batched(embed, params, x)
+  pred = logits.argmax(-1)
+  out = {"accuracy": float(metrics.accuracy_score(y, pred)),
+         "balanced_accuracy": float(metrics.balanced_accuracy_score(y, pred)),
+         "macro_f1": float(metrics.f1_score(y, pred, average="macro"))}
+  out.update(diagnostics.summary(features, "features"))
+  out.update(diagnostics.summary(logits, "logits"))
+  pick = np.linspace(0, len(x) - 1, min(gradient_examples, len(x))).round().astype(int)
+  grads = diagnostics.gradient_matrix(lambda b: net(params, b).astype(jnp.float32), x[pick])
+  out["gradient_effective_rank"] = diagnostics.effective_rank(grads)
+  px, py = task._probe
+  _, probe_features = batched(embed, params, px)
+  out["probe_accuracy"] = diagnostics.linear_probe_accuracy(probe_features, py, features, y)
+  return out
+
+
+def train_classifier(config, workdir, *, stop_at_step=None):
+  """The `ir_train` job: trains a patch classifier in `workdir`.
+
+  At the end it evaluates the EMA parameters once more and writes `final_metrics.json`.
+  Returns those metrics.
+  """
+  task = PatchClassifierTask(config, workdir)
+  state = trainer.train(task, config, workdir, stop_at_step=stop_at_step)
+  net, _ = models.Network.split(task.create_model(nnx.Rngs(0), trainer.compute_dtype(config)))
+  result = dict(step=int(state.step), modality=config.data.modality, model=config.model.name,
+                **task.evaluate(net, state.ema_params, None, int(state.step), None, workdir))
+  atomic_files.write_json(pathlib.Path(workdir) / "final_metrics.json", result)
+  return result

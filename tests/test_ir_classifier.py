@@ -1,0 +1,98 @@
+"""The IR and RGB patch classifiers: models, training through the shared trainer, bad input."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.ir import classifier as ir_config
+from sciimg_jax.core import models
+from sciimg_jax.core import trainer
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.ir import classifier_task
+from sciimg_jax.ir import classifiers  # noqa: F401  (registers the models)
+
+
+def tiny(variant, data_cache):
+  c = ir_config.get_config(f"{variant}+tiny" if variant else "tiny")
+  c.data.cache_dir = str(data_cache / "ir")
+  return c
+
+
+@pytest.mark.parametrize("variant,channels", [("ir", 277), ("rgb", 3), ("pixel", 277)])
+def test_models_give_logits_and_features(variant, channels):
+  c = ir_config.get_config(variant)
+  model = models.create_model(c.model, rngs=nnx.Rngs(0), in_channels=channels, num_classes=5)
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, channels))
+  assert model(x).shape == (3, 5)
+  assert model.embed(x).ndim == 2
+
+
+def test_the_pixel_model_sees_only_the_centre_pixel():
+  c = ir_config.get_config("pixel")
+  model = models.create_model(c.model, rngs=nnx.Rngs(0), in_channels=6, num_classes=4)
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 6))
+  y = x.at[:, 0, 0].set(9.0).at[:, 7, 3].set(-9.0)
+  np.testing.assert_array_equal(model(x), model(y))
+  assert not np.allclose(model(x), model(x.at[:, 4, 4].set(9.0)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_cache):
+  """Tiny IR and RGB runs on the same embedded patches."""
+  root = tmp_path_factory.mktemp("ir_runs")
+  return {v: (classifier_task.train_classifier(tiny(v, data_cache), root / v), root / v)
+          for v in ("ir", "rgb")}
+
+
+def test_training_writes_metrics_and_diagnostics(trained):
+  for variant, (result, workdir) in trained.items():
+    saved = json.loads((workdir / "final_metrics.json").read_text())
+    assert saved == pytest.approx(result)
+    assert result["step"] == 6 and result["modality"] == variant
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "probe_accuracy",
+                "features_pc1_share", "logits_pc1_share"):
+      assert 0.0 <= result[key] <= 1.0, key
+    assert 1.0 <= result["logits_effective_rank"] <= 5.0
+    assert result["gradient_effective_rank"] >= 1.0
+    rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert any("features_effective_rank" in r for r in rows)  # logged during training
+
+
+def test_ir_and_rgb_see_the_same_patches(data_cache, tmp_path):
+  ir = classifier_task.PatchClassifierTask(tiny("ir", data_cache), tmp_path / "a")
+  rgb = classifier_task.PatchClassifierTask(tiny("rgb", data_cache), tmp_path / "b")
+  for split in ("train", "test"):
+    a, b = ir.sources[split], rgb.sources[split]
+    assert len(a) == len(b)
+    for k in (0, len(a) - 1):
+      assert (a[k]["region"], a[k]["y"], a[k]["x"], a[k]["label"]) == (
+          b[k]["region"], b[k]["y"], b[k]["x"], b[k]["label"])
+  x, _ = ir.arrays("train")
+  np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=0.2)  # standardised per band
+
+
+def test_resumed_training_equals_the_uninterrupted_run(data_cache, tmp_path):
+  config = tiny("ir", data_cache)
+  config.train.eval_every = 0
+  straight = trainer.train(classifier_task.PatchClassifierTask(config, tmp_path / "s"), config,
+                           tmp_path / "s")
+  trainer.train(classifier_task.PatchClassifierTask(config, tmp_path / "r"), config,
+                tmp_path / "r", stop_at_step=3)
+  resumed = trainer.train(classifier_task.PatchClassifierTask(config, tmp_path / "r"), config,
+                          tmp_path / "r")
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_settings_are_named(data_cache, tmp_path):
+  c = tiny("ir", data_cache)
+  c.data.modality = "xray"
+  with pytest.raises(InputError, match="data.modality: unknown modality 'xray'"):
+    classifier_task.PatchClassifierTask(c, tmp_path)
+  c = tiny("ir", data_cache)
+  c.model.name = "resnet"
+  with pytest.raises(InputError, match="model.name: unknown model 'resnet'"):
+    classifier_task.train_classifier(c, tmp_path / "m")
