@@ -57,3 +57,28 @@ def test_linear_probe_on_separable_and_on_random_features():
   assert diagnostics.linear_probe_accuracy(x[:200], y[:200], x[200:], y[200:]) == 1.0
   noise = rng.normal(size=(300, 3))
   assert diagnostics.linear_probe_accuracy(noise[:200], y[:200], noise[200:], y[200:]) < 0.6
+
+
+def test_classification_scores_against_hand_counts():
+  y = np.array([0, 0, 0, 1, 1, 2])
+  pred = np.array([0, 0, 1, 1, 1, 0])
+  s = diagnostics.classification_scores(y, pred)
+  assert s["accuracy"] == pytest.approx(4 / 6)
+  assert s["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+  f1 = [2 * (2 / 3) * (2 / 3) / (4 / 3), 2 * (2 / 3) * 1 / (5 / 3), 0.0]  # per class
+  assert s["macro_f1"] == pytest.approx(np.mean(f1))
+
+
+@pytest.mark.parametrize("name", ["pca_lda", "logistic", "random_forest"])
+def test_baselines_separate_distinct_spectra(name):
+  from sciimg_jax.ir import baselines  # noqa: PLC0415
+  rng = np.random.default_rng(4)
+  means = rng.normal(size=(3, 30)) * 2
+  def patches(n):
+    y = rng.integers(0, 3, n)
+    x = means[y][:, None, None, :] + rng.normal(size=(n, 5, 5, 30)) * 0.5
+    x[:, 0, 0] = 100.0  # only the centre pixel counts
+    return x, y
+  (tx, ty), (vx, vy) = patches(150), patches(60)
+  s = baselines.evaluate(name, tx, ty, vx, vy, n_components=5)
+  assert s["accuracy"] > 0.95 and s["macro_f1"] > 0.95

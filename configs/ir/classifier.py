@@ -24,12 +24,14 @@ def get_config(variant=""):
   c.data.synthetic = ml_collections.ConfigDict(dict(num_train=8, num_test=4, size=96, seed=0))
   c.data.classes = synthetic_ir.CLASSES
   c.data.modality = "ir"          # ir | rgb
-  c.data.patch_size = 16
-  c.data.per_class = 64           # patches of each class per region
+  c.data.patch_size = 12
+  c.data.per_class = 32           # patches of each class per region
   c.data.block = 32               # spatial split blocks (pixels), without test_dir
   c.data.test_fraction = 0.25
   c.data.batch_size = 64
   c.data.cache_dir = ""           # '' = <workdir>/data
+  c.data.spectral_transform = "none"  # none | snv | derivative | pca_whiten (IR only)
+  c.data.pca_components = 30
 
   c.model = ml_collections.ConfigDict(dict(
       name="spectral_spatial", spectral_widths=(64, 16), trunk_widths=(32, 64), num_groups=8))
@@ -43,6 +45,10 @@ def get_config(variant=""):
   c.train.eval_every = 200
   c.train.checkpoint_every = 200
   c.train.label_smoothing = 0.0
+  # Robustness strategies (sciimg_jax/ir/robustness.py); 0 = off.
+  c.train.robust = ml_collections.ConfigDict(dict(
+      mixup_alpha=0.0, cutmix_alpha=0.0, noise_std=0.0, band_dropout=0.0, sam_rho=0.0,
+      adversarial_eps=0.0, adversarial_mix=0.5, rank_weight=0.0))
   return base.apply_variant(c, variant, VARIANTS)
 
 

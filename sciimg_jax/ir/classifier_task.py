@@ -34,6 +34,7 @@ from sciimg_jax.core import trainer
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ir import classifiers  # noqa: F401  (registers the classifiers)
 from sciimg_jax.ir import diagnostics
+from sciimg_jax.ir import robustness
 
 MODALITIES = ("ir", "rgb")
 
@@ -52,24 +53,33 @@ def source_splits(data, workdir):
 
 
 class Standardize(grain.transforms.Map):
-  """Example -> {'x': float32 (p, p, C), 'label'}: the chosen modality, standardised."""
+  """Example -> {'x': float32 (p, p, C), 'label'}: the modality, transformed, standardised."""
 
-  def __init__(self, modality, mean, std):
-    self.modality, self.mean, self.std = modality, mean, std
+  def __init__(self, modality, transform, mean, std):
+    self.modality, self.transform, self.mean, self.std = modality, transform, mean, std
 
   def map(self, element):
-    x = np.asarray(element[self.modality], np.float32)
-    return {"x": (x - self.mean) / self.std, "label": np.int32(element["label"])}
+    x = self.transform(np.asarray(element[self.modality], np.float32))
+    return {"x": ((x - self.mean) / self.std).astype(np.float32),
+            "label": np.int32(element["label"])}
 
 
-def input_statistics(modality, source, max_examples=2048):
-  """Per-channel mean and std of the training patches (every `len/max` th of them)."""
-  if modality == "rgb":
-    return np.float32(127.5), np.float32(64.0)
+def training_pixels(source, max_examples=2048):
+  """(N, bands) pixels of every `len/max`-th training patch."""
   step = max(1, len(source) // max_examples)
   x = np.stack([np.asarray(source[i]["ir"], np.float32) for i in range(0, len(source), step)])
-  x = x.reshape(-1, x.shape[-1])
-  return x.mean(0), np.maximum(x.std(0), 1e-6)
+  return x.reshape(-1, x.shape[-1])
+
+
+def spectral_transform(data, pixels):
+  """The `data.spectral_transform` of IR spectra, fitted on training pixels if it needs to be."""
+  name = data.spectral_transform
+  if name not in robustness.SPECTRAL_TRANSFORMS:
+    raise InputError("data.spectral_transform", f"unknown transform {name!r}; known: "
+                     f"{', '.join(robustness.SPECTRAL_TRANSFORMS)}")
+  if name == "pca_whiten":
+    return robustness.PcaWhitener(pixels, data.pca_components)
+  return {"none": lambda x: x, "snv": robustness.snv, "derivative": robustness.derivative}[name]
 
 
 class PatchClassifierTask:
@@ -89,9 +99,15 @@ class PatchClassifierTask:
                             d.cache_dir or self.workdir / "data")
     self.wavenumbers = np.asarray(builder.info.metadata["wavenumbers"], np.float32)
     self.sources = {s: builder.as_data_source(s) for s in ("train", "test")}
-    self.mean, self.std = input_statistics(d.modality, self.sources["train"])
-    self.transform = Standardize(d.modality, self.mean, self.std)
-    self.in_channels = len(self.wavenumbers) if d.modality == "ir" else 3
+    if d.modality == "rgb":
+      transform, mean, std = (lambda x: x), np.float32(127.5), np.float32(64.0)
+    else:
+      pixels = training_pixels(self.sources["train"])
+      transform = spectral_transform(d, pixels)
+      pixels = transform(pixels)
+      mean, std = pixels.mean(0), np.maximum(pixels.std(0), 1e-6)
+    self.transform = Standardize(d.modality, transform, mean, std)
+    self.in_channels = int(np.size(mean)) if d.modality == "ir" else 3
     self._test = None
 
   def create_model(self, rngs, dtype):
@@ -113,13 +129,34 @@ class PatchClassifierTask:
                     grain.transforms.Batch(int(batch_size_per_process), drop_remainder=True)]))
 
   def loss(self, model, batch, key, frozen):
-    del key, frozen
-    logits = model(batch["x"]).astype(jnp.float32)
-    k = len(self.config.data.classes)
-    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], k),
+    """Cross-entropy with the `train.robust` strategies (see `robustness`) switched on."""
+    del frozen
+    r = self.config.train.robust
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], len(self.config.data.classes)),
                                   self.config.train.label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
-    return loss, {"train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+    x, targets = robustness.augment_inputs(jax.random.fold_in(key, 1), batch["x"], targets, r)
+
+    def objective(module, x):
+      features = module.embed(x)
+      logits = module.head(features).astype(jnp.float32)
+      value = optax.softmax_cross_entropy(logits, targets).mean()
+      if r.rank_weight > 0:
+        value += r.rank_weight * robustness.off_diagonal_correlation(features.astype(jnp.float32))
+      return value, logits
+
+    if r.adversarial_eps > 0:  # FGSM examples for the last (1 - adversarial_mix) of the batch
+      grad_x = jax.grad(lambda x: objective(model, x)[0])(x)
+      x_adv = x + r.adversarial_eps * jnp.sign(jax.lax.stop_gradient(grad_x))
+      clean = int(round(r.adversarial_mix * x.shape[0]))
+      x = jnp.concatenate([x[:clean], x_adv[clean:]])
+    if r.sam_rho > 0:  # the loss at w + rho g/|g|: its gradient is SAM's update
+      graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+      grads = jax.grad(lambda p: objective(nnx.merge(graphdef, p, rest), x)[0])(params)
+      scale = r.sam_rho / (optax.tree.norm(grads) + 1e-12)
+      params = jax.tree.map(lambda p, g: p + jax.lax.stop_gradient(scale * g), params, grads)
+      model = nnx.merge(graphdef, params, rest)
+    value, logits = objective(model, x)
+    return value, {"train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
   def arrays(self, split, limit=None):
     """(x, labels) of a split, standardised, in stored order."""
@@ -151,13 +188,9 @@ def batched(fn, params, x, batch=256):
 
 def evaluate_classifier(task, net, params, embed, gradient_examples=256):
   """The metrics and diagnostics of the module docstring on the held-out patches."""
-  from sklearn import metrics  # noqa: PLC0415
   x, y = task._test
   logits, features = batched(embed, params, x)
-  pred = logits.argmax(-1)
-  out = {"accuracy": float(metrics.accuracy_score(y, pred)),
-         "balanced_accuracy": float(metrics.balanced_accuracy_score(y, pred)),
-         "macro_f1": float(metrics.f1_score(y, pred, average="macro"))}
+  out = diagnostics.classification_scores(y, logits.argmax(-1))
   out.update(diagnostics.summary(features, "features"))
   out.update(diagnostics.summary(logits, "logits"))
   pick = np.linspace(0, len(x) - 1, min(gradient_examples, len(x))).round().astype(int)

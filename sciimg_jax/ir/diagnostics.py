@@ -77,3 +77,11 @@ def linear_probe_accuracy(train_features, train_labels, test_features, test_labe
   probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
   probe.fit(np.asarray(train_features).reshape(len(train_features), -1), train_labels)
   return float(probe.score(np.asarray(test_features).reshape(len(test_features), -1), test_labels))
+
+
+def classification_scores(y_true, y_pred):
+  """Accuracy, balanced accuracy (mean per-class recall) and macro F1 (scikit-learn)."""
+  from sklearn import metrics  # noqa: PLC0415
+  return {"accuracy": float(metrics.accuracy_score(y_true, y_pred)),
+          "balanced_accuracy": float(metrics.balanced_accuracy_score(y_true, y_pred)),
+          "macro_f1": float(metrics.f1_score(y_true, y_pred, average="macro"))}

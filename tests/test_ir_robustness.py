@@ -1,0 +1,105 @@
+"""Robustness strategies and spectral remedies: the identities each one must satisfy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.ir import classifier as ir_config
+from sciimg_jax.ir import classifier_task
+from sciimg_jax.ir import robustness
+
+
+def test_mixup_is_a_convex_combination_of_inputs_and_labels():
+  x = jnp.arange(6, dtype=jnp.float32).reshape(6, 1, 1, 1) * jnp.ones((6, 2, 2, 3))
+  t = jax.nn.one_hot(jnp.arange(6) % 3, 3)
+  mx, mt = robustness.mixup(jax.random.key(0), x, t, 0.4)
+  np.testing.assert_allclose(mt.sum(-1), 1.0, rtol=1e-6)
+  lam_perm = jax.random.split(jax.random.key(0))
+  lam = jax.random.beta(lam_perm[0], 0.4, 0.4)
+  perm = jax.random.permutation(lam_perm[1], 6)
+  np.testing.assert_allclose(mx, lam * x + (1 - lam) * x[perm], rtol=1e-6)
+
+
+def test_cutmix_labels_follow_the_pasted_area():
+  x = jnp.arange(8, dtype=jnp.float32).reshape(8, 1, 1, 1) * jnp.ones((8, 10, 10, 2))
+  t = jax.nn.one_hot(jnp.arange(8), 8)
+  for seed in range(5):
+    mx, mt = robustness.cutmix(jax.random.key(seed), x, t, 1.0)
+    for i in range(8):
+      own = float(jnp.mean(mx[i] == i))
+      assert float(mt[i, i]) == pytest.approx(own, abs=1e-6)  # pixels of x_i = weight of i
+      np.testing.assert_allclose(mt[i].sum(), 1.0, rtol=1e-6)
+
+
+def test_band_dropout_zeroes_whole_bands():
+  x = jnp.ones((64, 3, 3, 20))
+  y = robustness.band_dropout(jax.random.key(0), x, 0.3)
+  per_band = y.reshape(64, 9, 20)
+  assert jnp.all((per_band == 0).all(1) | (per_band == 1).all(1))
+  assert abs(float((per_band[:, 0] == 0).mean()) - 0.3) < 0.05
+
+
+def test_off_diagonal_correlation():
+  rng = np.random.default_rng(0)
+  q, _ = np.linalg.qr(rng.normal(size=(200, 4)) - 0)
+  q = q - q.mean(0)
+  q, _ = np.linalg.qr(q)
+  assert float(robustness.off_diagonal_correlation(jnp.asarray(q))) < 1e-6
+  same = np.repeat(rng.normal(size=(200, 1)), 4, axis=1)
+  assert float(robustness.off_diagonal_correlation(jnp.asarray(same))) == pytest.approx(1.0, 1e-3)
+
+
+def test_spectral_transforms():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(50, 40)).astype(np.float32) * 3 + 2
+  s = robustness.snv(x)
+  np.testing.assert_allclose(s.mean(-1), 0, atol=1e-5)
+  np.testing.assert_allclose(s.std(-1), 1, rtol=1e-4)
+  line = np.tile(np.arange(40, dtype=np.float32) * 0.5 + 1, (3, 1))
+  np.testing.assert_allclose(robustness.derivative(line), 0.5, rtol=1e-4)
+  mixed = rng.normal(size=(500, 10)) @ rng.normal(size=(10, 40))
+  white = robustness.PcaWhitener(mixed, 6)(mixed)
+  np.testing.assert_allclose(np.cov(white.T), np.eye(6), atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory, data_cache):
+  c = ir_config.get_config("tiny")
+  c.data.cache_dir = str(data_cache / "ir")
+  return classifier_task.PatchClassifierTask(c, tmp_path_factory.mktemp("robust"))
+
+
+def loss_and_grad(task, params, graphdef, rest, batch, **robust):
+  task.config.train.robust.update(robust)
+  try:
+    f = lambda p: task.loss(nnx.merge(graphdef, p, rest), batch, jax.random.key(0), None)[0]
+    return jax.value_and_grad(f)(params)
+  finally:
+    task.config.train.robust.update({k: 0.0 for k in robust})
+
+
+def test_sam_gradient_is_the_gradient_at_the_perturbed_weights(task):
+  module = task.create_model(nnx.Rngs(0), jnp.float32)
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  x, y = task.arrays("train", limit=16)
+  batch = {"x": jnp.asarray(x), "label": jnp.asarray(y)}
+  _, g = loss_and_grad(task, params, graphdef, rest, batch)
+  norm = float(jnp.sqrt(sum(jnp.sum(v ** 2) for v in jax.tree.leaves(g))))
+  perturbed = jax.tree.map(lambda p, gi: p + 0.05 * gi / norm, params, g)
+  _, expect = loss_and_grad(task, perturbed, graphdef, rest, batch)
+  _, sam = loss_and_grad(task, params, graphdef, rest, batch, sam_rho=0.05)
+  for a, b in zip(jax.tree.leaves(sam), jax.tree.leaves(expect)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+def test_adversarial_examples_raise_the_loss(task):
+  module = task.create_model(nnx.Rngs(0), jnp.float32)
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  x, y = task.arrays("train", limit=16)
+  batch = {"x": jnp.asarray(x), "label": jnp.asarray(y)}
+  clean, _ = loss_and_grad(task, params, graphdef, rest, batch)
+  adv, _ = loss_and_grad(task, params, graphdef, rest, batch, adversarial_eps=0.1,
+                         adversarial_mix=0.0)
+  assert float(adv) > float(clean)
