@@ -10,6 +10,7 @@ from sciimg_jax.inpainting import quickstart
 from sciimg_jax.inpainting import scoring_job
 from sciimg_jax.inpainting import slice_task
 from sciimg_jax.ir import classifier_task
+from sciimg_jax.ir import study as ir_study
 
 JOBS = {
     "inpaint_train": slice_task.train_slice_model,
@@ -17,6 +18,7 @@ JOBS = {
     "inpaint_evaluate": scoring_job.evaluate_folder,
     "quickstart": quickstart.run_quickstart,
     "ir_train": classifier_task.train_classifier,
+    "ir_study": ir_study.run_study,
 }
 
 

@@ -30,6 +30,11 @@ def test_models_give_logits_and_features(variant, channels):
   assert model.embed(x).ndim == 2
 
 
+def test_the_config_names_the_embedded_classes():
+  from data_pipelines import synthetic_ir  # noqa: PLC0415
+  assert ir_config.EMBEDDED_CLASSES == synthetic_ir.CLASSES
+
+
 def test_the_pixel_model_sees_only_the_centre_pixel():
   c = ir_config.get_config("pixel")
   model = models.create_model(c.model, rngs=nnx.Rngs(0), in_channels=6, num_classes=4)
@@ -96,3 +101,31 @@ def test_bad_settings_are_named(data_cache, tmp_path):
   c.model.name = "resnet"
   with pytest.raises(InputError, match="model.name: unknown model 'resnet'"):
     classifier_task.train_classifier(c, tmp_path / "m")
+
+
+def test_study_writes_its_table_and_reuses_finished_runs(tmp_path, data_cache):
+  from configs.ir import study as study_config  # noqa: PLC0415
+  from sciimg_jax.ir import study  # noqa: PLC0415
+  c = study_config.get_config("tiny")
+  for run in c.runs.values():
+    run.data.cache_dir = str(data_cache / "ir")
+  summary = study.run_study(c, tmp_path)
+  assert set(summary) == {"ir", "rgb", "pca_lda", "logistic", "random_forest"}
+  assert set(summary["ir"]) == set(study.COLUMNS)
+  assert set(summary["pca_lda"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
+  for name in ("study.json", "study.md", "study.csv", "study.png"):
+    assert (tmp_path / name).stat().st_size > 0
+  assert "| pca_lda |" in (tmp_path / "study.md").read_text()
+  (tmp_path / "ir-seed0" / "final_metrics.json").write_text('{"accuracy": 0.5, '
+      '"balanced_accuracy": 0.5, "macro_f1": 0.5, "features_effective_rank": 2.0, '
+      '"logits_pc1_share": 0.9, "gradient_effective_rank": 1.5}')
+  again = study.run_study(c, tmp_path)  # finished runs are read, not trained again
+  assert again["ir"]["accuracy"] == (0.5, 0.0)
+
+
+def test_study_config_names_every_strategy():
+  from configs.ir import study as study_config  # noqa: PLC0415
+  c = study_config.get_config()
+  assert len(c.runs) == 3 + len(study_config.STRATEGIES)
+  assert c.runs["ir-snv"].data.spectral_transform == "snv"
+  assert c.runs["rgb"].data.modality == "rgb"

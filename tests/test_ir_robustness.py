@@ -80,11 +80,15 @@ def loss_and_grad(task, params, graphdef, rest, batch, **robust):
     task.config.train.robust.update({k: 0.0 for k in robust})
 
 
-def test_sam_gradient_is_the_gradient_at_the_perturbed_weights(task):
-  module = task.create_model(nnx.Rngs(0), jnp.float32)
-  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+def untrained(task):
+  """(graphdef, params, rest, batch of 16 training patches) of a fresh model."""
+  graphdef, params, rest = nnx.split(task.create_model(nnx.Rngs(0), jnp.float32), nnx.Param, ...)
   x, y = task.arrays("train", limit=16)
-  batch = {"x": jnp.asarray(x), "label": jnp.asarray(y)}
+  return graphdef, params, rest, {"x": jnp.asarray(x), "label": jnp.asarray(y)}
+
+
+def test_sam_gradient_is_the_gradient_at_the_perturbed_weights(task):
+  graphdef, params, rest, batch = untrained(task)
   _, g = loss_and_grad(task, params, graphdef, rest, batch)
   norm = float(jnp.sqrt(sum(jnp.sum(v ** 2) for v in jax.tree.leaves(g))))
   perturbed = jax.tree.map(lambda p, gi: p + 0.05 * gi / norm, params, g)
@@ -95,10 +99,7 @@ def test_sam_gradient_is_the_gradient_at_the_perturbed_weights(task):
 
 
 def test_adversarial_examples_raise_the_loss(task):
-  module = task.create_model(nnx.Rngs(0), jnp.float32)
-  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-  x, y = task.arrays("train", limit=16)
-  batch = {"x": jnp.asarray(x), "label": jnp.asarray(y)}
+  graphdef, params, rest, batch = untrained(task)
   clean, _ = loss_and_grad(task, params, graphdef, rest, batch)
   adv, _ = loss_and_grad(task, params, graphdef, rest, batch, adversarial_eps=0.1,
                          adversarial_mix=0.0)

@@ -12,7 +12,9 @@ data_pipelines/ir_tfds.py) and --config.data.classes='("a","b",...)'.
 import ml_collections
 
 from configs import base
-from data_pipelines import synthetic_ir
+
+# The classes of the embedded data (data_pipelines/synthetic_ir.py; a test keeps them equal).
+EMBEDDED_CLASSES = ("epithelium", "stroma", "lumen", "blood", "necrosis")
 
 
 def get_config(variant=""):
@@ -22,12 +24,13 @@ def get_config(variant=""):
   c.data.train_dir = ""           # '' = the embedded paired data
   c.data.test_dir = ""            # '' with train_dir: a spatial block split of train_dir
   c.data.synthetic = ml_collections.ConfigDict(dict(num_train=8, num_test=4, size=96, seed=0))
-  c.data.classes = synthetic_ir.CLASSES
+  c.data.classes = EMBEDDED_CLASSES
   c.data.modality = "ir"          # ir | rgb
   c.data.patch_size = 12
   c.data.per_class = 32           # patches of each class per region
   c.data.block = 32               # spatial split blocks (pixels), without test_dir
   c.data.test_fraction = 0.25
+  c.data.patch_seed = 0           # which patches are drawn (`seed` is the training's)
   c.data.batch_size = 64
   c.data.cache_dir = ""           # '' = <workdir>/data
   c.data.spectral_transform = "none"  # none | snv | derivative | pca_whiten (IR only)

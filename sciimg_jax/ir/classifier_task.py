@@ -94,7 +94,7 @@ class PatchClassifierTask:
     self.workdir = pathlib.Path(workdir)
     self.options = ir_tfds.PatchOptions(
         classes=tuple(d.classes), patch_size=d.patch_size, per_class=d.per_class,
-        block=d.block, test_fraction=d.test_fraction, seed=config.seed)
+        block=d.block, test_fraction=d.test_fraction, seed=d.patch_seed)
     builder = ir_tfds.build(source_splits(d, workdir), self.options,
                             d.cache_dir or self.workdir / "data")
     self.wavenumbers = np.asarray(builder.info.metadata["wavenumbers"], np.float32)
@@ -158,12 +158,15 @@ class PatchClassifierTask:
     value, logits = objective(model, x)
     return value, {"train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
-  def arrays(self, split, limit=None):
-    """(x, labels) of a split, standardised, in stored order."""
+  def arrays(self, split, limit=None, raw=False):
+    """(x, labels) of a split in stored order: standardised, or as stored with `raw`."""
     source = self.sources[split]
     idx = range(len(source)) if limit is None else np.linspace(
         0, len(source) - 1, min(limit, len(source))).round().astype(int)
-    examples = [self.transform.map(source[int(i)]) for i in idx]
+    modality = self.config.data.modality
+    prepare = ((lambda e: {"x": np.asarray(e[modality], np.float32), "label": e["label"]})
+               if raw else self.transform.map)
+    examples = [prepare(source[int(i)]) for i in idx]
     return (np.stack([e["x"] for e in examples]),
             np.array([e["label"] for e in examples], np.int32))
 

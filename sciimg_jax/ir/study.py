@@ -1,0 +1,100 @@
+"""The IR-versus-RGB study: runs x seeds through the classifier job, one table.
+
+`config.runs` maps a run name to a complete classifier config (configs/ir/study.py builds
+them: the IR, RGB and per-pixel models, and the IR model with one robustness strategy or
+remedy switched on). Each is trained once per seed of `config.seeds` in
+`<workdir>/<run>-seed<k>` (a finished run is reused: its `final_metrics.json` is read), and
+the chemometric baselines (`config.baselines`, from `baselines.NAMES`) are fitted on the
+centre spectra of the same training patches (every run draws the same patches,
+`data.patch_seed`). Writes `study.json` (every run), `study.md` and `study.csv` (mean ± std
+over seeds) and `study.png` (accuracy against feature effective rank and logit PC1 share).
+"""
+
+import json
+import pathlib
+
+import ml_collections
+import numpy as np
+
+from sciimg_jax.core import atomic_files
+from sciimg_jax.core import figures
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.ir import baselines
+from sciimg_jax.ir import classifier_task
+
+COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "features_effective_rank",
+           "logits_pc1_share", "gradient_effective_rank")
+
+
+def train_or_reuse(c, workdir):
+  done = workdir / "final_metrics.json"
+  if done.is_file():
+    return json.loads(done.read_text())
+  return classifier_task.train_classifier(c, workdir)
+
+
+def mean_std(rows):
+  return {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows])))
+          for k in COLUMNS if all(k in r for r in rows)}
+
+
+def format_table(summary):
+  head = "| run | " + " | ".join(COLUMNS) + " |"
+  lines = [head, "|" + " --- |" * (len(COLUMNS) + 1)]
+  for name, stats in summary.items():
+    cells = [f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" if k in stats else "" for k in COLUMNS]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def save_plot(summary, path):
+  import matplotlib  # noqa: PLC0415
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # noqa: PLC0415
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+  for ax, key in zip(axes, ("features_effective_rank", "logits_pc1_share")):
+    for name, s in summary.items():
+      if key in s:
+        ax.errorbar(s[key][0], s["accuracy"][0], xerr=s[key][1], yerr=s["accuracy"][1], fmt="o",
+                    color="tab:red" if name.startswith("rgb") else "tab:blue")
+        ax.annotate(name, (s[key][0], s["accuracy"][0]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel(key.replace("_", " "))
+    ax.set_ylabel("held-out accuracy")
+  fig.suptitle("IR (blue) and RGB (red) classifiers: accuracy against collapse")
+  figures.save_figure(fig, path)
+
+
+def run_study(config, workdir):
+  """The `ir_study` job (module docstring). Returns the summary {run: {column: (mean, std)}}."""
+  workdir = pathlib.Path(workdir)
+  unknown = [b for b in config.baselines if b not in baselines.NAMES]
+  if unknown:
+    raise InputError("baselines", f"unknown {unknown}; known: {', '.join(baselines.NAMES)}")
+  results, summary = {}, {}
+  for name, run in config.runs.items():
+    rows = []
+    for seed in config.seeds:
+      c = ml_collections.ConfigDict(run.to_dict())
+      c.seed = int(seed)
+      c.data.cache_dir = c.data.cache_dir or str(workdir / "data")  # one dataset for all runs
+      rows.append(train_or_reuse(c, workdir / f"{name}-seed{seed}"))
+    results[name], summary[name] = rows, mean_std(rows)
+  if config.baselines:
+    first = ml_collections.ConfigDict(next(iter(config.runs.values())).to_dict())
+    first.data.cache_dir = first.data.cache_dir or str(workdir / "data")
+    task = classifier_task.PatchClassifierTask(first, workdir / "baselines")
+    (tx, ty), (vx, vy) = task.arrays("train", raw=True), task.arrays("test", raw=True)
+    for name in config.baselines:
+      rows = [baselines.evaluate(name, tx, ty, vx, vy, seed=s) for s in config.seeds]
+      results[name], summary[name] = rows, mean_std(rows)
+  atomic_files.write_json(workdir / "study.json", {"runs": results, "summary": summary})
+  table = format_table(summary)
+  atomic_files.write_text(workdir / "study.md", table + "\n")
+  csv_lines = ["run," + ",".join(f"{k}_mean,{k}_std" for k in COLUMNS)]
+  csv_lines += [name + "," + ",".join(f"{s[k][0]:.6g},{s[k][1]:.6g}" if k in s else ","
+                                      for k in COLUMNS) for name, s in summary.items()]
+  atomic_files.write_text(workdir / "study.csv", "\n".join(csv_lines) + "\n")
+  save_plot(summary, workdir / "study.png")
+  print(f"\nHeld-out patches, mean ± std over seeds {tuple(config.seeds)}:\n{table}")
+  return summary
