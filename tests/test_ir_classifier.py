@@ -24,7 +24,8 @@ def tiny(variant, data_cache):
 @pytest.mark.parametrize("variant,channels", [("ir", 277), ("rgb", 3), ("pixel", 277)])
 def test_models_give_logits_and_features(variant, channels):
   c = ir_config.get_config(variant)
-  model = models.create_model(c.model, rngs=nnx.Rngs(0), in_channels=channels, num_classes=5)
+  model = models.create_model(c.model, rngs=nnx.Rngs(0), in_channels=channels, num_classes=5,
+                             patch_size=8)
   x = jax.random.normal(jax.random.key(0), (3, 8, 8, channels))
   assert model(x).shape == (3, 5)
   assert model.embed(x).ndim == 2
@@ -37,7 +38,8 @@ def test_the_config_names_the_embedded_classes():
 
 def test_the_pixel_model_sees_only_the_centre_pixel():
   c = ir_config.get_config("pixel")
-  model = models.create_model(c.model, rngs=nnx.Rngs(0), in_channels=6, num_classes=4)
+  model = models.create_model(c.model, rngs=nnx.Rngs(0), in_channels=6, num_classes=4,
+                             patch_size=8)
   x = jax.random.normal(jax.random.key(1), (2, 8, 8, 6))
   y = x.at[:, 0, 0].set(9.0).at[:, 7, 3].set(-9.0)
   np.testing.assert_array_equal(model(x), model(y))

@@ -37,7 +37,8 @@ def get_config(variant=""):
   c.data.pca_components = 30
 
   c.model = ml_collections.ConfigDict(dict(
-      name="spectral_spatial", spectral_widths=(64, 16), trunk_widths=(32, 64), num_groups=8))
+      name="spectral_spatial", spectral_widths=(64, 16), trunk_widths=(32, 64), features=64,
+      num_groups=8))
 
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 50
@@ -58,7 +59,7 @@ def get_config(variant=""):
 VARIANTS = {
     "ir": {},
     "rgb": {"data.modality": "rgb", "model": ml_collections.ConfigDict(dict(
-        name="spatial", trunk_widths=(32, 64), num_groups=8))},
+        name="spatial", trunk_widths=(32, 64), features=64, num_groups=8))},
     "pixel": {"model": ml_collections.ConfigDict(dict(name="spectral_pixel",
                                                       spectral_widths=(128, 64)))},
     "tiny": {"data.synthetic.num_train": 2, "data.synthetic.num_test": 1,

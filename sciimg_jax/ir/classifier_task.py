@@ -113,7 +113,8 @@ class PatchClassifierTask:
   def create_model(self, rngs, dtype):
     return models.create_model(self.config.model, rngs=rngs, dtype=dtype,
                                in_channels=self.in_channels,
-                               num_classes=len(self.config.data.classes))
+                               num_classes=len(self.config.data.classes),
+                               patch_size=self.config.data.patch_size)
 
   def frozen_params(self, mesh):
     return None

@@ -11,8 +11,8 @@ of the centre pixel. `embed` gives the penultimate features the diagnostics look
                     fed straight to 3x3 convolutions)
 
 The spatial trunk is 3x3 convolution blocks (GroupNorm, GELU), one stride-2 block per
-level after the first, global average pooling and a linear head, so the IR and RGB models
-differ only in what comes before the trunk.
+level after the first, and a dense layer over the flattened map (the penultimate features),
+then a linear head, so the IR and RGB models differ only in what comes before the trunk.
 """
 
 from flax import nnx
@@ -42,30 +42,38 @@ class SpectralEncoder(nnx.Module):
 
 
 class SpatialTrunk(nnx.Module):
-  """3x3 conv blocks, stride 2 from the second level, global average pooling."""
+  """3x3 conv blocks (stride 2 from the second level), then a dense layer over the flattened map.
 
-  def __init__(self, in_channels, widths, *, num_groups=8, rngs, dtype=jnp.float32):
+  Flattening keeps where in the patch a feature is, so the centre pixel's class can be told
+  from its neighbours' (global average pooling would answer with the patch's majority class).
+  """
+
+  def __init__(self, in_channels, widths, *, patch_size, features=64, num_groups=8, rngs,
+               dtype=jnp.float32):
     self.convs, self.norms = nnx.List(), nnx.List()
-    prev = in_channels
+    prev, size = in_channels, patch_size
     for k, width in enumerate(widths):
-      self.convs.append(nnx.Conv(prev, width, (3, 3), strides=(1, 1) if k == 0 else (2, 2),
-                                 dtype=dtype, rngs=rngs))
+      stride = 1 if k == 0 else 2
+      self.convs.append(nnx.Conv(prev, width, (3, 3), strides=(stride, stride), dtype=dtype,
+                                 rngs=rngs))
       self.norms.append(nnx.GroupNorm(width, num_groups=_groups(width, num_groups), dtype=dtype,
                                       rngs=rngs))
-      prev = width
-    self.out_features = prev
+      prev, size = width, -(-size // stride)
+    self.dense = nnx.Linear(prev * size * size, features, dtype=dtype, rngs=rngs)
+    self.out_features = features
 
   def __call__(self, x):
     for conv, norm in zip(self.convs, self.norms):
       x = nnx.gelu(norm(conv(x)))
-    return x.mean(axis=(1, 2))
+    return nnx.gelu(self.dense(x.reshape(x.shape[0], -1)))
 
 
 class PatchClassifier(nnx.Module):
   """Optional spectral encoder, then the spatial trunk (or an MLP on the centre pixel)."""
 
-  def __init__(self, in_channels, num_classes, *, spectral_widths=(), trunk_widths=(32, 64),
-               pixel_only=False, num_groups=8, rngs, dtype=jnp.float32):
+  def __init__(self, in_channels, num_classes, *, patch_size=None, spectral_widths=(),
+               trunk_widths=(32, 64), features=64, pixel_only=False, num_groups=8, rngs,
+               dtype=jnp.float32):
     self.pixel_only = pixel_only
     self.encoder = (SpectralEncoder(in_channels, spectral_widths, rngs=rngs, dtype=dtype)
                     if spectral_widths else None)
@@ -73,8 +81,8 @@ class PatchClassifier(nnx.Module):
     if pixel_only:
       self.trunk = None
     else:
-      self.trunk = SpatialTrunk(features, trunk_widths, num_groups=num_groups, rngs=rngs,
-                                dtype=dtype)
+      self.trunk = SpatialTrunk(features, trunk_widths, patch_size=patch_size, features=features,
+                                num_groups=num_groups, rngs=rngs, dtype=dtype)
       features = self.trunk.out_features
     self.head = nnx.Linear(features, num_classes, dtype=dtype, rngs=rngs)
 
@@ -93,22 +101,25 @@ class PatchClassifier(nnx.Module):
     return self.head(self.embed(x))
 
 
-def spectral_pixel(*, in_channels, num_classes, spectral_widths=(128, 64), rngs,
+def spectral_pixel(*, in_channels, num_classes, patch_size=None, spectral_widths=(128, 64), rngs,
                    dtype=jnp.float32):
+  del patch_size  # the centre pixel only
   return PatchClassifier(in_channels, num_classes, spectral_widths=spectral_widths,
                          pixel_only=True, rngs=rngs, dtype=dtype)
 
 
-def spectral_spatial(*, in_channels, num_classes, spectral_widths=(64, 16), trunk_widths=(32, 64),
-                     num_groups=8, rngs, dtype=jnp.float32):
-  return PatchClassifier(in_channels, num_classes, spectral_widths=spectral_widths,
-                         trunk_widths=trunk_widths, num_groups=num_groups, rngs=rngs, dtype=dtype)
+def spectral_spatial(*, in_channels, num_classes, patch_size, spectral_widths=(64, 16),
+                     trunk_widths=(32, 64), features=64, num_groups=8, rngs, dtype=jnp.float32):
+  return PatchClassifier(in_channels, num_classes, patch_size=patch_size,
+                         spectral_widths=spectral_widths, trunk_widths=trunk_widths,
+                         features=features, num_groups=num_groups, rngs=rngs, dtype=dtype)
 
 
-def spatial(*, in_channels, num_classes, trunk_widths=(32, 64), num_groups=8, rngs,
-            dtype=jnp.float32):
-  return PatchClassifier(in_channels, num_classes, trunk_widths=trunk_widths,
-                         num_groups=num_groups, rngs=rngs, dtype=dtype)
+def spatial(*, in_channels, num_classes, patch_size, trunk_widths=(32, 64), features=64,
+            num_groups=8, rngs, dtype=jnp.float32):
+  return PatchClassifier(in_channels, num_classes, patch_size=patch_size,
+                         trunk_widths=trunk_widths, features=features, num_groups=num_groups,
+                         rngs=rngs, dtype=dtype)
 
 
 for _name, _fn in (("spectral_pixel", spectral_pixel), ("spectral_spatial", spectral_spatial),
