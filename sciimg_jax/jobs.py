@@ -10,6 +10,7 @@ from sciimg_jax.inpainting import quickstart
 from sciimg_jax.inpainting import scoring_job
 from sciimg_jax.inpainting import slice_task
 from sciimg_jax.ir import classifier_task
+from sciimg_jax.ir import diagnose as ir_diagnose
 from sciimg_jax.ir import study as ir_study
 
 JOBS = {
@@ -19,6 +20,7 @@ JOBS = {
     "quickstart": quickstart.run_quickstart,
     "ir_train": classifier_task.train_classifier,
     "ir_study": ir_study.run_study,
+    "ir_diagnose": ir_diagnose.run_diagnose,
 }
 
 

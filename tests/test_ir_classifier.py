@@ -131,3 +131,21 @@ def test_study_config_names_every_strategy():
   assert len(c.runs) == 3 + len(study_config.STRATEGIES)
   assert c.runs["ir-snv"].data.spectral_transform == "snv"
   assert c.runs["rgb"].data.modality == "rgb"
+
+
+def test_diagnose_reproduces_the_final_metrics_from_the_checkpoints(trained, tmp_path):
+  import ml_collections  # noqa: PLC0415
+  from sciimg_jax.ir import diagnose  # noqa: PLC0415
+  c = ml_collections.ConfigDict(dict(job="ir_diagnose",
+                                     runs=tuple(str(w) for _, w in trained.values())))
+  results = diagnose.run_diagnose(c, tmp_path)
+  for r, (final, _) in zip(results, trained.values()):
+    assert r["step"] == 6
+    for key in ("accuracy", "macro_f1", "features_effective_rank", "logits_pc1_share"):
+      assert r[key] == pytest.approx(final[key], rel=1e-5), key
+    assert sum(r["feature_spectrum"]) == pytest.approx(1.0)
+    assert [h["step"] for h in r["history"]] == [3, 6]
+  assert (tmp_path / "diagnose.png").stat().st_size > 0
+  assert len(json.loads((tmp_path / "diagnose.json").read_text())) == 2
+  with pytest.raises(InputError, match="no checkpoints/ folder"):
+    diagnose.run_diagnose(ml_collections.ConfigDict(dict(runs=(str(tmp_path),))), tmp_path)

@@ -108,7 +108,7 @@ class PatchClassifierTask:
       mean, std = pixels.mean(0), np.maximum(pixels.std(0), 1e-6)
     self.transform = Standardize(d.modality, transform, mean, std)
     self.in_channels = int(np.size(mean)) if d.modality == "ir" else 3
-    self._test = None
+    self._test = self._embed = None
 
   def create_model(self, rngs, dtype):
     return models.create_model(self.config.model, rngs=rngs, dtype=dtype,
@@ -171,15 +171,20 @@ class PatchClassifierTask:
     return (np.stack([e["x"] for e in examples]),
             np.array([e["label"] for e in examples], np.int32))
 
-  def evaluate(self, net, params, frozen, step, key, workdir):
+  def held_out(self):
+    """(test (x, y), probe-training (x, y)): all test patches and as many training ones."""
     if self._test is None:
-      self._test = self.arrays("test")
-      self._probe = self.arrays("train", limit=len(self._test[1]))
-      self._embed = jax.jit(lambda p, x: _logits_and_features(net, p, x))
+      test = self.arrays("test")
+      self._test = (test, self.arrays("train", limit=len(test[1])))
+    return self._test
+
+  def evaluate(self, net, params, frozen, step, key, workdir):
+    if self._embed is None:
+      self._embed = jax.jit(lambda p, x: logits_and_features(net, p, x))
     return evaluate_classifier(self, net, params, self._embed)
 
 
-def _logits_and_features(net, params, x):
+def logits_and_features(net, params, x):
   module = net.module(params)
   features = module.embed(x)
   return module.head(features), features
@@ -192,7 +197,7 @@ def batched(fn, params, x, batch=256):
 
 def evaluate_classifier(task, net, params, embed, gradient_examples=256):
   """The metrics and diagnostics of the module docstring on the held-out patches."""
-  x, y = task._test
+  (x, y), (px, py) = task.held_out()
   logits, features = batched(embed, params, x)
   out = diagnostics.classification_scores(y, logits.argmax(-1))
   out.update(diagnostics.summary(features, "features"))
@@ -200,7 +205,6 @@ def evaluate_classifier(task, net, params, embed, gradient_examples=256):
   pick = np.linspace(0, len(x) - 1, min(gradient_examples, len(x))).round().astype(int)
   grads = diagnostics.gradient_matrix(lambda b: net(params, b).astype(jnp.float32), x[pick])
   out["gradient_effective_rank"] = diagnostics.effective_rank(grads)
-  px, py = task._probe
   _, probe_features = batched(embed, params, px)
   out["probe_accuracy"] = diagnostics.linear_probe_accuracy(probe_features, py, features, y)
   return out
