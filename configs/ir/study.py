@@ -49,7 +49,8 @@ def get_config(variant=""):
   c.baselines = ("pca_lda", "logistic", "random_forest")
   if variant not in ("", "tiny"):
     raise ValueError(f"unknown config variant {variant!r}; known: tiny")
-  c.runs = runs(("ir", "rgb") if variant else ALL, variant)
+  c.order = ("ir", "rgb") if variant else ALL   # the table's rows, in this order
+  c.runs = runs(c.order, variant)
   if variant:
     c.seeds = (0,)
   return c

@@ -71,8 +71,13 @@ def run_study(config, workdir):
   unknown = [b for b in config.baselines if b not in baselines.NAMES]
   if unknown:
     raise InputError("baselines", f"unknown {unknown}; known: {', '.join(baselines.NAMES)}")
+  order = tuple(config.get("order") or config.runs.keys())  # a ConfigDict iterates sorted
+  missing = [n for n in order if n not in config.runs]
+  if missing:
+    raise InputError("order", f"names {missing}, which are not among runs")
   results, summary = {}, {}
-  for name, run in config.runs.items():
+  for name in order:
+    run = config.runs[name]
     rows = []
     for seed in config.seeds:
       c = ml_collections.ConfigDict(run.to_dict())

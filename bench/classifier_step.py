@@ -1,0 +1,139 @@
+r"""Train-step speed of the IR and RGB patch classifiers, and of the same models in PyTorch.
+
+What is timed is the trainer's own step (`sciimg_jax.core.trainer.make_train_step`: the loss,
+its gradient, clipping, AdamW, EMA) for the classifier task's loss (cross-entropy) on one
+fixed random batch, with the classifiers of configs/ir/classifier.py: `spectral_spatial`
+on `--bands` channels (IR) and `spatial` on 3 (RGB), same trunk. Prints ms per step
+(median of --steps after --warmup) and patches per second. With `--peer torch` the same
+two networks written in PyTorch (1x1 convolutions, 3x3 conv + GroupNorm + GELU blocks,
+flatten, dense, head; AdamW, cross-entropy) run in `--peer-python` and the ratio is printed.
+
+    python bench/classifier_step.py                          # 32x32 patches, 400 bands, batch 64
+    python bench/classifier_step.py --peer torch --peer-python /tmp/peer/bin/python
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sciimg_jax.core import xla_flags  # noqa: E402
+import peer  # bench/peer.py  # noqa: E402
+
+PEER_TORCH = r"""
+import json, sys, time
+import numpy as np, torch
+from torch import nn
+a = json.loads(sys.argv[1])
+torch.set_num_threads(a["threads"])
+torch.manual_seed(0)
+def trunk(c, size, widths=(32, 64), features=64):
+  layers, prev = [], c
+  for k, w in enumerate(widths):
+    stride = 1 if k == 0 else 2
+    layers += [nn.Conv2d(prev, w, 3, stride, 1), nn.GroupNorm(8, w), nn.GELU()]
+    prev, size = w, -(-size // stride)
+  return nn.Sequential(*layers, nn.Flatten(), nn.Linear(prev * size * size, features), nn.GELU())
+out = {}
+for name, c in (("ir", a["bands"]), ("rgb", 3)):
+  enc = [nn.Conv2d(c, 64, 1), nn.GELU(), nn.Conv2d(64, 16, 1)] if name == "ir" else []
+  m = nn.Sequential(*enc, trunk(16 if enc else c, a["size"]), nn.Linear(64, 5))
+  opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1e-4)
+  x = torch.randn(a["batch"], c, a["size"], a["size"])
+  y = torch.randint(0, 5, (a["batch"],))
+  def step():
+    opt.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(m(x), y).backward()
+    opt.step()
+  for _ in range(a["warmup"]):
+    step()
+  times = []
+  for _ in range(a["steps"]):
+    t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
+  out[name] = 1e3 * float(np.median(times))
+out["torch"] = torch.__version__
+print(json.dumps(out))
+"""
+
+
+class RandomBatchTask:
+  """The classifier task's loss on a fixed random batch (no data pipeline)."""
+
+  def __init__(self, model_config, channels, num_classes=5, patch_size=32):
+    self.model_config, self.channels = model_config, channels
+    self.num_classes, self.patch_size = num_classes, patch_size
+
+  def create_model(self, rngs, dtype):
+    from sciimg_jax.core import models  # noqa: PLC0415
+    return models.create_model(self.model_config, rngs=rngs, dtype=dtype,
+                               in_channels=self.channels, num_classes=self.num_classes,
+                               patch_size=self.patch_size)
+
+  def frozen_params(self, mesh):
+    return None
+
+  def loss(self, model, batch, key, frozen):
+    import jax.numpy as jnp  # noqa: PLC0415
+    import optax  # noqa: PLC0415
+    logits = model(batch["x"]).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), {}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--size", type=int, default=32, help="patch height and width")
+  p.add_argument("--bands", type=int, default=400)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--peer", default="none", choices=["none", "torch"])
+  p.add_argument("--peer-python", default=sys.executable)
+  args = p.parse_args()
+  xla_flags.set_cpu_flags()
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  from configs.ir import classifier  # noqa: PLC0415
+  from sciimg_jax.core import sharding  # noqa: PLC0415
+  from sciimg_jax.core import trainer  # noqa: PLC0415
+  from sciimg_jax.ir import classifiers  # noqa: F401,PLC0415  (registers the models)
+
+  mesh = sharding.make_mesh()
+  print(f"JAX {jax.__version__} on {jax.device_count()} {jax.devices()[0].device_kind}; "
+        f"{args.size}x{args.size} patches, batch {args.batch}")
+  ours = {}
+  for name, channels in (("ir", args.bands), ("rgb", 3)):
+    c = classifier.get_config(name)
+    c.train.num_steps = args.warmup + args.steps
+    task = RandomBatchTask(c.model, channels, patch_size=args.size)
+    net, state, tx, lr = trainer.create_train_state(task, c, mesh)
+    step = trainer.make_train_step(task, net, tx, lr, c.optim.ema_decay, mesh)
+    rng = np.random.default_rng(0)
+    batch = sharding.shard_batch({
+        "x": rng.normal(size=(args.batch, args.size, args.size, channels)).astype(np.float32),
+        "label": rng.integers(0, 5, args.batch).astype(np.int32)}, mesh)
+    key = jax.random.key(0)
+    for _ in range(args.warmup):
+      state, metrics = step(state, batch, key, None)
+    jax.block_until_ready((state, metrics))
+    times = []
+    for _ in range(args.steps):
+      t0 = time.perf_counter()
+      state, metrics = step(state, batch, key, None)
+      jax.block_until_ready((state, metrics))
+      times.append(time.perf_counter() - t0)
+    ours[name] = 1e3 * float(np.median(times))
+    print(f"{name} ({c.model.name}, {channels} channels): {ours[name]:.1f} ms/step, "
+          f"{args.batch / ours[name] * 1e3:.0f} patches/s")
+  if args.peer == "torch":
+    theirs = peer.run(args.peer_python, PEER_TORCH, dict(
+        batch=args.batch, size=args.size, bands=args.bands, steps=args.steps,
+        warmup=args.warmup, threads=os.cpu_count()))
+    if theirs:
+      for name in ("ir", "rgb"):
+        print(f"torch {theirs['torch']} {name}: {theirs[name]:.1f} ms/step; ours / torch = "
+              f"{ours[name] / theirs[name]:.2f}")
+
+
+if __name__ == "__main__":
+  main()
