@@ -31,7 +31,6 @@ ENVI_DTYPES = {1: np.uint8, 2: np.int16, 3: np.int32, 4: np.float32, 5: np.float
                12: np.uint16, 13: np.uint32, 14: np.int64, 15: np.uint64}
 ENVI_CODES = {np.dtype(v): k for k, v in ENVI_DTYPES.items()}
 ENVI_DATA_SUFFIXES = (".img", "", ".raw", ".dat", ".bsq", ".bil", ".bip")
-CUBE_SUFFIXES = (".hdr", ".npy", ".npz", ".mat")
 
 
 def check_wavenumbers(wavenumbers, bands, where):
@@ -192,13 +191,16 @@ def read_mat(path):
   return cube, check_wavenumbers(w, cube.shape[-1], path)
 
 
+READERS = {".hdr": read_envi, ".npz": read_numpy, ".npy": read_numpy, ".mat": read_mat}
+CUBE_SUFFIXES = tuple(READERS)
+
+
 def read_cube(path):
-  """(cube, wavenumbers) by the file's suffix: .hdr (ENVI), .npy, .npz or .mat."""
+  """(cube, wavenumbers) by the file's suffix: .hdr (ENVI), .npz, .npy or .mat."""
   path = pathlib.Path(path)
-  readers = {".hdr": read_envi, ".npy": read_numpy, ".npz": read_numpy, ".mat": read_mat}
-  if path.suffix not in readers:
-    raise InputError(path, f"unknown cube format {path.suffix!r}; known: {', '.join(readers)}")
-  return readers[path.suffix](path)
+  if path.suffix not in READERS:
+    raise InputError(path, f"unknown cube format {path.suffix!r}; known: {', '.join(READERS)}")
+  return READERS[path.suffix](path)
 
 
 # --- spectra tables, RGB images, label maps ------------------------------------------------

@@ -33,7 +33,6 @@ from sciimg_jax.core.errors import InputError
 
 _FORMAT_VERSION = "1.0.0"
 SIDES = ("all", "train", "test")
-CUBE_SUFFIXES = (".hdr", ".npz", ".npy", ".mat")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 RGB_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -60,7 +59,7 @@ def find_regions(root):
                      "of region folders")
   regions = []
   for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-    cube = _first(d, f"{d.name}-ir", CUBE_SUFFIXES)
+    cube = _first(d, f"{d.name}-ir", ir_formats.CUBE_SUFFIXES)
     labels = _first(d, f"{d.name}-labels", LABEL_SUFFIXES)
     if cube and labels:
       regions.append((d.name, cube, labels, _first(d, f"{d.name}-rgb", RGB_SUFFIXES)))

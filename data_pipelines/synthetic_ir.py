@@ -144,11 +144,10 @@ def label_map(rng, size):
 
 
 def ir_cube(rng, labels, wn, thickness, noise=0.004):
-  """(H, W, bands) absorbance of the label map (see the module docstring)."""
+  """(H, W, bands) absorbance of the label map; `thickness` (H, W) per pixel (module docstring)."""
   h, w = labels.shape
   jitter = rng.lognormal(0.0, 0.12, (h, w, len(BANDS)))  # biological variation per pixel
   pure = np.einsum("hwk,kb->hwb", band_weights()[labels] * jitter, band_profiles(wn))
-  t = thickness * np.array([CLASS_THICKNESS[k] for k in CLASSES])[labels]
   x = (wn - 900.0) / 2100.0
   offset = smooth_field(rng, (h, w), h / 6, 0.0, 0.08)
   slope = smooth_field(rng, (h, w), h / 6, -0.05, 0.05)
@@ -156,12 +155,12 @@ def ir_cube(rng, labels, wn, thickness, noise=0.004):
   phase = rng.uniform(0, 2 * np.pi)
   baseline = (offset[..., None] + slope[..., None] * x
               + ripple[..., None] * np.sin(2 * np.pi * x * 1.3 + phase))
-  cube = t[..., None] * pure + baseline + rng.normal(0.0, noise, pure.shape)
+  cube = thickness[..., None] * pure + baseline + rng.normal(0.0, noise, pure.shape)
   return cube.astype(np.float32)
 
 
 def he_rgb(rng, labels, thickness):
-  """(H, W, 3) uint8 H&E rendering of the label map (Beer-Lambert)."""
+  """(H, W, 3) uint8 H&E rendering of the label map (Beer-Lambert), same per-pixel thickness."""
   h, w = labels.shape
   stains = np.array([CLASS_STAINS[k] for k in CLASSES])[labels]  # (H, W, 2)
   epi = labels == CLASSES.index("epithelium")
@@ -172,8 +171,7 @@ def he_rgb(rng, labels, thickness):
   stains[..., 1] *= np.where(stroma, 1.0 + 1.5 * fibres, 1.0)
   grains = labels == CLASSES.index("necrosis")
   stains[..., 0] *= np.where(grains, rng.uniform(0.3, 1.8, (h, w)), 1.0)
-  t = thickness * np.array([CLASS_THICKNESS[k] for k in CLASSES])[labels]
-  od = 0.02 + t[..., None] * (np.clip(stains[..., :1], 0, None) * HEMATOXYLIN
+  od = 0.02 + thickness[..., None] * (np.clip(stains[..., :1], 0, None) * HEMATOXYLIN
                               + np.clip(stains[..., 1:], 0, None) * EOSIN)
   rgb = 255.0 * 10.0 ** (-od) + rng.normal(0.0, 2.0, od.shape)
   return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
@@ -184,7 +182,8 @@ def synthesize_image(image_id, *, size=96, seed=0, step=4.0):
   rng = np.random.default_rng([seed, image_id])
   wn = wavenumbers(step)
   labels = label_map(rng, size)
-  thickness = smooth_field(rng, (size, size), size / 5, 0.55, 1.45)
+  section = smooth_field(rng, (size, size), size / 5, 0.55, 1.45)
+  thickness = section * np.array([CLASS_THICKNESS[k] for k in CLASSES])[labels]
   cube = ir_cube(rng, labels, wn, thickness)
   rgb = he_rgb(rng, labels, thickness)
   return labels, cube, rgb, wn

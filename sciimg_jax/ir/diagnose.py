@@ -28,6 +28,7 @@ from sciimg_jax.core import sharding
 from sciimg_jax.core import trainer
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ir import classifier_task
+from sciimg_jax.ir import diagnostics
 
 
 def load_run(run_dir):
@@ -55,7 +56,7 @@ def load_run(run_dir):
 
 
 def spectrum(x):
-  s = np.linalg.svd(np.asarray(x, np.float64) - np.mean(x, axis=0), compute_uv=False)
+  s = diagnostics.singular_values(x)
   return (s / s.sum()).tolist()
 
 

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _spectrum(x):
+def singular_values(x):
+  """Singular values of `x` (N, ...) flattened per sample and centred over samples."""
   x = np.asarray(x, np.float64)
   x = x.reshape(len(x), -1)
   x = x - x.mean(axis=0, keepdims=True)
@@ -31,7 +32,7 @@ def _spectrum(x):
 
 
 def effective_rank(x, eps=1e-12):
-  s = _spectrum(x)
+  s = singular_values(x)
   if s.sum() <= eps:
     return 0.0
   p = s / s.sum()
@@ -40,12 +41,12 @@ def effective_rank(x, eps=1e-12):
 
 
 def participation_ratio(x, eps=1e-12):
-  lam = _spectrum(x) ** 2
+  lam = singular_values(x) ** 2
   return float(lam.sum() ** 2 / lam.dot(lam)) if lam.sum() > eps else 0.0
 
 
 def pc1_share(x, eps=1e-12):
-  lam = _spectrum(x) ** 2
+  lam = singular_values(x) ** 2
   return float(lam[0] / lam.sum()) if lam.sum() > eps else 0.0
 
 
