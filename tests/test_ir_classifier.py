@@ -28,7 +28,8 @@ def test_models_give_logits_and_features(variant, channels):
                              patch_size=8)
   x = jax.random.normal(jax.random.key(0), (3, 8, 8, channels))
   assert model(x).shape == (3, 5)
-  assert model.embed(x).ndim == 2
+  features = c.model.spectral_widths[-1] if variant == "pixel" else c.model.features
+  assert model.embed(x).shape == (3, features)  # the configured width, whatever the input's
 
 
 def test_the_config_names_the_embedded_classes():
@@ -77,8 +78,10 @@ def test_ir_and_rgb_see_the_same_patches(data_cache, tmp_path):
     for k in (0, len(a) - 1):
       assert (a[k]["region"], a[k]["y"], a[k]["x"], a[k]["label"]) == (
           b[k]["region"], b[k]["y"], b[k]["x"], b[k]["label"])
-  x, _ = ir.arrays("train")
-  np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=0.2)  # standardised per band
+  for task in (ir, rgb):  # standardised per band or colour with the training statistics
+    x, _ = task.arrays("train")
+    np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=0.2)
+    np.testing.assert_allclose(x.std(axis=(0, 1, 2)), 1.0, atol=0.2)
 
 
 def test_resumed_training_equals_the_uninterrupted_run(data_cache, tmp_path):
@@ -103,6 +106,10 @@ def test_bad_settings_are_named(data_cache, tmp_path):
   c.model.name = "resnet"
   with pytest.raises(InputError, match="model.name: unknown model 'resnet'"):
     classifier_task.train_classifier(c, tmp_path / "m")
+  c = tiny("rgb", data_cache)
+  c.data.spectral_transform = "snv"
+  with pytest.raises(InputError, match="data.spectral_transform: 'snv' transforms IR spectra"):
+    classifier_task.PatchClassifierTask(c, tmp_path / "s")
 
 
 def test_study_writes_its_table_and_reuses_finished_runs(tmp_path, data_cache):
@@ -112,12 +119,14 @@ def test_study_writes_its_table_and_reuses_finished_runs(tmp_path, data_cache):
   for run in c.runs.values():
     run.data.cache_dir = str(data_cache / "ir")
   summary = study.run_study(c, tmp_path)
-  assert set(summary) == {"ir", "rgb", "pca_lda", "logistic", "random_forest"}
+  baselines = {"pca_lda", "logistic", "random_forest"}
+  assert set(summary) == {"ir", "rgb"} | baselines | {f"{b}-rgb" for b in baselines}
   assert set(summary["ir"]) == set(study.COLUMNS)
   assert set(summary["pca_lda"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
   for name in ("study.json", "study.md", "study.csv", "study.png"):
     assert (tmp_path / name).stat().st_size > 0
   assert "| pca_lda |" in (tmp_path / "study.md").read_text()
+  assert "| pca_lda-rgb |" in (tmp_path / "study.md").read_text()
   (tmp_path / "ir-seed0" / "final_metrics.json").write_text('{"accuracy": 0.5, '
       '"balanced_accuracy": 0.5, "macro_f1": 0.5, "features_effective_rank": 2.0, '
       '"logits_pc1_share": 0.9, "gradient_effective_rank": 1.5}')

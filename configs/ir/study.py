@@ -47,6 +47,7 @@ def get_config(variant=""):
   c.job = "ir_study"
   c.seeds = (0, 1, 2)
   c.baselines = ("pca_lda", "logistic", "random_forest")
+  c.baseline_modalities = ("ir", "rgb")   # on the centre pixel's spectrum, and on its colour
   if variant not in ("", "tiny"):
     raise ValueError(f"unknown config variant {variant!r}; known: tiny")
   c.order = ("ir", "rgb") if variant else ALL   # the table's rows, in this order

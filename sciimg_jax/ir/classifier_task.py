@@ -4,8 +4,8 @@ Data: the embedded paired IR/RGB regions (`data_pipelines.synthetic_ir`, written
 the cache folder) or a user's folders of regions (`data.train_dir`, `data.test_dir`; with no
 `test_dir`, the blocks of a spatial split of `train_dir`). Patches come from the TFDS builder
 `data_pipelines.ir_tfds`; `data.modality` picks the IR cube or the RGB image of the same
-patch. IR inputs are standardised per band with the training patches' statistics; RGB
-inputs are scaled from [0, 255] to about [-2, 2].
+patch. Inputs are standardised per channel (IR band or RGB colour) with the training
+patches' statistics, after the IR spectral transform (`data.spectral_transform`).
 
 Loss: cross-entropy, with `train.label_smoothing`. Evaluation (every `train.eval_every`
 steps and at the end) on the held-out patches, with the EMA parameters: accuracy, balanced
@@ -64,10 +64,11 @@ class Standardize(grain.transforms.Map):
             "label": np.int32(element["label"])}
 
 
-def training_pixels(source, max_examples=2048):
-  """(N, bands) pixels of every `len/max`-th training patch."""
+def training_pixels(source, modality, max_examples=2048):
+  """(N, channels) pixels of every `len/max`-th training patch, of one modality."""
   step = max(1, len(source) // max_examples)
-  x = np.stack([np.asarray(source[i]["ir"], np.float32) for i in range(0, len(source), step)])
+  x = np.stack([np.asarray(source[i][modality], np.float32)
+                for i in range(0, len(source), step)])
   return x.reshape(-1, x.shape[-1])
 
 
@@ -77,6 +78,9 @@ def spectral_transform(data, pixels):
   if name not in robustness.SPECTRAL_TRANSFORMS:
     raise InputError("data.spectral_transform", f"unknown transform {name!r}; known: "
                      f"{', '.join(robustness.SPECTRAL_TRANSFORMS)}")
+  if name != "none" and data.modality != "ir":
+    raise InputError("data.spectral_transform", f"{name!r} transforms IR spectra; "
+                     f"data.modality is {data.modality!r}")
   if name == "pca_whiten":
     return robustness.PcaWhitener(pixels, data.pca_components)
   return {"none": lambda x: x, "snv": robustness.snv, "derivative": robustness.derivative}[name]
@@ -99,15 +103,12 @@ class PatchClassifierTask:
                             d.cache_dir or self.workdir / "data")
     self.wavenumbers = np.asarray(builder.info.metadata["wavenumbers"], np.float32)
     self.sources = {s: builder.as_data_source(s) for s in ("train", "test")}
-    if d.modality == "rgb":
-      transform, mean, std = (lambda x: x), np.float32(127.5), np.float32(64.0)
-    else:
-      pixels = training_pixels(self.sources["train"])
-      transform = spectral_transform(d, pixels)
-      pixels = transform(pixels)
-      mean, std = pixels.mean(0), np.maximum(pixels.std(0), 1e-6)
+    pixels = training_pixels(self.sources["train"], d.modality)
+    transform = spectral_transform(d, pixels)
+    pixels = transform(pixels)
+    mean, std = pixels.mean(0), np.maximum(pixels.std(0), 1e-6)
     self.transform = Standardize(d.modality, transform, mean, std)
-    self.in_channels = int(np.size(mean)) if d.modality == "ir" else 3
+    self.in_channels = int(np.size(mean))
     self._test = self._embed = None
 
   def create_model(self, rngs, dtype):

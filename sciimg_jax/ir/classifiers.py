@@ -60,7 +60,6 @@ class SpatialTrunk(nnx.Module):
                                       rngs=rngs))
       prev, size = width, -(-size // stride)
     self.dense = nnx.Linear(prev * size * size, features, dtype=dtype, rngs=rngs)
-    self.out_features = features
 
   def __call__(self, x):
     for conv, norm in zip(self.convs, self.norms):
@@ -77,14 +76,14 @@ class PatchClassifier(nnx.Module):
     self.pixel_only = pixel_only
     self.encoder = (SpectralEncoder(in_channels, spectral_widths, rngs=rngs, dtype=dtype)
                     if spectral_widths else None)
-    features = spectral_widths[-1] if spectral_widths else in_channels
+    channels = spectral_widths[-1] if spectral_widths else in_channels
     if pixel_only:
       self.trunk = None
     else:
-      self.trunk = SpatialTrunk(features, trunk_widths, patch_size=patch_size, features=features,
+      self.trunk = SpatialTrunk(channels, trunk_widths, patch_size=patch_size, features=features,
                                 num_groups=num_groups, rngs=rngs, dtype=dtype)
-      features = self.trunk.out_features
-    self.head = nnx.Linear(features, num_classes, dtype=dtype, rngs=rngs)
+    self.out_features = channels if pixel_only else features
+    self.head = nnx.Linear(self.out_features, num_classes, dtype=dtype, rngs=rngs)
 
   def embed(self, x):
     """(N, features): the penultimate representation of patches (N, p, p, C)."""

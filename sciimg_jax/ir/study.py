@@ -5,8 +5,9 @@ them: the IR, RGB and per-pixel models, and the IR model with one robustness str
 remedy switched on). Each is trained once per seed of `config.seeds` in
 `<workdir>/<run>-seed<k>` (a finished run is reused: its `final_metrics.json` is read), and
 the chemometric baselines (`config.baselines`, from `baselines.NAMES`) are fitted on the
-centre spectra of the same training patches (every run draws the same patches,
-`data.patch_seed`). Writes `study.json` (every run), `study.md` and `study.csv` (mean ± std
+centre pixels of the same training patches (every run draws the same patches,
+`data.patch_seed`), once for each of `config.baseline_modalities`: IR spectra (rows named
+after the baseline) and RGB colours (rows `<baseline>-rgb`). Writes `study.json` (every run), `study.md` and `study.csv` (mean ± std
 over seeds) and `study.png` (accuracy against feature effective rank and logit PC1 share).
 """
 
@@ -71,6 +72,11 @@ def run_study(config, workdir):
   unknown = [b for b in config.baselines if b not in baselines.NAMES]
   if unknown:
     raise InputError("baselines", f"unknown {unknown}; known: {', '.join(baselines.NAMES)}")
+  baseline_modalities = tuple(config.get("baseline_modalities", ("ir",)))
+  unknown = [m for m in baseline_modalities if m not in classifier_task.MODALITIES]
+  if unknown:
+    raise InputError("baseline_modalities",
+                     f"unknown {unknown}; known: {', '.join(classifier_task.MODALITIES)}")
   order = tuple(config.get("order") or config.runs.keys())  # a ConfigDict iterates sorted
   missing = [n for n in order if n not in config.runs]
   if missing:
@@ -85,14 +91,16 @@ def run_study(config, workdir):
       c.data.cache_dir = c.data.cache_dir or str(workdir / "data")  # one dataset for all runs
       rows.append(train_or_reuse(c, workdir / f"{name}-seed{seed}"))
     results[name], summary[name] = rows, mean_std(rows)
-  if config.baselines:
+  for modality in baseline_modalities if config.baselines else ():
     first = ml_collections.ConfigDict(next(iter(config.runs.values())).to_dict())
     first.data.cache_dir = first.data.cache_dir or str(workdir / "data")
+    first.data.modality, first.data.spectral_transform = modality, "none"
     task = classifier_task.PatchClassifierTask(first, workdir / "baselines")
     (tx, ty), (vx, vy) = task.arrays("train", raw=True), task.arrays("test", raw=True)
     for name in config.baselines:
+      row = name if modality == "ir" else f"{name}-{modality}"
       rows = [baselines.evaluate(name, tx, ty, vx, vy, seed=s) for s in config.seeds]
-      results[name], summary[name] = rows, mean_std(rows)
+      results[row], summary[row] = rows, mean_std(rows)
   atomic_files.write_json(workdir / "study.json", {"runs": results, "summary": summary})
   table = format_table(summary)
   atomic_files.write_text(workdir / "study.md", table + "\n")
