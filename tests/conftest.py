@@ -1,10 +1,19 @@
-"""Shared fixtures. Four fake CPU devices so data-parallel code runs sharded in tests."""
+"""Shared fixtures. Four fake CPU devices so data-parallel code runs sharded in tests.
+
+Compiled programs go to JAX's persistent compilation cache in `.pytest_cache/jax` (shared
+by the xdist workers and the `main.py` subprocesses of the tests): many tests train the
+same tiny networks, and a program compiled once is read back instead of compiled again.
+"""
 
 import os
+import pathlib
 
 # Must happen before JAX is imported anywhere.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 from sciimg_jax.core import xla_flags  # noqa: E402
 

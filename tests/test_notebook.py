@@ -16,8 +16,8 @@ def test_quickstart_notebook_runs(tmp_path):
   nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                           resources={"metadata": {"path": str(ROOT)}}).execute()
   text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-  methods = {"hierarchical/fixed/mean2", "hierarchical/fixed/sample", "axial/none",
-             "biharmonic/none", "harmonic/none"}
+  methods = {"hierarchical/fixed/mean2", "hierarchical/fixed/sample", "biharmonic/none",
+             "harmonic/none"}
   assert all(m in text for m in methods)
   rows = json.loads((tmp_path / "run" / "comparison.json").read_text())
   assert set(rows) == methods

@@ -62,8 +62,8 @@ def test_samples_in_one_call(models, case):
   voided, mask = case
   key = jax.random.key(4)
   one = make(models, method="axial")(voided, mask, key)
-  many = make(models, method="axial", num_samples=3)(voided, mask, key)
-  assert many.shape == (3,) + voided.shape
+  many = make(models, method="axial", num_samples=2)(voided, mask, key)
+  assert many.shape == (2,) + voided.shape
   np.testing.assert_allclose(many[0], one, atol=1e-5)   # sample 0 is the one-sample result
   inside = mask > 0
   assert np.abs(many[1][inside] - many[0][inside]).mean() > 1e-3  # the others differ
@@ -71,19 +71,20 @@ def test_samples_in_one_call(models, case):
     np.testing.assert_array_equal(sample[~inside], voided[~inside])
 
 
-@pytest.mark.parametrize("method", ["axial", "tpdm"])
-def test_slice_restriction_changes_nothing(models, case, method):
+def test_slice_restriction_changes_nothing(models, case):
+  """TPDM alternates the axial and the coronal model, so this covers both axes' restriction."""
   voided, mask = case
   key = jax.random.key(1)
-  restricted = make(models, method=method, slice_restriction=True)(voided, mask, key)
-  every = make(models, method=method, slice_restriction=False)(voided, mask, key)
+  restricted = make(models, method="tpdm", slice_restriction=True)(voided, mask, key)
+  every = make(models, method="tpdm", slice_restriction=False)(voided, mask, key)
   np.testing.assert_array_equal(restricted, every)
 
 
-@pytest.mark.parametrize("method", ["coronal", "average"])
-def test_baselines_run(models, case, method):
+def test_average_baseline_runs(models, case):
+  """The average of both models (the coronal model alone runs in hierarchical's stage 2)."""
   voided, mask = case
-  out = make(models, method=method, **{"resampling.mode": "fixed"})(voided, mask, jax.random.key(2))
+  out = make(models, method="average", **{"resampling.mode": "fixed"})(voided, mask,
+                                                                       jax.random.key(2))
   assert np.all(np.isfinite(out))
   np.testing.assert_array_equal(out[mask == 0], voided[mask == 0])
 

@@ -47,3 +47,12 @@ def test_axes_are_ras_slicing():
   assert np.take(vol, 0, axis=volumes.AXES["axial"]).shape == (2, 3)
   assert np.take(vol, 0, axis=volumes.AXES["coronal"]).shape == (2, 4)
   assert np.take(vol, 0, axis=volumes.AXES["sagittal"]).shape == (3, 4)
+
+
+def test_position_embedding_spans_minus_one_to_one_along_each_axis():
+  pos = volumes.position_embedding((3, 5, 1))
+  assert pos.shape == (3, 5, 1, 3) and pos.dtype == np.float32
+  np.testing.assert_array_equal(pos[:, 0, 0, 0], [-1.0, 0.0, 1.0])
+  np.testing.assert_array_equal(pos[0, :, 0, 1], [-1.0, -0.5, 0.0, 0.5, 1.0])
+  np.testing.assert_array_equal(pos[..., 2], 0.0)       # a single slice sits at 0
+  assert np.all(pos[1, 2, 0] == [0.0, 0.0, 0.0])         # the centre voxel

@@ -1,4 +1,5 @@
-"""Volume geometry shared by data pipelines and samplers: slice axes and centre pad/crop.
+"""Volume geometry shared by data pipelines and samplers: slice axes, centre pad/crop, and
+voxel positions.
 
 Volumes are arrays in RAS voxel order, as BraTS ships them. A slice along axis a is
 `np.take(volume, k, axis=a)`: axial slices are (X, Y) images (`vol[:, :, k]`), coronal
@@ -33,3 +34,11 @@ def center_pad_crop(x, shape, fill=0.0):
       dst.append(slice(0, m))
   out[tuple(dst)] = x[tuple(src)]
   return out
+
+
+def position_embedding(shape):
+  """(X, Y, Z, 3) float32: each voxel's normalised coordinates, -1 at the first voxel of an
+  axis and +1 at its last (0 along an axis of length 1)."""
+  axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) if n > 1 else np.zeros(1, np.float32)
+          for n in shape]
+  return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)

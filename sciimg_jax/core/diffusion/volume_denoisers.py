@@ -2,10 +2,9 @@
 
 They are built by composition, inside the traced function that samples, from 2D
 networks applied slice by slice along an axis, and combined by averaging or by
-alternating from step to step (TPDM). `sampler.sample` runs them; a method's known region
-or data consistency wraps the sampler, not the denoiser. Fusing several
-denoisers with a learned 3D network (Diff-Ensembler) is one more combinator of
-the same shape.
+alternating from step to step (TPDM), or fused voxel by voxel by a learned 3D network
+(`fused`, Diff-Ensembler). `sampler.sample` runs them; a method's known region or data
+consistency wraps the sampler, not the denoiser.
 
 Volumes are (X, Y, Z) arrays in RAS voxel order. A slice along `axis` is
 `np.take(volume, k, axis)` with the axes of `volumes.AXES`.
@@ -107,10 +106,54 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, mu
   return denoise
 
 
+def mean_of(eps):
+  """The mean of a list of epsilon volumes (one order of operations for `average` and `fuse`)."""
+  return sum(eps) / len(eps)
+
+
 def average(denoisers):
   """The mean of several denoisers' epsilons (the TOSM/MADM baseline)."""
   def denoise(x_t, t):
-    return sum(d(x_t, t) for d in denoisers) / len(denoisers)
+    return mean_of([d(x_t, t) for d in denoisers])
+  return denoise
+
+
+def fuse(eps, weights, residual, residual_scale=1.0):
+  """Diff-Ensembler's voxel-wise combination of n >= 2 epsilons.
+
+  sum_i (1/n + w_i) eps_i, with the last weight 1/n - (w_1 + ... + w_{n-1}) so that the
+  weights sum to one, plus `residual_scale * residual`. It is computed as
+  mean(eps) + sum_{i<n} w_i (eps_i - eps_n) + lambda r, the same sum rearranged, so that
+  zero weights and residual (an untrained, zero-initialised fusion network) give exactly
+  `average`'s mean.
+
+  Args:
+    eps: n arrays of one shape S.
+    weights: S + (n - 1,).
+    residual: S.
+  """
+  n = len(eps)
+  if n < 2 or weights.shape != eps[0].shape + (n - 1,):
+    raise ValueError(f"fuse: {n} epsilons of shape {eps[0].shape} need weights of shape "
+                     f"{eps[0].shape + (n - 1,)}, got {weights.shape}")
+  correction = sum(weights[..., i] * (eps[i] - eps[-1]) for i in range(n - 1))
+  return mean_of(eps) + correction + residual_scale * residual
+
+
+def fused(denoisers, fusion_fn, *, residual_scale=1.0):
+  """A volume denoiser that fuses `denoisers` with a learned network at every step.
+
+  Args:
+    denoisers: n >= 2 volume denoisers (x_t, t) -> eps, e.g. `slicewise` along each axis.
+    fusion_fn: (x_t (X, Y, Z), eps (X, Y, Z, n), t) -> (X, Y, Z, n): the weights
+      w_1..w_{n-1} and the residual r (last channel), from a 3D network that also sees
+      whatever conditions, position and mask the method binds into it.
+    residual_scale: lambda of `fuse`.
+  """
+  def denoise(x_t, t):
+    eps = [d(x_t, t) for d in denoisers]
+    out = fusion_fn(x_t, jnp.stack(eps, axis=-1), t)
+    return fuse(eps, out[..., :-1], out[..., -1], residual_scale)
   return denoise
 
 
