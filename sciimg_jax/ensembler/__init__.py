@@ -1,0 +1,1 @@
+"""Diff-Ensembler: perpendicular 2D diffusion models fused by a 3D network (DESIGN.md, 2)."""
