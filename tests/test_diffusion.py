@@ -427,3 +427,35 @@ def test_fuse_is_the_weighted_sum_with_weights_summing_to_one(n):
   np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
   with pytest.raises(ValueError, match="need weights of shape"):
     volume_denoisers.fuse(eps, w[..., :1].repeat(n, -1), r)
+
+
+def test_equivalent_timesteps_match_noise_levels_across_step_counts():
+  """The timestep-scale bug of the released code: a model trained with 2000 steps queried
+  with the chain's (1000-step) timestep sees the wrong noise level."""
+  chain = schedules.make_schedule("linear", 1000)
+  np.testing.assert_array_equal(schedules.equivalent_timesteps(chain, chain), np.arange(1000))
+  for model in (schedules.make_schedule("linear", 2000, 5e-5, 0.01),
+                schedules.make_schedule("cosine", 500)):
+    table = schedules.equivalent_timesteps(chain, model)
+    a_chain = np.asarray(chain.alphas_cumprod)
+    a_model = np.asarray(model.alphas_cumprod)
+    err = np.abs(a_model[table] - a_chain)
+    gaps = np.abs(a_model[:, None] - a_chain[None, :]).min(0)  # brute-force nearest
+    np.testing.assert_allclose(err, gaps, atol=1e-7)
+    assert np.all(np.diff(table) >= 0)                          # monotone in t
+    naive = np.minimum(np.arange(1000), len(a_model) - 1)       # the chain's number as is
+    assert np.abs(a_model[naive] - a_chain).max() > 10 * err.max()
+
+
+def test_denoiser_is_told_its_own_timestep_through_a_respaced_chain():
+  chain = schedules.make_schedule("linear", 1000)
+  model = schedules.make_schedule("linear", 2000, 5e-5, 0.01)
+  table = schedules.equivalent_timesteps(chain, model)
+  seen = volume_denoisers.at_own_timesteps(lambda x, t: jnp.zeros_like(x) + t[0], table)
+  walk = schedules.respace(chain, 7)
+  x = jnp.zeros((2, 3, 4))
+  for i in range(7):
+    t_chain = jnp.full((2,), walk.timesteps[i], jnp.int32)   # what the sampler passes
+    got = int(jax.jit(seen)(x, t_chain)[0, 0, 0])
+    assert got == table[int(walk.timesteps[i])]
+    assert abs(float(model.alphas_cumprod[got]) - float(walk.alphas_cumprod[i])) < 2e-3

@@ -120,6 +120,24 @@ def respace(schedule, num_steps, spacing="uniform"):
       num_train_timesteps=schedule.num_train_timesteps)
 
 
+def equivalent_timesteps(chain_train, model_train):
+  """(T,) int32: for each timestep of `chain_train`, the timestep of `model_train` at the
+  same noise level (the nearest cumulative alpha).
+
+  A sampler walks one chain and tells each network its timestep; a network trained with
+  another schedule (say 2000 steps where the chain has 1000) must be told the timestep
+  of its own schedule at which it saw that noise level, not the chain's number. Both are
+  full training schedules (`make_schedule`); identical ones give `arange(T)`.
+  """
+  chain = np.asarray(chain_train.alphas_cumprod, np.float64)
+  model = np.asarray(model_train.alphas_cumprod, np.float64)
+  order = np.argsort(model)  # alphas_cumprod decreases with t; searchsorted needs ascending
+  pos = np.clip(np.searchsorted(model[order], chain), 1, len(model) - 1)
+  lo, hi = order[pos - 1], order[pos]
+  nearest = np.where(np.abs(model[lo] - chain) <= np.abs(model[hi] - chain), lo, hi)
+  return np.asarray(nearest, np.int32)
+
+
 def _at(values, t, ndim):
   """values[t] reshaped to broadcast against an array of rank `ndim`.
 
