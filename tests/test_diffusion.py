@@ -384,36 +384,6 @@ def test_slicewise_on_balanced_chunks_equals_slice_by_slice(axis):
   assert np.all(eps[~inside] == 0)
 
 
-def _fixed_denoisers(n, shape):
-  """n different affine denoisers of x_t (deterministic from n)."""
-  rng = np.random.default_rng(n)
-  coefs = [(rng.normal(), rng.normal(size=shape).astype(np.float32)) for _ in range(n)]
-  return [lambda x, t, a=a, b=b: a * x + b for a, b in coefs]
-
-
-@pytest.mark.parametrize("n", [2, 3, 4])
-def test_untrained_fusion_network_gives_exactly_the_average(n):
-  """The zero-initialised output of the 3D U-Net makes `fused` equal `average` bit for bit."""
-  from flax import nnx  # noqa: PLC0415
-  from sciimg_jax.core.models.unet import UNet  # noqa: PLC0415
-  shape = (8, 8, 8)
-  net = UNet(spatial_dims=3, in_channels=1 + n, out_channels=n, channels=(4, 8),
-             num_res_blocks=1, attention_levels=(False, False), num_head_channels=4, num_groups=2,
-             rngs=nnx.Rngs(n))
-  graphdef, params = nnx.split(net)
-
-  def fusion_fn(x_t, eps, t):
-    return nnx.merge(graphdef, params)(jnp.concatenate([x_t[..., None], eps], -1)[None],
-                                       jnp.ravel(t)[:1])[0]
-
-  denoisers = _fixed_denoisers(n, shape)
-  x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
-  fused = jax.jit(volume_denoisers.fused(denoisers, fusion_fn, residual_scale=0.7))(x, 5)
-  mean = jax.jit(volume_denoisers.average(denoisers))(x, 5)
-  np.testing.assert_array_equal(fused, mean)
-  assert np.std(np.asarray(mean)) > 0.1
-
-
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_fuse_is_the_weighted_sum_with_weights_summing_to_one(n):
   rng = np.random.default_rng(10 + n)
