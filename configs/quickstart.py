@@ -83,6 +83,7 @@ VARIANTS = {"quality": {
     # axial-only sampling is tested in test_volume_sampler
     "compare": ("hierarchical/fixed/mean2", "biharmonic/none", "harmonic/none"),
     "pipeline.stage1.steps": 4, "pipeline.stage2.steps": 4, "pipeline.chunk_size": 8,
+    "pipeline.resampling.max_loops": 1,
     "inpaint.progress_bar": False, "evaluate.progress_bar": False,
 }}
 
