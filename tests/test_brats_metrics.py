@@ -10,6 +10,7 @@ from skimage import metrics as skmetrics
 from configs.inpainting import evaluate as inpaint_evaluate
 from sciimg_jax.inpainting import brats_metrics as bm
 from sciimg_jax.inpainting import scoring_job
+from sciimg_jax.core import image_metrics
 from sciimg_jax.core import nifti
 from sciimg_jax.core.errors import InputError
 
@@ -55,7 +56,7 @@ def test_plane_ssim_equals_skimage_per_yz_plane():
   # with scipy's 'reflect', which does. Padding each plane by the window radius ourselves
   # leaves skimage's own border handling outside the cropped map, so the maps are equal
   # everywhere, borders included.
-  r = bm.RADIUS
+  r = image_metrics.RADIUS
   for i in range(pred.shape[0]):
     a, b = (np.pad(v[i], r, mode="reflect") for v in (pred, gt))
     _, full = skmetrics.structural_similarity(

@@ -46,6 +46,8 @@ measure (see its docstring). `texture_ratio`: a realism measure, the prediction'
 gradient magnitude in M over the ground truth's (1.0 = real texture, < 1 over-smoothed,
 > 1 noisier than anatomy); a smooth fill can win PSNR and still score well below 1 here. Axis names x, y, z are array axes 0, 1, 2 (BraTS: sagittal,
 coronal, axial slice normal; axial 2D models leave seams along z, coronal ones along y).
+`ssim_map`, `texture_ratio` and the input check live in `sciimg_jax.core.image_metrics`,
+which the other methods' evaluations share.
 """
 
 import numpy as np
@@ -53,26 +55,15 @@ from scipy import ndimage
 
 from sciimg_jax.core import intensity
 from sciimg_jax.core.errors import InputError
+from sciimg_jax.core.image_metrics import check_volumes, ssim_map, texture_ratio  # noqa: F401
 
-SIGMA = 1.5
-RADIUS = int(3.5 * SIGMA + 0.5)  # 5: torchmetrics' 11-voxel Gaussian window.
-K1, K2 = 0.01, 0.03
 PERCENTILES = (0.5, 99.5)
 AXES = ("x", "y", "z")
 
 
-def _check_inputs(where="scores", **volumes):
-  shapes = {name: np.shape(v) for name, v in volumes.items()}
-  if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 3:
-    raise InputError(where, f"expected 3D volumes of one shape, got {shapes}")
-  for name, v in volumes.items():
-    if not np.all(np.isfinite(v)):
-      raise InputError(where, f"{name} has {int(np.sum(~np.isfinite(v)))} NaN or inf voxels")
-
-
 def normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where="scores"):
   """Steps 1-2 of the challenge: returns (prediction, ground truth, bool mask) on [0, 1]."""
-  _check_inputs(where, prediction=prediction, ground_truth=ground_truth, voided=voided,
+  check_volumes(where, prediction=prediction, ground_truth=ground_truth, voided=voided,
                 healthy_mask=healthy_mask)
   mask = np.asarray(healthy_mask) != 0
   if not mask.any():
@@ -85,29 +76,6 @@ def normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where="sc
     return (np.clip(x, lo, hi) - lo) / (hi - lo)
 
   return norm(prediction), norm(ground_truth), mask
-
-
-def ssim_map(x, y, data_range=None, axes=(1, 2)):
-  """SSIM map of torchmetrics (Gaussian window, mirror padding) over the given axes.
-
-  `axes=(1, 2)` is torchmetrics on a [1, X, Y, Z] tensor (a 2D SSIM per (Y, Z) plane);
-  `axes=(0, 1, 2)` a 3D SSIM. `data_range=None` takes the larger value range of x and y.
-  """
-  x = np.asarray(x, np.float64)
-  y = np.asarray(y, np.float64)
-  if data_range is None:
-    data_range = max(np.ptp(x), np.ptp(y))
-  c1, c2 = (K1 * data_range)**2, (K2 * data_range)**2
-
-  def blur(v):
-    return ndimage.gaussian_filter(v, SIGMA, mode="mirror", radius=RADIUS, axes=axes)
-
-  mu_x, mu_y = blur(x), blur(y)
-  var_x = np.maximum(blur(x * x) - mu_x**2, 0.0)
-  var_y = np.maximum(blur(y * y) - mu_y**2, 0.0)
-  cov = blur(x * y) - mu_x * mu_y
-  return (((2 * mu_x * mu_y + c1) * (2 * cov + c2)) /
-          ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)))
 
 
 def official_scores(prediction, ground_truth, voided, healthy_mask, where="scores"):
@@ -176,7 +144,7 @@ def discontinuity(prediction, ground_truth, mask, dilation=2):
   Returns:
     dict(x=, y=, z=, mean=) with mean the average of the three axis scores.
   """
-  _check_inputs("discontinuity", prediction=prediction, ground_truth=ground_truth, mask=mask)
+  check_volumes("discontinuity", prediction=prediction, ground_truth=ground_truth, mask=mask)
   region = np.asarray(mask) != 0
   if dilation:
     region = ndimage.binary_dilation(region, iterations=int(dilation))
@@ -189,25 +157,3 @@ def discontinuity(prediction, ground_truth, mask, dilation=2):
                         _mean_abs_second_difference(gt, region, axis))
   out["mean"] = float(np.mean([out[a] for a in AXES]))
   return out
-
-
-def texture_ratio(prediction, ground_truth, mask):
-  """In-mask texture of the prediction relative to the ground truth's.
-
-  With the gradient g(v) = (dv/dx, dv/dy, dv/dz) by central differences
-  (`np.gradient`, one-sided on the array's edges) and M the non-zero voxels of `mask`,
-
-      G(v) = mean over p in M of |g(v)(p)|   (Euclidean norm),
-      texture_ratio = G(prediction) / G(ground truth).
-
-  1.0: as much local structure as real anatomy; < 1: over-smoothed (a harmonic or
-  biharmonic fill); > 1: noisier. Computed on the raw intensities, so it is unchanged by
-  a scaling applied to both volumes. NaN where the ground truth is flat in M.
-  """
-  _check_inputs("texture_ratio", prediction=prediction, ground_truth=ground_truth, mask=mask)
-  region = np.asarray(mask) != 0
-  def mean_gradient(v):
-    grads = np.gradient(np.asarray(v, np.float64))
-    return np.sqrt(sum(g**2 for g in grads))[region].mean() if region.any() else np.nan
-  reference = mean_gradient(ground_truth)
-  return float(mean_gradient(prediction) / reference) if reference > 0 else float("nan")
