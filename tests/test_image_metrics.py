@@ -30,3 +30,15 @@ def test_bad_volumes_are_named():
     image_metrics.minmax_by_reference(bad, np.arange(64.0).reshape(4, 4, 4))
   with pytest.raises(InputError, match="expected 3D volumes of one shape"):
     image_metrics.minmax_by_reference(gt[:2], gt)
+
+
+def test_mmd_linear_equals_the_kernel_means():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(5, 2, 3, 4))
+  y = rng.normal(0.3, 1.0, size=(3, 2, 3, 4))
+  a, b = x.reshape(5, -1), y.reshape(3, -1)
+  want = (a @ a.T).mean() + (b @ b.T).mean() - 2 * (a @ b.T).mean()
+  assert image_metrics.mmd_linear(x, y) == pytest.approx(want, rel=1e-10)
+  assert image_metrics.mmd_linear(x, x) == pytest.approx(0.0, abs=1e-12)
+  with pytest.raises(InputError, match="sets of 24 and 12 values a case"):
+    image_metrics.mmd_linear(x, y[:, :1])

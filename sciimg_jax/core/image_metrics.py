@@ -6,6 +6,8 @@
   minmax_by_reference, psnr
                   PSNR after min-max normalisation of both volumes by the ground truth's
                   range (Diff-Ensembler's evaluation)
+  mmd_linear      maximum mean discrepancy with a linear kernel between two sets of
+                  volumes (one row per case), as Diff-Ensembler reports it for a method
 
 The BraTS inpainting scores (`sciimg_jax.inpainting.brats_metrics`) build on these.
 """
@@ -69,6 +71,19 @@ def psnr(prediction, ground_truth, data_range=1.0):
   with np.errstate(divide="ignore"):
     return float(10.0 * np.log10(data_range**2 / mse))
 
+
+def mmd_linear(x, y):
+  """MMD^2 with the kernel k(a, b) = <a, b> between sets x (n, d) and y (m, d).
+
+  mean(x x^T) + mean(y y^T) - 2 mean(x y^T), which equals |mean(x) - mean(y)|^2: it
+  compares the mean volumes of two sets of cases (ground truths and a method's outputs),
+  not cases one by one.
+  """
+  x, y = (np.asarray(v, np.float64).reshape(len(v), -1) for v in (x, y))
+  if x.shape[1] != y.shape[1]:
+    raise InputError("mmd_linear", f"sets of {x.shape[1]} and {y.shape[1]} values a case")
+  delta = x.mean(0) - y.mean(0)
+  return float(delta @ delta)
 
 def texture_ratio(prediction, ground_truth, mask):
   """In-mask texture of the prediction relative to the ground truth's.
