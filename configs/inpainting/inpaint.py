@@ -44,7 +44,7 @@ def get_pipeline_config():
 
 TINY = {
     "pipeline.chunk_size": 8, "pipeline.stage1.steps": 4, "pipeline.stage2.steps": 4,
-    "pipeline.resampling.max_loops": 2, "inpaint.progress_bar": False,
+    "pipeline.resampling.max_loops": 1, "inpaint.progress_bar": False,
 }
 VARIANTS = {"tiny": {**base.TINY, **TINY}}
 
