@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sciimg_jax.core import xla_flags  # noqa: E402
 import peer  # bench/peer.py  # noqa: E402
 
-PEER_TORCH = r"""
-import json, sys, time
+PEER_TORCH = peer.TIMING + r"""
+import json, sys
 import numpy as np, torch
 from torch import nn
 a = json.loads(sys.argv[1])
@@ -46,12 +46,7 @@ for name, c in (("ir", a["bands"]), ("rgb", 3)):
     opt.zero_grad(set_to_none=True)
     nn.functional.cross_entropy(m(x), y).backward()
     opt.step()
-  for _ in range(a["warmup"]):
-    step()
-  times = []
-  for _ in range(a["steps"]):
-    t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
-  out[name] = 1e3 * float(np.median(times))
+  out[name] = 1e3 * float(np.median(time_steps(step, a["warmup"], a["steps"])))
 out["torch"] = torch.__version__
 print(json.dumps(out))
 """

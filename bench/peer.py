@@ -3,6 +3,21 @@
 import json
 import subprocess
 
+# Prepended to a peer script: the step-timing loop every torch peer uses.
+TIMING = r"""
+import time
+
+
+def time_steps(step, warmup, steps):
+  # Seconds of each of `steps` calls of `step()`, after `warmup` untimed ones.
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
+  return times
+"""
+
 
 def run(python, script, config):
   """Runs `script` with `python`, the config as its JSON argument; its last stdout line as JSON.

@@ -85,8 +85,8 @@ REFERENCE = dict(spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64
                  num_res_blocks=2, attention_levels=(False, False, True), num_head_channels=32,
                  num_groups=8)
 
-PEER_MONAI = r"""
-import json, os, sys, time
+PEER_MONAI = peer.TIMING + r"""
+import json, os, sys
 import numpy as np, torch
 from monai.networks.nets import DiffusionModelUNet
 a = json.loads(sys.argv[1])
@@ -104,11 +104,7 @@ def step():
   loss = (m(x, t) - eps).square().mean()
   loss.backward()
   opt.step()
-for _ in range(a["warmup"]):
-  step()
-times = []
-for _ in range(a["steps"]):
-  t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
+times = time_steps(step, a["warmup"], a["steps"])
 print(json.dumps(dict(params=sum(p.numel() for p in m.parameters()),
                       median_ms=1e3 * float(np.median(times)), min_ms=1e3 * min(times),
                       torch=torch.__version__)))
