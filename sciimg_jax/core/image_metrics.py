@@ -85,6 +85,7 @@ def mmd_linear(x, y):
   delta = x.mean(0) - y.mean(0)
   return float(delta @ delta)
 
+
 def texture_ratio(prediction, ground_truth, mask):
   """In-mask texture of the prediction relative to the ground truth's.
 

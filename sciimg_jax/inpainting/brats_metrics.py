@@ -55,7 +55,7 @@ from scipy import ndimage
 
 from sciimg_jax.core import intensity
 from sciimg_jax.core.errors import InputError
-from sciimg_jax.core.image_metrics import check_volumes, ssim_map, texture_ratio  # noqa: F401
+from sciimg_jax.core.image_metrics import check_volumes, ssim_map
 
 PERCENTILES = (0.5, 99.5)
 AXES = ("x", "y", "z")

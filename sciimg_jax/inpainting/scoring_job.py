@@ -12,7 +12,7 @@ summary and the others go on. Writes, atomically:
 
   workdir/scores.csv    one row per scored case: case, ssim, psnr, mse (the challenge's
                         scores, `brats_metrics.official_scores`), ssim_3d,
-                        discontinuity_x/y/z/mean, texture (`brats_metrics.texture_ratio`
+                        discontinuity_x/y/z/mean, texture (`image_metrics.texture_ratio`
                         in the healthy mask), and seconds when the prediction folder
                         has `evaluate.timings` (a JSON object {case: seconds})
   workdir/summary.json  count (scored), total, `means_cover`, mean and std (ddof=1, as the challenge's pandas summary;
@@ -32,6 +32,7 @@ from absl import logging
 
 from data_pipelines import brats_layout
 from sciimg_jax.core import atomic_files
+from sciimg_jax.core import image_metrics
 from sciimg_jax.inpainting import brats_metrics
 from sciimg_jax.core import nifti
 from sciimg_jax.core.errors import InputError
@@ -67,7 +68,7 @@ def score_case(case_dir, pred_path, dilation):
   scores = brats_metrics.case_scores(pred, gt, voided, mask, where=case.name)
   seams = brats_metrics.discontinuity(pred, gt, mask, dilation=dilation)
   scores.update({f"discontinuity_{k}": v for k, v in seams.items()})
-  scores["texture"] = brats_metrics.texture_ratio(pred, gt, mask)
+  scores["texture"] = image_metrics.texture_ratio(pred, gt, mask)
   return scores
 
 

@@ -7,8 +7,9 @@ remedy switched on). Each is trained once per seed of `config.seeds` in
 the chemometric baselines (`config.baselines`, from `baselines.NAMES`) are fitted on the
 centre pixels of the same training patches (every run draws the same patches,
 `data.patch_seed`), once for each of `config.baseline_modalities`: IR spectra (rows named
-after the baseline) and RGB colours (rows `<baseline>-rgb`). Writes `study.json` (every run), `study.md` and `study.csv` (mean ± std
-over seeds) and `study.png` (accuracy against feature effective rank and logit PC1 share).
+after the baseline) and RGB colours (rows `<baseline>-rgb`). Writes `study.json` (every
+run), `study.md` and `study.csv` (mean ± std over seeds) and `study.png` (accuracy against
+feature effective rank and logit PC1 share).
 """
 
 import json
