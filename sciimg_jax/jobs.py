@@ -5,6 +5,10 @@ This is the one module that sees every method; the core never imports it.
 
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core.errors import InputError
+from sciimg_jax.ensembler import fusion_task
+from sciimg_jax.ensembler import slice_task as ensembler_slice_task
+from sciimg_jax.ensembler import study as ensembler_study
+from sciimg_jax.ensembler import translate_job
 from sciimg_jax.inpainting import inpaint_job
 from sciimg_jax.inpainting import quickstart
 from sciimg_jax.inpainting import scoring_job
@@ -21,6 +25,10 @@ JOBS = {
     "ir_train": classifier_task.train_classifier,
     "ir_study": ir_study.run_study,
     "ir_diagnose": ir_diagnose.run_diagnose,
+    "ensembler_train": ensembler_slice_task.train_slice_model,
+    "ensembler_fusion": fusion_task.train_fusion,
+    "ensembler_translate": translate_job.translate_folder,
+    "ensembler_study": ensembler_study.run_study,
 }
 
 

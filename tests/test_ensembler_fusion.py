@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from sciimg_jax.core import models
+from sciimg_jax.core import volumes
 from sciimg_jax.core.diffusion import volume_denoisers
 from sciimg_jax.ensembler import fusion
 
@@ -29,11 +30,13 @@ def test_untrained_fusion_is_exactly_the_average(n):
   rng = np.random.default_rng(100 + n)
   conditions = jnp.asarray(rng.normal(size=SHAPE + (2,)), jnp.float32)
   mask = jnp.asarray(rng.uniform(size=SHAPE) > 0.3, jnp.float32)
-  module = fusion.create_fusion_model(TINY_NET, num_conditions=2, num_models=n,
+  position = jnp.asarray(volumes.position_embedding(SHAPE))
+  cond = jnp.concatenate([conditions, position, mask[..., None]], axis=-1)
+  module = fusion.create_fusion_model(TINY_NET, num_cond_channels=6, num_models=n,
                                       rngs=nnx.Rngs(n))
   net, params = models.Network.split(module)
   denoisers = affine_denoisers(n)
-  fused = fusion.fused_denoiser(denoisers, net, params, conditions, mask, residual_scale=0.7)
+  fused = fusion.fused_denoiser(denoisers, net, params, cond, residual_scale=0.7)
   x = jnp.asarray(rng.normal(size=SHAPE), jnp.float32)
   t = jnp.full((SHAPE[0],), 17, jnp.int32)
   mean = jax.jit(volume_denoisers.average(denoisers))(x, t)
@@ -43,19 +46,19 @@ def test_untrained_fusion_is_exactly_the_average(n):
 
 def test_trained_weights_change_the_fused_epsilon():
   """Once its output layer is non-zero the network's weights and residual act."""
-  module = fusion.create_fusion_model(TINY_NET, num_conditions=1, num_models=2,
+  module = fusion.create_fusion_model(TINY_NET, num_cond_channels=5, num_models=2,
                                       rngs=nnx.Rngs(0))
   net, params = models.Network.split(module)
   params = jax.tree.map(lambda p: p + 0.05, params)
-  conditions, mask = jnp.zeros(SHAPE + (1,)), jnp.ones(SHAPE)
+  cond = jnp.zeros(SHAPE + (5,))
   denoisers = affine_denoisers(2)
   x = jnp.ones(SHAPE)
   t = jnp.zeros((SHAPE[0],), jnp.int32)
-  out = fusion.fused_denoiser(denoisers, net, params, conditions, mask)(x, t)
+  out = fusion.fused_denoiser(denoisers, net, params, cond)(x, t)
   mean = volume_denoisers.average(denoisers)(x, t)
   assert float(jnp.abs(out - mean).mean()) > 1e-3
 
 
 def test_fusion_needs_two_models():
   with pytest.raises(ValueError, match="at least 2 models"):
-    fusion.create_fusion_model(TINY_NET, num_conditions=1, num_models=1, rngs=nnx.Rngs(0))
+    fusion.create_fusion_model(TINY_NET, num_cond_channels=5, num_models=1, rngs=nnx.Rngs(0))

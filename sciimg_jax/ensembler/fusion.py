@@ -1,52 +1,61 @@
 """Diff-Ensembler's 3D fusion network and the fused volume denoiser built from it.
 
 The network is the project's U-Net in 3D (`model.spatial_dims = 3`). At every diffusion
-step it sees, channels-last, (x_t, the condition volumes, the 3-channel voxel position in
-[-1, 1], the brain mask, eps_1..eps_n of the n 2D models) and the timestep, and gives n
-channels: the weights w_1..w_{n-1} and the residual r that `volume_denoisers.fuse`
-combines as sum_i (1/n + w_i) eps_i (last weight 1/n - sum w) + lambda r. The U-Net's
-output convolution is zero-initialised, so before training the fused denoiser is exactly
-the average of the 2D models (TOSM), never one model alone.
+step it sees, channels-last, (x_t, the ensemble's condition channels: the condition
+volumes, the 3-channel voxel position in [-1, 1] and the brain mask, then eps_1..eps_n of
+the n 2D models) and the timestep, and gives n channels: the weights w_1..w_{n-1} and the
+residual r that `volume_denoisers.fuse` combines as sum_i (1/n + w_i) eps_i (last weight
+1/n - sum w) + lambda r. The U-Net's output convolution is zero-initialised, so before
+training the fused denoiser is exactly the average of the 2D models (TOSM), never one
+model alone.
 """
 
 import jax.numpy as jnp
 
 from sciimg_jax.core import models
-from sciimg_jax.core import volumes
 from sciimg_jax.core.diffusion import volume_denoisers
 
 
-def in_channels(num_conditions, num_models):
-  """x_t, the conditions, position (3), mask, and one epsilon per 2D model."""
-  return 1 + num_conditions + 3 + 1 + num_models
+def in_channels(num_cond_channels, num_models):
+  """x_t, the condition channels (conditions, position, mask), one epsilon per 2D model."""
+  return 1 + num_cond_channels + num_models
 
 
-def create_fusion_model(model_config, *, num_conditions, num_models, rngs, dtype=jnp.float32):
+def create_fusion_model(model_config, *, num_cond_channels, num_models, rngs, dtype=jnp.float32):
   """The 3D U-Net of `model_config` with the fusion's input and output channels."""
   if num_models < 2:
     raise ValueError(f"fusion needs at least 2 models, got {num_models}")
   return models.create_model(model_config, rngs=rngs, dtype=dtype, spatial_dims=3,
-                             in_channels=in_channels(num_conditions, num_models),
+                             in_channels=in_channels(num_cond_channels, num_models),
                              out_channels=num_models)
 
 
-def network_inputs(x_t, eps, conditions, position, mask):
-  """(..., C) channels-last input of the fusion network; `eps` (..., n)."""
-  return jnp.concatenate([x_t[..., None], conditions, position, mask[..., None], eps], axis=-1)
+def network_inputs(x_t, cond, eps):
+  """(..., C) channels-last input of the fusion network; x_t (...), cond (..., C), eps (..., n)."""
+  return jnp.concatenate([x_t[..., None], cond, eps], axis=-1)
 
 
-def fused_denoiser(denoisers, net, params, conditions, mask, *, residual_scale=1.0):
+def fused_eps(net, params, x_t, cond, eps, t, residual_scale=1.0):
+  """The fused epsilon of a batch: x_t (B, ...), cond (B, ..., C), eps n arrays (B, ...).
+
+  `net(params, x, t)` is a `models.Network`; with `params=None`, `net` is the module itself
+  (`net(x, t)`, inside the trainer's loss).
+  """
+  x = network_inputs(x_t, cond, jnp.stack(eps, -1))
+  out = (net(x, t) if params is None else net(params, x, t)).astype(jnp.float32)
+  return volume_denoisers.fuse(eps, out[..., :-1], out[..., -1], residual_scale)
+
+
+def fused_denoiser(denoisers, net, params, cond, *, residual_scale=1.0):
   """The per-step fused volume denoiser of a whole volume (X, Y, Z).
 
   Args:
     denoisers: the n volume denoisers of the 2D models (x_t, t) -> eps.
     net: a `models.Network` of the fusion U-Net; `params` its parameters.
-    conditions: (X, Y, Z, C) condition volumes; `mask` (X, Y, Z) the brain mask.
+    cond: (X, Y, Z, C) the ensemble's condition channels (conditions, position, mask).
   """
-  position = jnp.asarray(volumes.position_embedding(mask.shape))
-
   def fusion_fn(x_t, eps, t):
-    x = network_inputs(x_t, eps, conditions, position, mask)[None]
+    x = network_inputs(x_t, cond, eps)[None]
     return net(params, x, jnp.ravel(jnp.asarray(t))[:1]).astype(jnp.float32)[0]
 
   return volume_denoisers.fused(denoisers, fusion_fn, residual_scale=residual_scale)

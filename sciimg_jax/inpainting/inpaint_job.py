@@ -41,25 +41,21 @@ import time
 import zlib
 
 import jax
-import matplotlib
+import numpy as np
+import scipy.ndimage as ndi
+import tqdm
+from absl import logging
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy.ndimage as ndi  # noqa: E402
-import tqdm  # noqa: E402
-from absl import logging  # noqa: E402
-
-from data_pipelines import brats_layout  # noqa: E402
-from sciimg_jax.core import atomic_files  # noqa: E402
-from sciimg_jax.core import figures  # noqa: E402
-from sciimg_jax.core import intensity  # noqa: E402
-from sciimg_jax.core import interrupts  # noqa: E402
-from sciimg_jax.core import nifti  # noqa: E402
-from sciimg_jax.core import volumes  # noqa: E402
-from sciimg_jax.core.errors import InputError  # noqa: E402
-from sciimg_jax.inpainting import classical  # noqa: E402
-from sciimg_jax.inpainting import volume_sampler  # noqa: E402
+from data_pipelines import brats_layout
+from sciimg_jax.core import atomic_files
+from sciimg_jax.core import figures
+from sciimg_jax.core import intensity
+from sciimg_jax.core import interrupts
+from sciimg_jax.core import nifti
+from sciimg_jax.core import volumes
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.inpainting import classical
+from sciimg_jax.inpainting import volume_sampler
 
 MAX_MASK_OUTSIDE_BRAIN = 0.5
 
@@ -167,21 +163,12 @@ def save_triplanar(path, voided, mask, result, truth=None):
     centre = [int(round(c)) for c in ndi.center_of_mass(labels == largest)]
   else:
     centre = [s // 2 for s in voided.shape]
-  columns = [("input", voided), ("mask", mask), ("result", result)]
+  columns = {"input": voided, "mask": mask, "result": result}
   if truth is not None:
-    columns.append(("ground truth", truth))
+    columns["ground truth"] = truth
   hi = np.percentile(voided[voided > 0], 99.5) if np.any(voided > 0) else 1.0
-  fig, axes = plt.subplots(3, len(columns), figsize=(2.4 * len(columns), 7.2), squeeze=False)
-  for row, (plane, axis) in enumerate((("axial", 2), ("coronal", 1), ("sagittal", 0))):
-    for col, (title, vol) in enumerate(columns):
-      image = np.rot90(np.take(vol, centre[axis], axis=axis))
-      axes[row, col].imshow(image, cmap="gray", vmin=0, vmax=1 if title == "mask" else hi)
-      axes[row, col].set_axis_off()
-      if row == 0:
-        axes[row, col].set_title(title, fontsize=9)
-    axes[row, 0].text(-0.1, 0.5, plane, transform=axes[row, 0].transAxes, rotation=90,
-                      va="center", fontsize=9)
-  figures.save_figure(fig, path)
+  ranges = {title: (0, 1 if title == "mask" else hi) for title in columns}
+  figures.save_triplanar(path, columns, centre, ranges)
 
 
 def load_truth(truth_path, voided_path, case):

@@ -1,0 +1,122 @@
+"""Settings every Diff-Ensembler config shares: the three tasks and the tiny variant.
+
+Tasks (`TASKS`, a config variant each), all learning FLAIR (`t2f`):
+  sr             4x super-resolution: FLAIR average-pooled by 4 along every axis and
+                 repeated back ('t2f:pool4') -> FLAIR, residual target (target - input) / 2
+  t1_to_flair    translation T1 -> FLAIR
+  t1t2_to_flair  multi-condition translation (T1, T2) -> FLAIR
+
+The defaults suit the embedded 4 mm data (volumes 50x59x48, put on a 48x56x48 grid); real
+BraTS volumes (240x240x155) take `data.volume_shape=(192,192,152)`, the paper's grid.
+"""
+
+import ml_collections
+
+from configs import base
+from data_pipelines import volume_cases
+
+TASKS = {
+    "sr": dict(target="t2f", conditions=("t2f:pool4",), residual=True),
+    "t1_to_flair": dict(target="t2f", conditions=("t1n",), residual=False),
+    "t1t2_to_flair": dict(target="t2f", conditions=("t1n", "t2w"), residual=False),
+}
+
+# Seconds-scale settings for tests: 3 training and 2 held-out subjects, a 24x32x24 grid.
+TINY = dict({k: v for k, v in base.TINY.items() if k != "data.image_size"}, **{
+    "data.volume_shape": (24, 32, 24), "data.batch_size": 4,
+    "fusion.crop_size": (16, 16, 16), "sampling.steps": 3, "sampling.chunk_size": 8,
+})
+
+
+def get_base_config(task="sr"):
+  """The base config with the ensembler's data, sampling and fusion blocks for `task`."""
+  c = base.get_base_config()
+  t = TASKS[task]
+  c.data.target = t["target"]
+  c.data.conditions = t["conditions"]
+  c.data.residual = t["residual"]
+  c.data.volume_shape = (48, 56, 48)
+  c.data.synthetic.num_train = 24
+  c.data.synthetic.num_eval = 8
+  del c.data["image_size"], c.data["slices"], c.data["random_masks"]
+  c.data.batch_size = 16
+  c.model.in_channels = 1 + len(c.data.conditions) + 4
+  c.train.objective = "diffusion"
+  del c.train["loss_weight_in_mask"]
+
+  c.fusion = ml_collections.ConfigDict(dict(
+      members=(),                # workdirs of the trained 2D models
+      crop_size=(32, 32, 32),    # random 3D training crops
+      l1_weight=5.0, l2_weight=150.0,
+      residual_scale=1.0,        # lambda of the fusion's residual
+  ))
+  c.sampling = ml_collections.ConfigDict(dict(
+      steps=50, stepper="ddim", eta=0.0, spacing="uniform", clip_x0=1.0,
+      num_samples=1,             # N > 1: the posterior mean of N samples
+      chunk_size=32,             # most slices per 2D network call
+      data_consistency=True,     # SR: avgpool(sample) equals the low-resolution input
+  ))
+  return c
+
+
+def num_channels(c):
+  """Condition channels of `c.data` (conditions, position, mask)."""
+  return len(volume_cases.channel_names(c.data))
+
+
+def variants():
+  """`sr`, `t1_to_flair`, `t1t2_to_flair` (applied by `task_config`) and `tiny`."""
+  return {"tiny": TINY, **{name: {} for name in TASKS}}
+
+
+def task_of(variant):
+  names = [v for v in variant.split("+") if v in TASKS]
+  if len(names) > 1:
+    raise ValueError(f"variant {variant!r} names more than one task: {names}")
+  return names[0] if names else "sr"
+
+
+def study_config(task, variant, *, regressor):
+  """The demonstration job of `task`: trains the 2D models, the fusion, the baselines and the
+  segmenter, then evaluates every method (`sciimg_jax/ensembler/study.py`)."""
+  from configs.ensembler import translate  # noqa: PLC0415 (a sibling config file)
+  c = get_base_config(task)
+  c.job = "ensembler_study"
+  # Sized for a CPU (minutes per model), with the slice-model recipe the inpainting study
+  # found (README, "Training recipe"): x0 parameterisation, learning rate 1e-3, EMA 0.99.
+  c.model.channels = (16, 32, 64)
+  c.model.num_res_blocks = 1
+  c.model.attention_levels = (False, False, True)
+  c.model.num_head_channels = 16
+  c.diffusion.parameterization = "x0"
+  c.diffusion.sample_steps = 10
+  c.optim.learning_rate = 1e-3
+  c.optim.warmup_steps = 50
+  c.optim.ema_decay = 0.99
+  c.data.batch_size = 8
+  c.train.num_steps = 600
+  c.train.log_every = 50
+  c.train.checkpoint_every = 300
+  c.train.eval_every = 300
+  c.train.num_sample_images = 8
+  c.sampling.steps = 10
+  c.translate = translate.translate_block()
+  if not regressor:
+    c.translate.methods = tuple(m for m in c.translate.methods if m != "regressor")
+  else:
+    c.translate.methods = tuple(m if m != "cubic" else "regressor" for m in c.translate.methods)
+  c.study = ml_collections.ConfigDict(dict(
+      directions=("axial", "coronal", "sagittal"), regressor=regressor, segmenter=True,
+      fusion_model=ml_collections.ConfigDict(dict(
+          name="unet", spatial_dims=3, in_channels=0, out_channels=0, channels=(16, 32, 64),
+          num_res_blocks=1, attention_levels=(False, False, False), num_head_channels=16,
+          num_groups=8, dropout=0.0)),
+      fusion_steps=300, fusion_batch_size=2, segmenter_steps=600))
+  tiny = dict(TINY, **{
+      "study.fusion_model.channels": (8, 16), "study.fusion_model.num_groups": 4,
+      "study.fusion_model.attention_levels": (False, False), "study.fusion_steps": 4,
+      "study.fusion_batch_size": 4, "study.segmenter_steps": 4, "train.num_sample_images": 4,
+      "model.channels": (8, 16), "model.attention_levels": (False, True),
+      "model.num_head_channels": 8, "model.num_groups": 4,
+  })
+  return base.apply_variant(c, variant, {"tiny": tiny})

@@ -1,0 +1,270 @@
+"""Whole-volume cases for volume-to-volume translation (Diff-Ensembler), prepared once.
+
+A BraTS-layout folder (`brats_layout`) becomes one array per case,
+
+    <cache_dir>/volumes-<fingerprint>/<split>/<case>.npy    (X, Y, Z, C) float32
+    <cache_dir>/volumes-<fingerprint>/<split>/<case>.json   normalisation ranges, grid
+
+on the grid `data.volume_shape` (centre padded with background or cropped), with the
+channels `[target, *conditions, mask]`:
+
+    target      `data.target`, an image key normalised to [-1, 1] (`intensity.normalize`
+                with the 0.5/99.5 percentiles of that volume), or a mask key as 0/1 labels
+    conditions  `data.conditions`: image keys normalised the same way, or `<key>:pool<f>`,
+                the key average-pooled by f along every axis and repeated back (nearest),
+                as the released Diff-Ensembler code makes its super-resolution input
+    mask        the brain: voxels where any loaded image is non-zero
+
+Arrays are read memory-mapped, so a dataset of real BraTS volumes needs no more memory
+than the slices and crops in flight. Two grain data sources read them:
+
+    SliceSource(cases, axis)     every brain slice along an axis, 2D examples
+    CropSource(cases, crop)      one random 3D crop per case and epoch (`RandomCrop`)
+
+Both give {'target': (..., 1), 'cond': (..., C_cond)} with the condition channels
+`[*conditions, position x, y, z, mask]` (`channel_names`); the position is the voxel's
+coordinate in the whole volume, in [-1, 1]. With `data.residual` the target is
+(target - conditions[0]) / 2.
+"""
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+
+import grain
+import numpy as np
+
+from data_pipelines import brats_layout
+from sciimg_jax.core import atomic_files
+from sciimg_jax.core import intensity
+from sciimg_jax.core import volumes as vol
+from sciimg_jax.core.errors import InputError
+
+_FORMAT_VERSION = 1
+POSITION = ("pos-x", "pos-y", "pos-z")
+
+
+def parse_condition(spec):
+  """'t2f:pool4' -> ('t2f', 4); 't1n' -> ('t1n', 1). Stops on an unknown key or operation."""
+  key, _, op = spec.partition(":")
+  if key not in brats_layout.IMAGE_KEYS:
+    raise InputError("data.conditions", f"{spec!r}: {key!r} is not an image key; known: "
+                     f"{', '.join(brats_layout.IMAGE_KEYS)}")
+  if not op:
+    return key, 1
+  if not (op.startswith("pool") and op[4:].isdigit() and int(op[4:]) >= 1):
+    raise InputError("data.conditions", f"{spec!r}: unknown operation {op!r} (use '<key>:pool<f>')")
+  return key, int(op[4:])
+
+
+def channel_names(data):
+  """The channels of `cond` in every example: conditions, position, mask."""
+  return tuple(data.conditions) + POSITION + ("mask",)
+
+
+def channel_indices(data, own, what="model"):
+  """Indices, among `data`'s channels, of the channels a network trained on `own` takes."""
+  names, wanted = list(channel_names(data)), channel_names(own)
+  missing = [c for c in wanted if c not in names]
+  if missing:
+    raise InputError("data.conditions", f"the {what} takes {missing}, which "
+                     f"{tuple(data.conditions)} lack")
+  return [names.index(c) for c in wanted]
+
+
+def check_data_config(data):
+  """Stops on a target, condition or grid the cases cannot be prepared with."""
+  if data.target not in brats_layout.IMAGE_KEYS + brats_layout.MASK_KEYS:
+    raise InputError("data.target", f"unknown key {data.target!r}")
+  if not data.conditions:
+    raise InputError("data.conditions", "needs at least one condition")
+  shape = tuple(data.volume_shape)
+  if len(shape) != 3 or min(shape) < 1:
+    raise InputError("data.volume_shape", f"expected 3 positive sizes, got {shape}")
+  for spec in data.conditions:
+    _, factor = parse_condition(spec)
+    if any(n % factor for n in shape):
+      raise InputError("data.volume_shape", f"shape {shape} is not divisible by the "
+                       f"downsampling factor {factor} of condition {spec!r} along every axis")
+  if data.get("residual") and data.target in brats_layout.MASK_KEYS:
+    raise InputError("data.residual", "a residual target needs an image target")
+
+
+def required_keys(data, with_target=True):
+  keys = [data.target] if with_target else []
+  keys += [parse_condition(s)[0] for s in data.conditions]
+  return tuple(dict.fromkeys(keys))
+
+
+def _pool_repeat(x, factor):
+  if factor == 1:
+    return x
+  X, Y, Z = x.shape
+  f = factor
+  low = x.reshape(X // f, f, Y // f, f, Z // f, f).mean(axis=(1, 3, 5))
+  for axis in range(3):
+    low = np.repeat(low, f, axis=axis)
+  return low.astype(np.float32)
+
+
+def prepare_case(case_dir, data, with_target=True):
+  """(array (X, Y, Z, C), metadata dict) of one case folder on the `data.volume_shape` grid."""
+  keys = required_keys(data, with_target)
+  case = brats_layout.load_case(case_dir, keys=keys)
+  shape = tuple(int(s) for s in data.volume_shape)
+  normalised, ranges = {}, {}
+  brain = np.zeros(case.shape, bool)
+  for key, v in case.volumes.items():
+    if key in brats_layout.MASK_KEYS:
+      normalised[key] = v
+      continue
+    brain |= v != 0
+    lo, hi = intensity.percentile_range(v, where=brats_layout.case_file(case_dir, key))
+    ranges[key] = (lo, hi)
+    normalised[key] = intensity.normalize(v, lo, hi)
+  fill = lambda k: 0.0 if k in brats_layout.MASK_KEYS else -1.0
+  grid = {k: vol.center_pad_crop(v, shape, fill(k)) for k, v in normalised.items()}
+  mask = vol.center_pad_crop(brain.astype(np.float32), shape, 0.0)
+  # Without ground truth the target channel holds zeros, so every array has one layout.
+  channels = [grid[data.target] if with_target else np.zeros(shape, np.float32)]
+  for spec in data.conditions:
+    key, factor = parse_condition(spec)
+    channels.append(_pool_repeat(grid[key], factor))
+  channels.append(mask)
+  meta = {"case": case.name, "directory": str(pathlib.Path(case_dir).resolve()),
+          "shape": list(case.shape), "ranges": ranges, "affine": case.affine.tolist(),
+          "has_target": bool(with_target)}
+  return np.stack(channels, axis=-1).astype(np.float32), meta
+
+
+@dataclasses.dataclass
+class PreparedCase:
+  """One prepared case: its memory-mapped array and metadata."""
+  name: str
+  path: pathlib.Path
+  meta: dict
+
+  @property
+  def array(self):
+    return np.load(self.path, mmap_mode="r")
+
+  @property
+  def directory(self):
+    return pathlib.Path(self.meta["directory"])
+
+
+def _fingerprint(root, cases, data, with_target):
+  h = hashlib.sha256()
+  h.update(json.dumps({"v": _FORMAT_VERSION, "target": data.target if with_target else "",
+                       "conditions": list(data.conditions),
+                       "shape": list(data.volume_shape)}).encode())
+  h.update(str(pathlib.Path(root).resolve()).encode())
+  for case_dir in cases:
+    for key in required_keys(data, with_target):
+      st = brats_layout.case_file(case_dir, key).stat()
+      h.update(f"\n{case_dir.name}/{key}:{st.st_size}:{st.st_mtime_ns}".encode())
+  return h.hexdigest()[:16]
+
+
+def prepare(root, data, cache_dir, *, with_target=True, split="cases"):
+  """The prepared cases of a BraTS-layout folder (written once into `cache_dir`, atomically)."""
+  check_data_config(data)
+  keys = required_keys(data, with_target)
+  cases, incomplete = brats_layout.scan_cases(root, keys)
+  if incomplete:  # a case without a modality the job needs is an error, not a silent skip
+    name, reason = next(iter(incomplete.items()))
+    raise InputError(pathlib.Path(root) / name, f"{reason} (needed: {', '.join(keys)}); "
+                     f"{len(incomplete)} incomplete case folder(s) in {root}")
+  if not cases:
+    brats_layout.find_cases(root, keys)  # raises: no case folders
+  out = pathlib.Path(cache_dir) / f"volumes-{_fingerprint(root, cases, data, with_target)}" / split
+  prepared = []
+  for case_dir in cases:
+    path, meta_path = out / f"{case_dir.name}.npy", out / f"{case_dir.name}.json"
+    if not (path.is_file() and meta_path.is_file()):
+      array, meta = prepare_case(case_dir, data, with_target)
+      with atomic_files.atomic_path(path) as tmp:
+        np.save(tmp, array)
+      atomic_files.write_json(meta_path, meta)
+    prepared.append(PreparedCase(case_dir.name, path, json.loads(meta_path.read_text())))
+  return prepared
+
+
+def split_example(data, array):
+  """(target, conditions, mask) of a prepared (..., C) array (a slice, a crop or a volume)."""
+  target = array[..., :1]
+  conditions = array[..., 1:1 + len(data.conditions)]
+  if data.get("residual"):
+    target = (target - conditions[..., :1]) / 2.0
+  return target, conditions, array[..., -1:]
+
+
+def example(data, array, position):
+  """The training example of a prepared slice or crop `array` and its `position` channels."""
+  target, conditions, mask = split_example(data, array)
+  return {"target": np.ascontiguousarray(target, np.float32),
+          "cond": np.concatenate([conditions, position, mask], axis=-1).astype(np.float32)}
+
+
+class SliceSource(grain.sources.RandomAccessDataSource):
+  """Every slice along `axis` that meets the brain, of every prepared case."""
+
+  def __init__(self, cases, data, axis):
+    self.cases, self.data, self.axis = cases, data, vol.AXES[axis]
+    self.position = vol.position_embedding(tuple(data.volume_shape))
+    other = tuple(a for a in range(3) if a != self.axis)
+    self.index = [(i, int(k)) for i, c in enumerate(cases)
+                  for k in np.flatnonzero(np.asarray(c.array[..., -1]).any(axis=other))]
+    if not self.index:
+      raise InputError("data", "no case has any brain voxel")
+
+  def __len__(self):
+    return len(self.index)
+
+  def __getitem__(self, record):
+    i, k = self.index[record]
+    array = np.take(self.cases[i].array, k, axis=self.axis)
+    return example(self.data, np.asarray(array), np.take(self.position, k, axis=self.axis))
+
+
+class CropSource(grain.sources.RandomAccessDataSource):
+  """The prepared cases, whole (`RandomCrop` cuts them)."""
+
+  def __init__(self, cases, data):
+    self.cases, self.data = cases, data
+
+  def __len__(self):
+    return len(self.cases)
+
+  def __getitem__(self, record):
+    return {"case": record}
+
+
+class RandomCrop(grain.transforms.RandomMap):
+  """A uniformly placed `crop` of the case (grain seeds `rng` per record: resumable)."""
+
+  def __init__(self, source, crop):
+    self.source, self.crop = source, tuple(int(c) for c in crop)
+    self.position = vol.position_embedding(tuple(source.data.volume_shape))
+    shape = tuple(source.data.volume_shape)
+    if any(c > n or c < 1 for c, n in zip(self.crop, shape)):
+      raise InputError("fusion.crop_size", f"{self.crop} does not fit the volumes {shape}")
+
+  def random_map(self, element, rng):
+    array = self.source.cases[element["case"]].array
+    start = [int(rng.integers(0, n - c + 1)) for n, c in zip(array.shape[:3], self.crop)]
+    box = tuple(slice(s, s + c) for s, c in zip(start, self.crop))
+    return example(self.source.data, np.asarray(array[box]), self.position[box])
+
+
+def train_iterator(source, *, seed, batch_size, operations=(), num_workers=0):
+  """An infinite, per-epoch shuffled, resumable grain iterator of batches of `source`."""
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+      shuffle=True, num_epochs=None, seed=int(seed))
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=list(operations) + [grain.transforms.Batch(int(batch_size), drop_remainder=True)],
+      worker_count=int(num_workers))
+  return iter(loader)

@@ -1,0 +1,177 @@
+"""Training of Diff-Ensembler's 3D fusion network: a task of the shared trainer.
+
+The 2D models (`fusion.members`: their training workdirs) are frozen: their EMA
+parameters are the trainer's frozen parameters, and only the 3D U-Net trains. A batch
+holds random 3D crops (`fusion.crop_size`) of the training volumes. At each step a
+timestep t of the ensemble's chain (`diffusion`) and noise are drawn per crop, every 2D
+model runs on every slice of the noisy crop along its axis (`members.along_axis`, told
+its own timestep), and the fusion network combines their epsilons
+(`fusion.fused_eps`). The loss on epsilon is `fusion.l1_weight` x L1 +
+`fusion.l2_weight` x L2 (5 and 150 in the released code).
+
+Evaluation scores a fixed batch of held-out crops at fixed timesteps: the epsilon MSE of
+the fused denoiser (`eval_eps_mse_fused`) against the plain average of the same 2D
+models (`eval_eps_mse_average`): the fusion earns its keep when the first is lower.
+
+`members.json` in the workdir records which 2D models (workdir, axis, checkpoint step,
+config) the fusion was trained on; resuming with others, or sampling the fusion with
+others (`load_fusion`), stops with a message.
+
+  python main.py --config=configs/ensembler/fusion.py --workdir=runs/sr-fusion \
+      --config.fusion.members='("runs/sr-axial","runs/sr-coronal","runs/sr-sagittal")'
+"""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipelines import volume_cases
+from sciimg_jax.core import atomic_files
+from sciimg_jax.core import sharding
+from sciimg_jax.core import trained_models
+from sciimg_jax.core import trainer
+from sciimg_jax.core.diffusion import schedules
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.ensembler import fusion
+from sciimg_jax.ensembler import members as members_lib
+from sciimg_jax.ensembler import slice_task
+
+MEMBERS_FILE = "members.json"
+EVAL_CROPS = 4
+
+
+def signature(member):
+  """What identifies a 2D model a fusion was trained with."""
+  c = member.config
+  return {"axis": c.data.axis, "step": member.trained.step, "target": c.data.target,
+          "conditions": list(c.data.conditions), "residual": bool(c.data.get("residual")),
+          "model": c.model.to_dict(), "diffusion": c.diffusion.to_dict()}
+
+
+def check_signatures(recorded, members, where):
+  """Stops unless `members` are the 2D models `recorded` (from `members.json`)."""
+  now = [signature(m) for m in members]
+  if len(recorded) != len(now):
+    raise InputError(where, f"the fusion was trained on {len(recorded)} 2D models, "
+                     f"{len(now)} are configured")
+  for i, (a, b) in enumerate(zip(recorded, now)):
+    diff = sorted(k for k in a if a[k] != b.get(k))
+    if diff:
+      raise InputError(where, f"2D model {i + 1} ({b['axis']}) differs from the one the fusion "
+                       f"was trained with in {', '.join(diff)} (trained with "
+                       f"{ {k: a[k] for k in diff} })")
+
+
+def check_config(config):
+  f = config.fusion
+  if len(f.members) < 2:
+    raise InputError("fusion.members", f"needs at least 2 trained 2D models, got {len(f.members)}")
+  if f.l1_weight < 0 or f.l2_weight < 0 or f.l1_weight + f.l2_weight == 0:
+    raise InputError("fusion.l1_weight", "the L1 and L2 weights must be >= 0, not both 0")
+  volume_cases.check_data_config(config.data)
+
+
+class FusionTask:
+  """`trainer.Task` for the 3D fusion network over frozen 2D members."""
+
+  def __init__(self, config, workdir):
+    check_config(config)
+    self.config = config
+    self.mesh = sharding.make_mesh()
+    self.members = members_lib.load_members(config.fusion.members, config.data,
+                                            config.diffusion, self.mesh)
+    record = pathlib.Path(workdir) / MEMBERS_FILE
+    if record.is_file():
+      check_signatures(json.loads(record.read_text()), self.members, record)
+    else:
+      atomic_files.write_json(record, [signature(m) for m in self.members])
+    self.chain = schedules.schedule_from_config(config.diffusion)
+    splits = slice_task.prepared_splits(config, workdir)
+    self.sources = {k: volume_cases.CropSource(v, config.data) for k, v in splits.items()}
+    self.crop = volume_cases.RandomCrop(self.sources["train"], config.fusion.crop_size)
+    self._eval = None
+
+  def create_model(self, rngs, dtype):
+    return create_model(self.config, rngs, dtype)
+
+  def frozen_params(self, mesh):
+    return [m.params for m in self.members]
+
+  def train_iterator(self, batch_size_per_process):
+    return volume_cases.train_iterator(
+        self.sources["train"], seed=self.config.seed, batch_size=batch_size_per_process,
+        operations=[self.crop], num_workers=self.config.data.num_workers)
+
+  def member_eps(self, frozen, x_t, cond, t):
+    return [members_lib.along_axis(m, p, x_t, cond, t)[..., 0]
+            for m, p in zip(self.members, frozen)]
+
+  def loss(self, model, batch, key, frozen):
+    f = self.config.fusion
+    x0, cond = batch["target"], batch["cond"]
+    t_key, noise_key = jax.random.split(key)
+    t = jax.random.randint(t_key, (x0.shape[0],), 0, self.chain.betas.shape[0])
+    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+    x_t = schedules.q_sample(self.chain, x0, t, noise)
+    eps = [jax.lax.stop_gradient(e) for e in self.member_eps(frozen, x_t, cond, t)]
+    fused = fusion.fused_eps(model, None, x_t[..., 0], cond, eps, t, f.residual_scale)
+    err = fused - noise[..., 0]
+    l1, l2 = jnp.mean(jnp.abs(err)), jnp.mean(jnp.square(err))
+    return f.l1_weight * l1 + f.l2_weight * l2, {"l1": l1, "l2": l2}
+
+  def evaluate(self, net, params, frozen, step, key, workdir):
+    if self._eval is None:
+      self._eval = self._make_eval(net)
+    fused, average = self._eval(params, frozen, *self._eval_batch)
+    return {"eval_eps_mse_fused": float(fused), "eval_eps_mse_average": float(average)}
+
+  def _make_eval(self, net):
+    source, rng = self.sources["eval"], np.random.default_rng(self.config.seed)
+    items = [self.crop.random_map(source[i % len(source)], rng) for i in range(EVAL_CROPS)]
+    x0 = np.stack([e["target"] for e in items])
+    cond = np.stack([e["cond"] for e in items])
+    t = np.linspace(0, self.chain.betas.shape[0] - 1, EVAL_CROPS).round().astype(np.int32)
+    noise = rng.standard_normal(x0.shape).astype(np.float32)
+    self._eval_batch = (x0, cond, t, noise)
+    f = self.config.fusion
+
+    def evaluate(params, frozen, x0, cond, t, noise):
+      x_t = schedules.q_sample(self.chain, x0, t, noise)
+      eps = self.member_eps(frozen, x_t, cond, t)
+      fused = fusion.fused_eps(net, params, x_t[..., 0], cond, eps, t, f.residual_scale)
+      mean = sum(eps) / len(eps)
+      return (jnp.mean(jnp.square(fused - noise[..., 0])),
+              jnp.mean(jnp.square(mean - noise[..., 0])))
+
+    return jax.jit(evaluate)
+
+
+def create_model(config, rngs, dtype):
+  """The fusion U-Net for `config` (its channels follow from `data` and `fusion.members`)."""
+  return fusion.create_fusion_model(
+      config.model, num_cond_channels=len(volume_cases.channel_names(config.data)),
+      num_models=len(config.fusion.members), rngs=rngs, dtype=dtype)
+
+
+def load_fusion(workdir, members, data, mesh):
+  """The trained fusion network of `workdir`, checked against the configured `members`."""
+  def check(config):
+    record = pathlib.Path(workdir) / MEMBERS_FILE
+    if not record.is_file():
+      raise InputError(workdir, f"has no {MEMBERS_FILE}: not a fusion training run")
+    check_signatures(json.loads(record.read_text()), members, record)
+    if list(volume_cases.channel_names(config.data)) != list(volume_cases.channel_names(data)):
+      raise InputError(workdir, f"the fusion sees channels "
+                       f"{volume_cases.channel_names(config.data)}, the configured data "
+                       f"{volume_cases.channel_names(data)}")
+
+  return trained_models.load(workdir, mesh, check=check, create=create_model,
+                             hint="train the fusion there first (configs/ensembler/fusion.py)")
+
+
+def train_fusion(config, workdir, *, stop_at_step=None):
+  """The `ensembler_fusion` job: trains the fusion network in `workdir` (resuming if it can)."""
+  return trainer.train(FusionTask(config, workdir), config, workdir, stop_at_step=stop_at_step)

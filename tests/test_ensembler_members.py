@@ -1,0 +1,92 @@
+"""Members of an ensemble: own channels, own timesteps, the residual x_t shift, the checks."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.ensembler import slice_model
+from sciimg_jax.core import trained_models
+from sciimg_jax.core.diffusion import schedules
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.ensembler import members
+
+
+def member_config(variant, num_timesteps=1000, schedule="linear"):
+  c = slice_model.get_config(variant + "+tiny")
+  c.diffusion.num_timesteps = num_timesteps
+  c.diffusion.schedule = schedule
+  return c
+
+
+def fake_member(config, ensemble, chain, net):
+  return members.make_member(trained_models.Trained(config, net, params=None), ensemble.data,
+                             chain.diffusion)
+
+
+def tells_its_timestep(params, x, t):
+  return jnp.broadcast_to(t.astype(jnp.float32)[:, None, None, None], x.shape[:-1] + (1,))
+
+
+@pytest.mark.parametrize("steps,schedule", [(2000, "linear"), (500, "cosine")])
+def test_every_model_is_told_the_timestep_of_its_own_schedule(steps, schedule):
+  """The released code's fault: 2D models trained with 2000 steps queried as if 1000."""
+  chain = member_config("sr")
+  own = member_config("sr", steps, schedule)
+  m = fake_member(own, chain, chain, tells_its_timestep)
+  t = jnp.asarray([0, 10, 250, 500, 999], jnp.int32)
+  told = np.asarray(m.eps_2d(None, jnp.zeros((5, 4, 4, 1)), jnp.zeros((5, 4, 4, 5)), t))[:, 0, 0, 0]
+  chain_abar = np.asarray(schedules.schedule_from_config(chain.diffusion).alphas_cumprod)[t]
+  own_abar = np.asarray(schedules.schedule_from_config(own.diffusion).alphas_cumprod)
+  brute = [np.argmin(np.abs(own_abar - a)) for a in chain_abar]
+  np.testing.assert_array_equal(told, brute)
+  told = told.astype(int)
+  np.testing.assert_allclose(own_abar[told], chain_abar, rtol=0.05, atol=1e-4)
+  naive = np.asarray(t)  # what the released code told its 2000-step models
+  assert np.max(np.abs(own_abar[np.minimum(naive, steps - 1)] - chain_abar)) > 0.05
+
+
+def test_each_model_gets_its_own_channels_and_residual_shift():
+  """A model on (FLAIR_low) in an ensemble on (T1, FLAIR_low) with residual targets."""
+  ensemble = member_config("sr")
+  ensemble.data.conditions = ("t1n", "t2f:pool4")
+  own = member_config("sr")  # residual w.r.t. t2f:pool4
+  seen = {}
+
+  def net(params, x, t):
+    seen["x"], seen["channels"] = x[..., 0], x.shape[-1]
+    return jnp.zeros(x.shape[:-1] + (1,))
+
+  m = fake_member(own, ensemble, ensemble, net)
+  rng = np.random.default_rng(0)
+  cond = jnp.asarray(rng.normal(size=(2, 4, 4, 6)), jnp.float32)  # t1n, t2f:pool4, pos, mask
+  x_t = jnp.asarray(rng.normal(size=(2, 4, 4, 1)), jnp.float32)
+  t = jnp.asarray([100, 700], jnp.int32)
+  m.eps_2d(None, x_t, cond, t)
+  assert seen["channels"] == 1 + 5 and list(m.channels) == [1, 2, 3, 4, 5]
+  abar = np.asarray(schedules.schedule_from_config(ensemble.diffusion).alphas_cumprod)[t]
+  expected = x_t[..., 0] + np.sqrt(abar)[:, None, None] * (cond[..., 0] - cond[..., 1]) / 2
+  np.testing.assert_allclose(seen["x"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_x0_models_give_epsilon():
+  ensemble = member_config("sr")
+  own = member_config("sr")
+  own.diffusion.parameterization = "x0"
+  m = fake_member(own, ensemble, ensemble, lambda p, x, t: jnp.full(x.shape[:-1] + (1,), 0.5))
+  x_t, t = jnp.ones((1, 2, 2, 1)), jnp.asarray([300])
+  abar = float(schedules.schedule_from_config(own.diffusion).alphas_cumprod[300])
+  eps = m.eps_2d(None, x_t, jnp.zeros((1, 2, 2, 5)), t)
+  np.testing.assert_allclose(eps, (1 - np.sqrt(abar) * 0.5) / np.sqrt(1 - abar), rtol=1e-5)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: setattr(c.data, "residual", False), "data.residual=False"),
+    (lambda c: setattr(c.data, "conditions", ("t1n",)), r"conditioned on \['t1n'\]"),
+    (lambda c: setattr(c.data, "volume_shape", (24, 24, 24)), "positions would differ"),
+    (lambda c: setattr(c.train, "objective", "regression"), "not a diffusion model"),
+])
+def test_a_model_that_cannot_join_is_named(change, message):
+  ensemble, own = member_config("sr"), member_config("sr")
+  change(own)
+  with pytest.raises(InputError, match=message):
+    members.check_member(own, ensemble.data, "runs/x")
