@@ -222,6 +222,10 @@ class SliceSource(grain.sources.RandomAccessDataSource):
   def __len__(self):
     return len(self.index)
 
+  def __repr__(self):  # grain checks it when restoring an iterator: stable across runs
+    return (f"SliceSource(axis={self.axis}, cases={[c.name for c in self.cases]}, "
+            f"channels={channel_names(self.data)}, residual={bool(self.data.get('residual'))})")
+
   def __getitem__(self, record):
     i, k = self.index[record]
     array = np.take(self.cases[i].array, k, axis=self.axis)
@@ -236,6 +240,10 @@ class CropSource(grain.sources.RandomAccessDataSource):
 
   def __len__(self):
     return len(self.cases)
+
+  def __repr__(self):  # grain checks it when restoring an iterator: stable across runs
+    return (f"CropSource(cases={[c.name for c in self.cases]}, "
+            f"channels={channel_names(self.data)}, residual={bool(self.data.get('residual'))})")
 
   def __getitem__(self, record):
     return {"case": record}

@@ -8,12 +8,24 @@ residual r that `volume_denoisers.fuse` combines as sum_i (1/n + w_i) eps_i (las
 1/n - sum w) + lambda r. The U-Net's output convolution is zero-initialised, so before
 training the fused denoiser is exactly the average of the 2D models (TOSM), never one
 model alone.
+
+`fusion.variant` (`VARIANTS`):
+  eps       the network above;
+  features  the feature-level variant: the 2D models' last decoder features, stacked
+            back into volumes along each model's axis and concatenated, enter the 3D
+            U-Net's encoder through one zero-initialised convolution per level (stride
+            2^level, to that level's size and input width), added where it starts.
+            Zero-initialised, they change nothing before training either.
 """
 
 import jax.numpy as jnp
+from flax import nnx
 
 from sciimg_jax.core import models
 from sciimg_jax.core.diffusion import volume_denoisers
+from sciimg_jax.core.models.unet import Conv
+
+VARIANTS = ("eps", "features")
 
 
 def in_channels(num_cond_channels, num_models):
@@ -21,13 +33,32 @@ def in_channels(num_cond_channels, num_models):
   return 1 + num_cond_channels + num_models
 
 
-def create_fusion_model(model_config, *, num_cond_channels, num_models, rngs, dtype=jnp.float32):
-  """The 3D U-Net of `model_config` with the fusion's input and output channels."""
+class FeatureFusion(nnx.Module):
+  """The fusion U-Net with the 2D models' decoder features injected into its encoder."""
+
+  def __init__(self, unet, feature_channels, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.unet = unet
+    widths = (unet.channels[0],) + tuple(unet.channels[:-1])  # where each level starts
+    self.adapters = nnx.List([
+        Conv(3, feature_channels, width, stride=2 ** level, zero_init=True, dtype=dtype,
+             rngs=rngs) for level, width in enumerate(widths)])
+
+  def __call__(self, x, t, features):
+    return self.unet(x, t, [adapter(features) for adapter in self.adapters])
+
+
+def create_fusion_model(model_config, *, num_cond_channels, num_models, rngs, dtype=jnp.float32,
+                        feature_channels=0):
+  """The 3D U-Net of `model_config` with the fusion's input and output channels; with
+  `feature_channels` > 0, the feature variant (`FeatureFusion`) taking that many."""
   if num_models < 2:
     raise ValueError(f"fusion needs at least 2 models, got {num_models}")
-  return models.create_model(model_config, rngs=rngs, dtype=dtype, spatial_dims=3,
+  unet = models.create_model(model_config, rngs=rngs, dtype=dtype, spatial_dims=3,
                              in_channels=in_channels(num_cond_channels, num_models),
                              out_channels=num_models)
+  if not feature_channels:
+    return unet
+  return FeatureFusion(unet, feature_channels, dtype=dtype, rngs=rngs)
 
 
 def network_inputs(x_t, cond, eps):
@@ -35,27 +66,38 @@ def network_inputs(x_t, cond, eps):
   return jnp.concatenate([x_t[..., None], cond, eps], axis=-1)
 
 
-def fused_eps(net, params, x_t, cond, eps, t, residual_scale=1.0):
-  """The fused epsilon of a batch: x_t (B, ...), cond (B, ..., C), eps n arrays (B, ...).
+def fused_eps(net, params, x_t, cond, eps, t, residual_scale=1.0, features=None):
+  """The fused epsilon of a batch: x_t (B, ...), cond (B, ..., C), eps n arrays (B, ...),
+  and for the feature variant `features` (B, ..., F).
 
   `net(params, x, t)` is a `models.Network`; with `params=None`, `net` is the module itself
   (`net(x, t)`, inside the trainer's loss).
   """
   x = network_inputs(x_t, cond, jnp.stack(eps, -1))
-  out = (net(x, t) if params is None else net(params, x, t)).astype(jnp.float32)
+  inputs = (x, t) if features is None else (x, t, features)
+  out = (net(*inputs) if params is None else net(params, *inputs)).astype(jnp.float32)
   return volume_denoisers.fuse(eps, out[..., :-1], out[..., -1], residual_scale)
 
 
-def fused_denoiser(denoisers, net, params, cond, *, residual_scale=1.0):
+def fused_denoiser(denoisers, net, params, cond, *, residual_scale=1.0, with_features=False):
   """The per-step fused volume denoiser of a whole volume (X, Y, Z).
 
   Args:
-    denoisers: the n volume denoisers of the 2D models (x_t, t) -> eps.
+    denoisers: the n volume denoisers of the 2D models (x_t, t) -> eps (X, Y, Z); with
+      `with_features`, (x_t, t) -> (X, Y, Z, 1 + F_i): epsilon, then features.
     net: a `models.Network` of the fusion U-Net; `params` its parameters.
     cond: (X, Y, Z, C) the ensemble's condition channels (conditions, position, mask).
   """
-  def fusion_fn(x_t, eps, t):
-    x = network_inputs(x_t, cond, eps)[None]
-    return net(params, x, jnp.ravel(jnp.asarray(t))[:1]).astype(jnp.float32)[0]
+  if not with_features:
+    def fusion_fn(x_t, eps, t):
+      x = network_inputs(x_t, cond, eps)[None]
+      return net(params, x, jnp.ravel(jnp.asarray(t))[:1]).astype(jnp.float32)[0]
+    return volume_denoisers.fused(denoisers, fusion_fn, residual_scale=residual_scale)
 
-  return volume_denoisers.fused(denoisers, fusion_fn, residual_scale=residual_scale)
+  def denoise(x_t, t):
+    outs = [d(x_t, t) for d in denoisers]
+    eps = [o[..., 0][None] for o in outs]
+    features = jnp.concatenate([o[..., 1:] for o in outs], axis=-1)[None]
+    t = jnp.ravel(jnp.asarray(t))[:1]
+    return fused_eps(net, params, x_t[None], cond[None], eps, t, residual_scale, features)[0]
+  return denoise

@@ -69,6 +69,9 @@ def check_config(config):
   f = config.fusion
   if len(f.members) < 2:
     raise InputError("fusion.members", f"needs at least 2 trained 2D models, got {len(f.members)}")
+  if f.get("variant", "eps") not in fusion.VARIANTS:
+    raise InputError("fusion.variant", f"unknown variant {f.variant!r}; known: "
+                     f"{', '.join(fusion.VARIANTS)}")
   if f.l1_weight < 0 or f.l2_weight < 0 or f.l1_weight + f.l2_weight == 0:
     raise InputError("fusion.l1_weight", "the L1 and L2 weights must be >= 0, not both 0")
   volume_cases.check_data_config(config.data)
@@ -95,7 +98,7 @@ class FusionTask:
     self._eval = None
 
   def create_model(self, rngs, dtype):
-    return create_model(self.config, rngs, dtype)
+    return create_model(self.config, rngs, dtype, self.members)
 
   def frozen_params(self, mesh):
     return [m.params for m in self.members]
@@ -106,8 +109,13 @@ class FusionTask:
         operations=[self.crop], num_workers=self.config.data.num_workers)
 
   def member_eps(self, frozen, x_t, cond, t):
-    return [members_lib.along_axis(m, p, x_t, cond, t)[..., 0]
+    """The members' epsilons [(B, X, Y, Z)] and, for the feature variant, their decoder
+    features concatenated (B, X, Y, Z, F) (else None)."""
+    with_features = uses_features(self.config)
+    outs = [members_lib.along_axis(m, p, x_t, cond, t, with_features)
             for m, p in zip(self.members, frozen)]
+    features = jnp.concatenate([o[..., 1:] for o in outs], -1) if with_features else None
+    return [o[..., 0] for o in outs], features
 
   def loss(self, model, batch, key, frozen):
     f = self.config.fusion
@@ -116,8 +124,8 @@ class FusionTask:
     t = jax.random.randint(t_key, (x0.shape[0],), 0, self.chain.betas.shape[0])
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = schedules.q_sample(self.chain, x0, t, noise)
-    eps = [jax.lax.stop_gradient(e) for e in self.member_eps(frozen, x_t, cond, t)]
-    fused = fusion.fused_eps(model, None, x_t[..., 0], cond, eps, t, f.residual_scale)
+    eps, features = jax.lax.stop_gradient(self.member_eps(frozen, x_t, cond, t))
+    fused = fusion.fused_eps(model, None, x_t[..., 0], cond, eps, t, f.residual_scale, features)
     err = fused - noise[..., 0]
     l1, l2 = jnp.mean(jnp.abs(err)), jnp.mean(jnp.square(err))
     return f.l1_weight * l1 + f.l2_weight * l2, {"l1": l1, "l2": l2}
@@ -140,8 +148,9 @@ class FusionTask:
 
     def evaluate(params, frozen, x0, cond, t, noise):
       x_t = schedules.q_sample(self.chain, x0, t, noise)
-      eps = self.member_eps(frozen, x_t, cond, t)
-      fused = fusion.fused_eps(net, params, x_t[..., 0], cond, eps, t, f.residual_scale)
+      eps, features = self.member_eps(frozen, x_t, cond, t)
+      fused = fusion.fused_eps(net, params, x_t[..., 0], cond, eps, t, f.residual_scale,
+                               features)
       mean = sum(eps) / len(eps)
       return (jnp.mean(jnp.square(fused - noise[..., 0])),
               jnp.mean(jnp.square(mean - noise[..., 0])))
@@ -149,11 +158,17 @@ class FusionTask:
     return jax.jit(evaluate)
 
 
-def create_model(config, rngs, dtype):
-  """The fusion U-Net for `config` (its channels follow from `data` and `fusion.members`)."""
+def uses_features(config):
+  return config.fusion.get("variant", "eps") == "features"
+
+
+def create_model(config, rngs, dtype, members):
+  """The fusion U-Net for `config` over `members` (its channels follow from `data`, the
+  number of members and, for the feature variant, their feature widths)."""
+  feature_channels = sum(m.feature_channels for m in members) if uses_features(config) else 0
   return fusion.create_fusion_model(
       config.model, num_cond_channels=len(volume_cases.channel_names(config.data)),
-      num_models=len(config.fusion.members), rngs=rngs, dtype=dtype)
+      num_models=len(members), rngs=rngs, dtype=dtype, feature_channels=feature_channels)
 
 
 def load_fusion(workdir, members, data, mesh):
@@ -168,7 +183,8 @@ def load_fusion(workdir, members, data, mesh):
                        f"{volume_cases.channel_names(config.data)}, the configured data "
                        f"{volume_cases.channel_names(data)}")
 
-  return trained_models.load(workdir, mesh, check=check, create=create_model,
+  return trained_models.load(workdir, mesh, check=check,
+                             create=lambda c, rngs, dtype: create_model(c, rngs, dtype, members),
                              hint="train the fusion there first (configs/ensembler/fusion.py)")
 
 

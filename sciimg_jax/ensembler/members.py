@@ -44,9 +44,15 @@ class Member:
   def params(self):
     return self.trained.params
 
-  def eps_2d(self, params, x_t, cond, t):
+  @property
+  def feature_channels(self):
+    """Width of the model's last decoder features (`eps_2d(..., features=True)`)."""
+    return self.config.model.channels[0]
+
+  def eps_2d(self, params, x_t, cond, t, features=False):
     """epsilon (B, H, W, 1) for the ensemble's x_t (B, H, W, 1), cond (B, H, W, C) and the
-    chain's timesteps t (B,)."""
+    chain's timesteps t (B,); with `features`, (B, H, W, 1 + feature_channels): epsilon
+    and the network's last decoder features (Diff-Ensembler's feature variant)."""
     t = jnp.asarray(t, jnp.int32)
     x = x_t
     own_cond = cond[..., self.channels]
@@ -55,13 +61,17 @@ class Member:
       ours, theirs = self.shift
       x = x_t + jnp.sqrt(abar) * (cond[..., ours:ours + 1] - cond[..., theirs:theirs + 1]) / 2
     t_model = jnp.asarray(self.timesteps)[t]
-    out = self.trained.net(params, jnp.concatenate([x, own_cond], axis=-1), t_model)
+    inputs = jnp.concatenate([x, own_cond], axis=-1)
+    if features:  # positional: Network passes no keywords
+      out, feats = self.trained.net(params, inputs, t_model, None, True)
+    else:
+      out = self.trained.net(params, inputs, t_model)
     out = out.astype(jnp.float32)
     d = self.config.diffusion
-    if d.parameterization == "eps":
-      return out
-    own = schedules.schedule_from_config(d)
-    return schedules.predict_x0_eps(own, d.parameterization, x, t_model, out)[1]
+    if d.parameterization != "eps":
+      own = schedules.schedule_from_config(d)
+      out = schedules.predict_x0_eps(own, d.parameterization, x, t_model, out)[1]
+    return jnp.concatenate([out, feats], axis=-1) if features else out
 
 
 def check_member(config, data, where):
@@ -112,14 +122,15 @@ def load_members(workdirs, data, chain_config, mesh):
   return members
 
 
-def along_axis(member, params, x_t, cond, t):
+def along_axis(member, params, x_t, cond, t, features=False):
   """`member.eps_2d` on every slice along its axis of a batch of crops.
 
-  x_t (B, X, Y, Z, 1), cond (B, X, Y, Z, C), t (B,) -> eps (B, X, Y, Z, 1).
+  x_t (B, X, Y, Z, 1), cond (B, X, Y, Z, C), t (B,) -> eps (B, X, Y, Z, 1), or with
+  `features` (B, X, Y, Z, 1 + feature_channels).
   """
   a = member.axis + 1
   moved_x, moved_c = jnp.moveaxis(x_t, a, 1), jnp.moveaxis(cond, a, 1)
   b, s = moved_x.shape[:2]
   flat = lambda v: v.reshape((b * s,) + v.shape[2:])
-  eps = member.eps_2d(params, flat(moved_x), flat(moved_c), jnp.repeat(t, s))
-  return jnp.moveaxis(eps.reshape(moved_x.shape), 1, a)
+  out = member.eps_2d(params, flat(moved_x), flat(moved_c), jnp.repeat(t, s), features)
+  return jnp.moveaxis(out.reshape(moved_x.shape[:-1] + out.shape[-1:]), 1, a)

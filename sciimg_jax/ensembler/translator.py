@@ -54,8 +54,13 @@ def _combined(kind):
       return volume_denoisers.alternate(parts, translator.chain.timesteps)
     if translator.fusion is None:
       raise InputError("translate.fusion", "method 'fused' needs a trained fusion workdir")
+    f = translator.fusion.config.fusion
+    features = f.get("variant", "eps") == "features"
+    if features:
+      parts = [translator.member_denoiser(m, params, cond, features=True)
+               for m in translator.members]
     return fusion_lib.fused_denoiser(parts, translator.fusion.net, params["fusion"], cond,
-                                     residual_scale=translator.config.fusion.residual_scale)
+                                     residual_scale=f.residual_scale, with_features=features)
   return build
 
 
@@ -108,11 +113,13 @@ class VolumeTranslator:
       p["fusion"] = self.fusion.params
     return p
 
-  def member_denoiser(self, member, params, cond):
-    apply = lambda x, c, t: member.eps_2d(params[member.name], x, c, t)
-    return volume_denoisers.slicewise(apply, cond, member.axis,
-                                      chunk_size=self.config.sampling.chunk_size,
-                                      mesh=self.mesh, multiple=self.devices)
+  def member_denoiser(self, member, params, cond, features=False):
+    """`member` slice by slice over the volume: (x_t, t) -> eps (X, Y, Z), or with
+    `features` (X, Y, Z, 1 + F): epsilon and its decoder features."""
+    apply = lambda x, c, t: member.eps_2d(params[member.name], x, c, t, features)
+    return volume_denoisers.slicewise(
+        apply, cond, member.axis, chunk_size=self.config.sampling.chunk_size, mesh=self.mesh,
+        multiple=self.devices, channels=1 + member.feature_channels if features else None)
 
   def denoiser(self, method, params, cond):
     if method in METHODS:

@@ -57,7 +57,8 @@ def active_slices(mask, axis, *, dilation=1, quantum=1):
   return idx
 
 
-def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, multiple=1):
+def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, multiple=1,
+              channels=None):
   """A volume denoiser from a 2D network applied to the slices along `axis`.
 
   Args:
@@ -74,10 +75,12 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, mu
     mesh: if given, each chunk is split over the mesh's 'data' axis.
     multiple: chunk sizes are multiples of this (the mesh's device count); the
       number of slices must be one too.
+    channels: None for a network with one output channel; K when `apply_2d` gives K
+      channels (B, H, W, K) that all come back, (X, Y, Z, K).
 
   Returns:
-    denoise(x_t (X, Y, Z), t) -> eps (X, Y, Z); t is the training timestep, a
-    scalar or a vector of equal entries.
+    denoise(x_t (X, Y, Z), t) -> eps (X, Y, Z) (or (X, Y, Z, K)); t is the training
+    timestep, a scalar or a vector of equal entries.
   """
   n = cond.shape[axis]
   if slices is None:  # every slice: ceil(n / chunk_size) chunks, as equal as the devices allow
@@ -97,10 +100,12 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, mu
 
     def one_chunk(args):
       x, c = args
-      return apply_2d(constrain(x), constrain(c), t_batch)[..., 0]
+      out = apply_2d(constrain(x), constrain(c), t_batch)
+      return out[..., 0] if channels is None else out
 
     eps = jax.lax.map(one_chunk, (x_chunks, cond_chunks))
-    eps = jnp.zeros_like(moved).at[slices].set(eps.reshape((-1,) + moved.shape[1:]))
+    shape = moved.shape + (() if channels is None else (channels,))
+    eps = jnp.zeros(shape, eps.dtype).at[slices].set(eps.reshape((-1,) + shape[1:]))
     return jnp.moveaxis(eps, 0, axis)
 
   return denoise

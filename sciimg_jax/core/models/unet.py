@@ -389,8 +389,16 @@ class UNet(nnx.Module):
     self.out_norm = GroupNorm(num_groups, channels[0], silu=True, dtype=dtype)
     self.conv_out = conv(channels[0], out_channels, zero_init=True)
 
-  def __call__(self, x, t):
-    """`x` (B, *spatial, in_channels), `t` (B,) -> (B, *spatial, out_channels) float32."""
+  def __call__(self, x, t, injections=None, return_features=False):
+    """`x` (B, *spatial, in_channels), `t` (B,) -> (B, *spatial, out_channels) float32.
+
+    `injections`: optional per-level arrays added to the hidden state where each level
+    of the down path starts (level l at 1/2^l of the input size, `channels[max(l-1, 0)]`
+    wide, the width it starts with; None
+    skips a level): how Diff-Ensembler's feature variant feeds 2D features into the 3D net.
+    `return_features=True` also returns the last decoder features (B, *spatial,
+    channels[0]), before the output normalisation and convolution.
+    """
     if x.ndim != self.spatial_dims + 2:
       raise ValueError(f"expected a (B, {self.spatial_dims} spatial axes, C) input, got shape "
                        f"{x.shape}")
@@ -400,7 +408,9 @@ class UNet(nnx.Module):
 
     h = self.conv_in(x)
     skips = [h]
-    for level in self.down:
+    for index, level in enumerate(self.down):
+      if injections is not None and injections[index] is not None:
+        h = h + injections[index].astype(h.dtype)
       for block in level["blocks"]:
         h = block["res"](h, emb)
         if block["attn"] is not None:
@@ -421,5 +431,5 @@ class UNet(nnx.Module):
       if level["upsample"] is not None:
         h = level["upsample"](upsample_nearest(h))
 
-    h = self.conv_out(self.out_norm(h))
-    return h.astype(jnp.float32)
+    out = self.conv_out(self.out_norm(h)).astype(jnp.float32)
+    return (out, h.astype(jnp.float32)) if return_features else out

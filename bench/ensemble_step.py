@@ -1,0 +1,145 @@
+"""Seconds per sampling step and peak memory of Diff-Ensembler's fused sampler, against averaging.
+
+  python bench/ensemble_step.py                                    # 2 mm grid and 192x192x152
+  python bench/ensemble_step.py --shapes=48x56x48 --steps=5 --config=configs/ensembler/super_resolution.py
+
+For every volume shape, three 2D members (one per axis) and the 3D fusion network of the
+study config (`--config`, fresh parameters: the cost does not depend on training) sample a
+super-resolved volume, each row in its own process (so that its peak memory is its own):
+
+  average-jit    the whole sampler (`--steps` DDIM steps, data consistency) under one jit
+  fused-jit      the same with the fusion network at every step
+  fused-loop     a Python loop over the steps, each a call of one jitted step (the
+                 same pieces: the members' slice-wise epsilons, the fusion network, the DDIM
+                 step and the data consistency), as the released PyTorch code runs
+
+Seconds per step are of a second call (the first compiles). Peak memory is the device's
+`peak_bytes_in_use` on GPU, and the process's maximum resident set on CPU.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from sciimg_jax.core import xla_flags
+
+xla_flags.set_cpu_flags()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from ml_collections import config_flags  # noqa: E402,F401 (config files import it)
+
+from configs.ensembler import super_resolution  # noqa: E402
+from sciimg_jax.core import sharding  # noqa: E402
+from sciimg_jax.core import trained_models  # noqa: E402
+from sciimg_jax.core import volumes  # noqa: E402
+from sciimg_jax.core.diffusion import sampler  # noqa: E402
+from sciimg_jax.core.diffusion.steppers import STEPPERS  # noqa: E402
+from sciimg_jax.ensembler import consistency  # noqa: E402
+from sciimg_jax.ensembler import fusion_task  # noqa: E402
+from sciimg_jax.ensembler import members as members_lib  # noqa: E402
+from sciimg_jax.ensembler import study  # noqa: E402
+from sciimg_jax.ensembler import translator as translator_lib  # noqa: E402
+
+ROWS = ("average-jit", "fused-jit", "fused-loop")
+
+
+def build(shape, steps):
+  """A translator with three fresh members and a fresh fusion on volumes of `shape`."""
+  c = super_resolution.get_config()
+  c.data.volume_shape = shape
+  c.sampling.steps = steps
+  mesh = sharding.make_mesh()
+  members = [members_lib.make_member(trained_models.restore(study.direction_config(c, a), mesh),
+                                     c.data, c.diffusion) for a in c.study.directions]
+  fc = study.fusion_config(c, c.study.directions)
+  fusion = trained_models.restore(
+      fc, mesh, create=lambda rngs, dtype: fusion_task.create_model(fc, rngs, dtype, members))
+  return c, translator_lib.VolumeTranslator(c, members, fusion, mesh)
+
+
+def python_loop(translator, cond, key):
+  """The sampler as a Python loop over one jitted step (same denoiser, stepper, consistency)."""
+  s, chain = translator.config.sampling, translator.chain
+  post = consistency.low_pass_replacement(chain, translator.low_resolution(cond),
+                                          translator.pool[1])
+
+  @jax.jit
+  def one_step(params, cond, x, i, key):
+    t = jnp.full((x.shape[0],), chain.timesteps[i], jnp.int32)
+    eps = translator.denoiser("fused", params, cond)(x, t)
+    key_i = jax.random.fold_in(key, i)
+    x_prev = STEPPERS[s.stepper](chain, "eps", x, i, eps, key_i, eta=s.eta, clip_x0=s.clip_x0)
+    return post(x_prev, i, jax.random.fold_in(key_i, sampler.POST_STEP_STREAM))
+
+  def run(params, cond, key):
+    x = jax.random.normal(key, cond.shape[:3])
+    for i in range(chain.betas.shape[0] - 1, -1, -1):
+      x = one_step(params, cond, x, i, key)
+    return x.block_until_ready()
+  return run
+
+
+def measure(row, shape, steps):
+  c, translator = build(shape, steps)
+  rng = np.random.default_rng(0)
+  low = rng.uniform(-1, 1, tuple(n // 4 for n in shape)).astype(np.float32)
+  cond = np.concatenate([np.asarray(consistency.upsample_nearest(low, 4))[..., None],
+                         volumes.position_embedding(shape), np.ones(shape + (1,), np.float32)],
+                        axis=-1)
+  key = jax.random.key(0)
+  if row == "fused-loop":
+    run = python_loop(translator, jnp.asarray(cond), key)
+    call = lambda: run(translator.params(), jnp.asarray(cond), key)
+  else:
+    method = row.split("-")[0]
+    call = lambda: translator(method, cond, key)
+  start = time.perf_counter()
+  call()
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  call()
+  seconds = (time.perf_counter() - start) / steps
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  peak = (stats["peak_bytes_in_use"] if stats else
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+  return {"row": row, "shape": list(shape), "seconds_per_step": seconds,
+          "first_call_s": first, "peak_gib": peak / 2**30,
+          "memory": "device peak" if stats else "process max RSS", "backend": device.platform}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--shapes", default="96x112x96,192x192x152",
+                      help="volume shapes, comma-separated (96x112x96: the 2 mm embedded grid)")
+  parser.add_argument("--steps", type=int, default=3, help="DDIM steps per call")
+  parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
+  parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # 'row|shape': a child run
+  args = parser.parse_args()
+  if args.one:
+    row, shape = args.one.split("|")
+    print(json.dumps(measure(row, tuple(int(n) for n in shape.split("x")), args.steps)))
+    return
+  print("| volume | sampler | s / step | first call (s) | peak memory (GiB) |")
+  print("| --- | --- | --- | --- | --- |", flush=True)
+  for shape in args.shapes.split(","):
+    for row in args.rows.split(","):
+      out = subprocess.run([sys.executable, __file__, f"--one={row}|{shape}",
+                            f"--steps={args.steps}"], capture_output=True, text=True,
+                           env=dict(os.environ))
+      if out.returncode:
+        print(f"| {shape} | {row} | failed: {out.stderr.strip().splitlines()[-1]} | | |")
+        continue
+      r = json.loads(out.stdout.strip().splitlines()[-1])
+      print(f"| {shape} | {row} | {r['seconds_per_step']:.2f} | {r['first_call_s']:.1f} | "
+            f"{r['peak_gib']:.2f} ({r['memory']}, {r['backend']}) |", flush=True)
+
+
+if __name__ == "__main__":
+  main()

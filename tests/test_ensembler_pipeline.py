@@ -1,0 +1,153 @@
+"""Diff-Ensembler through the shared trainer and the one sampler, on tiny embedded volumes."""
+
+import csv
+import json
+
+import jax
+import nibabel as nib
+import numpy as np
+import pytest
+
+from configs.ensembler import fusion as fusion_configs
+from configs.ensembler import slice_model
+from configs.ensembler import translate as translate_configs
+from data_pipelines import brats_layout
+from sciimg_jax.core import sharding
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.ensembler import consistency
+from sciimg_jax.ensembler import fusion_task
+from sciimg_jax.ensembler import members as members_lib
+from sciimg_jax.ensembler import slice_task
+from sciimg_jax.ensembler import translate_job
+from sciimg_jax.ensembler import translator as translator_lib
+
+AXES = ("axial", "coronal")
+
+
+@pytest.fixture(scope="module")
+def member_dirs(data_cache, tmp_path_factory):
+  """Tiny super-resolution models along two axes, 4 steps each."""
+  dirs = []
+  for axis in AXES:
+    c = slice_model.get_config(f"sr+{axis}+tiny")
+    c.data.cache_dir, c.train.eval_every = str(data_cache), 0
+    dirs.append(tmp_path_factory.mktemp(f"sr_{axis}"))
+    slice_task.train_slice_model(c, dirs[-1])
+  return dirs
+
+
+def fusion_config(data_cache, member_dirs):
+  c = fusion_configs.get_config("sr+tiny")
+  c.data.cache_dir = str(data_cache)
+  c.fusion.members = tuple(str(d) for d in member_dirs)
+  c.train.num_steps, c.train.checkpoint_every, c.train.eval_every = 2, 1, 2
+  return c
+
+
+@pytest.fixture(scope="module")
+def fusion_run(data_cache, member_dirs, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("fusion")
+  state = fusion_task.train_fusion(fusion_config(data_cache, member_dirs), workdir)
+  return workdir, state
+
+
+def test_fusion_trains_only_the_3d_network_and_resumes_exactly(data_cache, member_dirs,
+                                                               fusion_run, tmp_path):
+  workdir, straight = fusion_run
+  c = fusion_config(data_cache, member_dirs)
+  fusion_task.train_fusion(c, tmp_path, stop_at_step=1)
+  resumed = fusion_task.train_fusion(c, tmp_path)
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # the trainable parameters are the 3D U-Net's alone (3D kernels), not the 2D members'
+  kernels = [p for p in jax.tree.leaves(straight.params) if np.ndim(p) >= 4]
+  assert kernels and all(np.ndim(k) == 5 for k in kernels)
+  logged = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  evals = [r for r in logged if "eval_eps_mse_fused" in r]
+  assert evals and np.isfinite(evals[-1]["eval_eps_mse_average"])
+  records = json.loads((workdir / fusion_task.MEMBERS_FILE).read_text())
+  assert [r["axis"] for r in records] == list(AXES) and records[0]["step"] == 4
+
+
+def test_a_fusion_with_other_2d_models_is_refused(data_cache, member_dirs, fusion_run):
+  workdir, _ = fusion_run
+  c = fusion_config(data_cache, member_dirs[::-1])
+  with pytest.raises(InputError, match="differs from the one the fusion was trained with in axis"):
+    fusion_task.train_fusion(c, workdir)  # resuming with the members swapped
+  mesh = sharding.make_mesh()
+  swapped = members_lib.load_members(c.fusion.members, c.data, c.diffusion, mesh)
+  with pytest.raises(InputError, match="members.json: 2D model 1"):
+    fusion_task.load_fusion(workdir, swapped, c.data, mesh)
+
+
+@pytest.fixture(scope="module")
+def translation(data_cache, member_dirs, fusion_run):
+  c = translate_configs.get_config("sr+tiny")
+  c.data.cache_dir = str(data_cache)
+  c.translate.members = tuple(str(d) for d in member_dirs)
+  c.translate.fusion = str(fusion_run[0])
+  c.translate.methods = ("cubic", "axial", "tpdm", "average", "fused")
+  c.translate.progress_bar = False
+  c.sampling.num_samples = 2
+  mesh = sharding.make_mesh()
+  members, fusion, _, _ = translate_job.load_models(c, mesh)
+  return c, translator_lib.VolumeTranslator(c, members, fusion, mesh)
+
+
+def test_super_resolution_samples_pool_to_the_low_resolution_input(translation, tmp_path):
+  config, translator = translation
+  case = translate_job.input_cases(config, tmp_path)[0]
+  from data_pipelines import volume_cases
+  from sciimg_jax.core import volumes
+  array = np.asarray(case.array)
+  cond = volume_cases.example(config.data, array, volumes.position_embedding(array.shape[:3]))
+  samples = translator("fused", cond["cond"], jax.random.key(0))
+  assert samples.shape == (2, 24, 32, 24)
+  assert np.abs(samples[0] - samples[1]).mean() > 1e-3  # two samples, one call
+  low = consistency.avg_pool(array[..., 1], 4)
+  for s in samples:
+    np.testing.assert_allclose(consistency.avg_pool(s, 4), low, atol=2e-5)
+
+
+def test_translate_job_writes_volumes_tables_and_figures(translation, tmp_path):
+  config, translator = translation
+  summary = translate_job.translate_cases(config, tmp_path, translator)
+  assert list(summary) == list(config.translate.methods)
+  for method, entry in summary.items():
+    assert entry["cases"] == 2 and set(entry) >= {"psnr", "ssim", "texture", "mmd", "seconds"}
+  rows = list(csv.DictReader((tmp_path / "cases.csv").open()))
+  assert len(rows) == 2 * 5 and all(float(r["psnr"]) > 0 for r in rows)
+  source = sorted(p for p in (tmp_path.parent).glob("**/eval/BraTS-*") if p.is_dir())
+  name = rows[0]["case"]
+  original = next(p for p in source if p.name == name)
+  ref = nib.load(brats_layout.case_file(original, "t2f"))
+  out = nib.load(tmp_path / "outputs" / "fused" / name / f"{name}-t2f.nii.gz")
+  assert out.shape == ref.shape == (50, 59, 48)
+  np.testing.assert_allclose(out.affine, ref.affine)
+  assert out.header.get_zooms() == ref.header.get_zooms()
+  assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 0
+  cubic = [r for r in rows if r["method"] == "cubic"]
+  assert all(float(r["ssim"]) > 0.3 for r in cubic)
+
+
+def test_feature_variant_trains_and_samples(data_cache, member_dirs, tmp_path):
+  """2D decoder features into the 3D encoder: through the trainer and the one sampler."""
+  c = fusion_config(data_cache, member_dirs)
+  c.fusion.variant = "features"
+  c.train.checkpoint_every = 2
+  fusion_task.train_fusion(c, tmp_path / "fusion")
+  t = translate_configs.get_config("sr+tiny")
+  t.data.cache_dir = str(data_cache)
+  t.translate.members, t.translate.fusion = c.fusion.members, str(tmp_path / "fusion")
+  mesh = sharding.make_mesh()
+  members, fusion, _, _ = translate_job.load_models(t, mesh)
+  assert type(fusion.net.module(fusion.params)).__name__ == "FeatureFusion"
+  translator = translator_lib.VolumeTranslator(t, members, fusion, mesh)
+  case = translate_job.input_cases(t, tmp_path)[0]
+  from data_pipelines import volume_cases
+  from sciimg_jax.core import volumes
+  array = np.asarray(case.array)
+  cond = volume_cases.example(t.data, array, volumes.position_embedding(array.shape[:3]))["cond"]
+  sample = translator("fused", cond, jax.random.key(1))[0]
+  np.testing.assert_allclose(consistency.avg_pool(sample, 4), consistency.avg_pool(array[..., 1], 4),
+                             atol=2e-5)
