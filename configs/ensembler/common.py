@@ -13,7 +13,6 @@ BraTS volumes (240x240x155) take `data.volume_shape=(192,192,152)`, the paper's 
 import ml_collections
 
 from configs import base
-from data_pipelines import volume_cases
 
 TASKS = {
     "sr": dict(target="t2f", conditions=("t2f:pool4",), residual=True),
@@ -40,7 +39,7 @@ def get_base_config(task="sr"):
   c.data.synthetic.num_eval = 8
   del c.data["image_size"], c.data["slices"], c.data["random_masks"]
   c.data.batch_size = 16
-  c.model.in_channels = 1 + len(c.data.conditions) + 4
+  c.model.in_channels = 1 + num_channels(c)  # x_t and the condition channels
   c.train.objective = "diffusion"
   del c.train["loss_weight_in_mask"]
 
@@ -61,8 +60,9 @@ def get_base_config(task="sr"):
 
 
 def num_channels(c):
-  """Condition channels of `c.data` (conditions, position, mask)."""
-  return len(volume_cases.channel_names(c.data))
+  """Condition channels of `c.data`: the conditions, position (3) and mask
+  (`volume_cases.channel_names`)."""
+  return len(c.data.conditions) + 4
 
 
 def variants():
@@ -109,10 +109,12 @@ def study_config(task, variant, *, regressor):
   c.study = ml_collections.ConfigDict(dict(
       directions=("axial", "coronal", "sagittal"), regressor=regressor, segmenter=True,
       fusion_model=ml_collections.ConfigDict(dict(
-          name="unet", spatial_dims=3, in_channels=0, out_channels=0, channels=(16, 32, 64),
+          name="unet", spatial_dims=3, in_channels=0, out_channels=0, channels=(8, 16, 32),
           num_res_blocks=1, attention_levels=(False, False, False), num_head_channels=16,
           num_groups=8, dropout=0.0)),
-      fusion_steps=300, fusion_batch_size=2, segmenter_steps=600))
+      fusion_steps=150, fusion_batch_size=2, segmenter_steps=600))
+  # 3D convolutions are slow on CPUs: the study's fusion trains on 24^3 crops.
+  c.fusion.crop_size = (24, 24, 24)
   tiny = dict(TINY, **{
       "study.fusion_model.channels": (8, 16), "study.fusion_model.num_groups": 4,
       "study.fusion_model.attention_levels": (False, False), "study.fusion_steps": 4,

@@ -9,7 +9,8 @@ In `workdir`, for the configured task (`configs/ensembler/<task>.py`):
   evaluation/   every method on the held-out subjects (`translate_job`): cases.csv,
                 summary.json, NIfTI outputs, figures; the table is printed
 
-Every run resumes from its checkpoints, so a stopped study starts where it stopped.
+A run that has finished is not started again; one that was stopped resumes from its
+checkpoints, so a stopped study starts where it stopped.
 The sub-runs' configs are this config with their own blocks swapped in
 (`study.fusion_model`, `study.fusion_steps`, ...).
 """
@@ -21,6 +22,7 @@ import tqdm
 
 from data_pipelines import volume_cases
 from sciimg_jax.core import atomic_files
+from sciimg_jax.core import checkpoint
 from sciimg_jax.ensembler import fusion_task
 from sciimg_jax.ensembler import slice_task
 from sciimg_jax.ensembler import translate_job
@@ -75,6 +77,26 @@ def translate_config(config, workdir, member_dirs, regressor, segmenter):
   return c
 
 
+def finished(workdir, num_steps):
+  """Whether the training run in `workdir` has a checkpoint at `num_steps` or later."""
+  if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+    return False
+  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints")
+  try:
+    return (ckpt.latest_step() or 0) >= num_steps
+  finally:
+    ckpt.close()
+
+
+def train(train_fn, config, workdir, what):
+  """Trains one run of the study, unless it has finished already."""
+  if finished(workdir, config.train.num_steps):
+    tqdm.tqdm.write(f"== {what}: finished already in {workdir}")
+    return
+  tqdm.tqdm.write(f"== {what}")
+  train_fn(config, workdir)
+
+
 def run_study(config, workdir):
   workdir = pathlib.Path(workdir)
   config = _copy(config)
@@ -84,20 +106,18 @@ def run_study(config, workdir):
   s = config.study
   member_dirs = []
   for axis in s.directions:
-    tqdm.tqdm.write(f"== 2D {axis} model")
-    slice_task.train_slice_model(direction_config(config, axis), workdir / axis)
     member_dirs.append(workdir / axis)
-  tqdm.tqdm.write("== 3D fusion")
-  fusion_task.train_fusion(fusion_config(config, member_dirs), workdir / "fusion")
-  regressor = segmenter = None
-  if s.regressor:
-    tqdm.tqdm.write("== L1 regressor baseline")
-    regressor = workdir / "regressor"
-    slice_task.train_slice_model(regressor_config(config), regressor)
-  if s.segmenter:
-    tqdm.tqdm.write("== downstream segmenter")
-    segmenter = workdir / "segmenter"
-    slice_task.train_slice_model(segmenter_config(config), segmenter)
+    train(slice_task.train_slice_model, direction_config(config, axis), member_dirs[-1],
+          f"2D {axis} model")
+  train(fusion_task.train_fusion, fusion_config(config, member_dirs), workdir / "fusion",
+        "3D fusion")
+  regressor = workdir / "regressor" if s.regressor else None
+  if regressor:
+    train(slice_task.train_slice_model, regressor_config(config), regressor, "L1 regressor")
+  segmenter = workdir / "segmenter" if s.segmenter else None
+  if segmenter:
+    train(slice_task.train_slice_model, segmenter_config(config), segmenter,
+          "downstream segmenter")
   tqdm.tqdm.write("== evaluation")
   return translate_job.translate_folder(
       translate_config(config, workdir, member_dirs, regressor, segmenter),

@@ -1,0 +1,77 @@
+"""The per-direction 2D task's objectives and checks: diffusion, L1 regression, segmentation."""
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.ensembler import slice_model
+from sciimg_jax.core import models
+from sciimg_jax.core import sharding
+from sciimg_jax.core import trained_models
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.ensembler import slice_task
+from sciimg_jax.ensembler import translator
+
+
+def fresh(config):
+  """A fresh (zero-output) network of `config` and a task stand-in for its loss."""
+  module = models.create_model(config.model, rngs=nnx.Rngs(0))
+  return module, types.SimpleNamespace(config=config, schedule=None)
+
+
+def batch(config, rng, labels=False):
+  c = len(config.data.conditions) + 4
+  target = (rng.uniform(size=(2, 8, 8, 1)) > 0.7).astype(np.float32) if labels else \
+      rng.uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
+  return {"target": jnp.asarray(target),
+          "cond": jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, c)), jnp.float32)}
+
+
+def test_regression_is_l1_and_segmentation_is_bce_plus_soft_dice():
+  rng = np.random.default_rng(0)
+  c = slice_model.get_config("t1_to_flair+regressor+tiny")
+  module, task = fresh(c)
+  b = batch(c, rng)
+  loss = OBJ(c)(task, module, b, jax.random.key(0))
+  np.testing.assert_allclose(loss, np.mean(np.abs(b["target"])), rtol=1e-6)  # output is 0
+
+  c = slice_model.get_config("sr+segmenter+tiny")
+  module, task = fresh(c)
+  b = batch(c, rng, labels=True)
+  loss = OBJ(c)(task, module, b, jax.random.key(0))
+  g = np.asarray(b["target"])
+  dice = 1 - (2 * 0.5 * g.sum() + 1) / (0.5 * g.size + g.sum() + 1)  # sigmoid(0) = 0.5
+  np.testing.assert_allclose(loss, np.log(2.0) + dice, rtol=1e-5)
+
+
+def OBJ(config):
+  return slice_task.OBJECTIVES[config.train.objective][0]
+
+
+@pytest.mark.parametrize("change,key", [
+    (lambda c: setattr(c.model, "in_channels", 4), "model.in_channels"),
+    (lambda c: setattr(c.train, "objective", "gan"), "train.objective"),
+    (lambda c: c.data.update(dict(target="mask-unhealthy", residual=False)), "data.target"),
+    (lambda c: setattr(c.data, "target", "mask-unhealthy"), "data.residual"),
+])
+def test_bad_settings_name_their_key(change, key):
+  c = slice_model.get_config("sr+tiny")
+  change(c)
+  with pytest.raises(InputError, match=key):
+    slice_task.check_config(c)
+
+
+def test_deterministic_networks_run_slice_by_slice_over_a_volume():
+  mesh = sharding.make_mesh()
+  c = slice_model.get_config("sr+segmenter+tiny")
+  seg = trained_models.restore(c, mesh)
+  cond = np.random.default_rng(1).uniform(-1, 1, (8, 8, 8, 5)).astype(np.float32)
+  np.testing.assert_array_equal(translator.slicewise_network(seg, c.data, cond, 8, mesh), 0.5)
+  r = slice_model.get_config("sr+regressor+tiny")  # residual: the image is 2 * 0 + condition
+  reg = trained_models.restore(r, mesh)
+  np.testing.assert_allclose(translator.slicewise_network(reg, r.data, cond, 8, mesh),
+                             cond[..., 0], atol=1e-6)
