@@ -415,17 +415,3 @@ def test_equivalent_timesteps_match_noise_levels_across_step_counts():
     assert np.all(np.diff(table) >= 0)                          # monotone in t
     naive = np.minimum(np.arange(1000), len(a_model) - 1)       # the chain's number as is
     assert np.abs(a_model[naive] - a_chain).max() > 10 * err.max()
-
-
-def test_denoiser_is_told_its_own_timestep_through_a_respaced_chain():
-  chain = schedules.make_schedule("linear", 1000)
-  model = schedules.make_schedule("linear", 2000, 5e-5, 0.01)
-  table = schedules.equivalent_timesteps(chain, model)
-  seen = volume_denoisers.at_own_timesteps(lambda x, t: jnp.zeros_like(x) + t[0], table)
-  walk = schedules.respace(chain, 7)
-  x = jnp.zeros((2, 3, 4))
-  for i in range(7):
-    t_chain = jnp.full((2,), walk.timesteps[i], jnp.int32)   # what the sampler passes
-    got = int(jax.jit(seen)(x, t_chain)[0, 0, 0])
-    assert got == table[int(walk.timesteps[i])]
-    assert abs(float(model.alphas_cumprod[got]) - float(walk.alphas_cumprod[i])) < 2e-3

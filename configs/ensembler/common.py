@@ -24,6 +24,7 @@ TASKS = {
 TINY = dict({k: v for k, v in base.TINY.items() if k != "data.image_size"}, **{
     "data.volume_shape": (24, 32, 24), "data.batch_size": 4,
     "fusion.crop_size": (16, 16, 16), "sampling.steps": 3, "sampling.chunk_size": 8,
+    "model.attention_levels": (False, False),  # less to compile
 })
 
 
@@ -119,7 +120,7 @@ def study_config(task, variant, *, regressor):
       "study.fusion_model.channels": (8, 16), "study.fusion_model.num_groups": 4,
       "study.fusion_model.attention_levels": (False, False), "study.fusion_steps": 4,
       "study.fusion_batch_size": 4, "study.segmenter_steps": 4, "train.num_sample_images": 4,
-      "model.channels": (8, 16), "model.attention_levels": (False, True),
+      "model.channels": (8, 16), "model.attention_levels": (False, False),
       "model.num_head_channels": 8, "model.num_groups": 4,
   })
   return base.apply_variant(c, variant, {"tiny": tiny})

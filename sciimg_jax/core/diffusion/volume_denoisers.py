@@ -111,20 +111,6 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, mu
   return denoise
 
 
-def at_own_timesteps(denoiser, timestep_table):
-  """`denoiser` told `timestep_table[t]` instead of the chain's timestep t.
-
-  `timestep_table` is `schedules.equivalent_timesteps(chain, the denoiser's training
-  schedule)`: each model is queried at the noise level it was trained for, whatever the
-  step counts of the schedules it and the chain were made with.
-  """
-  table = jnp.asarray(timestep_table, jnp.int32)
-
-  def denoise(x_t, t):
-    return denoiser(x_t, table[jnp.asarray(t, jnp.int32)])
-  return denoise
-
-
 def mean_of(eps):
   """The mean of a list of epsilon volumes (one order of operations for `average` and `fuse`)."""
   return sum(eps) / len(eps)
