@@ -151,3 +151,9 @@ def test_feature_variant_trains_and_samples(data_cache, member_dirs, tmp_path):
   sample = translator("fused", cond, jax.random.key(1))[0]
   np.testing.assert_allclose(consistency.avg_pool(sample, 4), consistency.avg_pool(array[..., 1], 4),
                              atol=2e-5)
+
+
+def test_the_study_reuses_finished_runs_only(member_dirs, tmp_path):
+  from sciimg_jax.ensembler import study
+  assert study.finished(member_dirs[0], 4) and not study.finished(member_dirs[0], 5)
+  assert not study.finished(tmp_path, 1)

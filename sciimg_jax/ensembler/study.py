@@ -45,6 +45,7 @@ def fusion_config(config, member_dirs):
   c = _copy(config)
   c.model = s.fusion_model
   c.train.num_steps = s.fusion_steps
+  c.optim.learning_rate = s.fusion_learning_rate
   c.data.batch_size = s.fusion_batch_size
   c.fusion.members = tuple(str(d) for d in member_dirs)
   return c
