@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import threading
 
 import grain
 import numpy as np
@@ -138,16 +139,28 @@ def prepare_case(case_dir, data, with_target=True):
   return np.stack(channels, axis=-1).astype(np.float32), meta
 
 
+_OPEN_LOCK = threading.Lock()
+
+
 @dataclasses.dataclass
 class PreparedCase:
-  """One prepared case: its memory-mapped array and metadata."""
+  """One prepared case: its memory-mapped array (opened once) and metadata."""
   name: str
   path: pathlib.Path
   meta: dict
+  _array: object = dataclasses.field(default=None, repr=False, compare=False)
 
   @property
   def array(self):
-    return np.load(self.path, mmap_mode="r")
+    # One np.load per case, under a lock: grain reads from threads, and CPython 3.11's
+    # parser (np.load reads the header with ast.literal_eval) is not thread-safe.
+    with _OPEN_LOCK:
+      if self._array is None:
+        self._array = np.load(self.path, mmap_mode="r")
+    return self._array
+
+  def __getstate__(self):  # grain worker processes reopen the file, not a copy of it
+    return dict(self.__dict__, _array=None)
 
   @property
   def directory(self):

@@ -134,6 +134,7 @@ def test_feature_variant_trains_and_samples(data_cache, member_dirs, tmp_path):
   """2D decoder features into the 3D encoder: through the trainer and the one sampler."""
   c = fusion_config(data_cache, member_dirs)
   c.fusion.variant = "features"
+  c.fusion.min_snr_gamma = 1.0  # and the min-SNR weighted loss
   c.train.checkpoint_every = 2
   fusion_task.train_fusion(c, tmp_path / "fusion")
   t = translate_configs.get_config("sr+tiny")

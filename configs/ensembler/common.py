@@ -50,6 +50,7 @@ def get_base_config(task="sr"):
       l1_weight=5.0, l2_weight=150.0,
       residual_scale=1.0,        # lambda of the fusion's residual
       variant="eps",             # eps | features (2D decoder features into the 3D encoder)
+      min_snr_gamma=0.0,         # > 0: min-SNR weighting of the epsilon loss (0: as released)
   ))
   c.sampling = ml_collections.ConfigDict(dict(
       steps=50, stepper="ddim", eta=0.0, spacing="uniform", clip_x0=1.0,

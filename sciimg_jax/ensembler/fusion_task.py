@@ -7,7 +7,11 @@ timestep t of the ensemble's chain (`diffusion`) and noise are drawn per crop, e
 model runs on every slice of the noisy crop along its axis (`members.along_axis`, told
 its own timestep), and the fusion network combines their epsilons
 (`fusion.fused_eps`). The loss on epsilon is `fusion.l1_weight` x L1 +
-`fusion.l2_weight` x L2 (5 and 150 in the released code).
+`fusion.l2_weight` x L2 (5 and 150 in the released code). `fusion.min_snr_gamma` > 0
+weights each crop's epsilon error by sqrt(min(SNR_t, gamma) / SNR_t) (min-SNR weighting,
+Hang et al. 2023; SNR_t = abar_t / (1 - abar_t)): at low noise the error then counts as
+the x0 error it causes, which keeps x0-parameterised 2D models, whose epsilon is
+(x_t - sqrt(abar) x0) / sqrt(1 - abar), from making a few low-noise crops dominate.
 
 Evaluation scores a fixed batch of held-out crops at fixed timesteps: the epsilon MSE of
 the fused denoiser (`eval_eps_mse_fused`) against the plain average of the same 2D
@@ -127,6 +131,11 @@ class FusionTask:
     eps, features = jax.lax.stop_gradient(self.member_eps(frozen, x_t, cond, t))
     fused = fusion.fused_eps(model, None, x_t[..., 0], cond, eps, t, f.residual_scale, features)
     err = fused - noise[..., 0]
+    gamma = f.get("min_snr_gamma", 0.0)
+    if gamma:  # min-SNR weighting: the error of x0 where the noise is low, of eps where high
+      abar = self.chain.alphas_cumprod[t]
+      snr = abar / (1.0 - abar)
+      err = err * jnp.sqrt(jnp.minimum(snr, gamma) / snr).reshape((-1,) + (1,) * (err.ndim - 1))
     l1, l2 = jnp.mean(jnp.abs(err)), jnp.mean(jnp.square(err))
     return f.l1_weight * l1 + f.l2_weight * l2, {"l1": l1, "l2": l2}
 

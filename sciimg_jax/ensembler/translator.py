@@ -173,14 +173,18 @@ class VolumeTranslator:
 
 
 def cubic_upsampling(data, cond):
-  """The low-resolution condition upsampled by cubic splines (order 3), [-1, 1] target image."""
+  """The low-resolution condition upsampled by cubic splines (order 3, block-aligned), [-1, 1]
+  target image."""
   pool = pooled_condition(data)
   if pool is None:
     raise InputError("translate.methods", "'cubic' needs a pooled condition of the target "
                      f"(e.g. '{data.target}:pool4'); data.conditions are {tuple(data.conditions)}")
   i, f = pool
   low = np.asarray(consistency.avg_pool(jnp.asarray(cond[..., i]), f))
-  return ndi.zoom(low, f, order=3, mode="nearest").astype(np.float32)
+  # grid_mode: each low-resolution value stands for its block (as the pooling made it),
+  # not for a point at the block's corner; without it the result shifts by up to 1.5 voxels
+  # (18.1 against 20.6 dB on a held-out embedded subject).
+  return ndi.zoom(low, f, order=3, mode="nearest", grid_mode=True).astype(np.float32)
 
 
 def slicewise_network(trained, data, cond, chunk_size, mesh):
