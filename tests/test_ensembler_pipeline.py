@@ -22,8 +22,6 @@ from sciimg_jax.ensembler import translate_job
 from sciimg_jax.ensembler import translator as translator_lib
 
 AXES = ("axial", "coronal")
-# One worker runs this module, so its trained models and compiled samplers are built once.
-pytestmark = pytest.mark.xdist_group("ensembler_pipeline")
 
 
 @pytest.fixture(scope="module")
