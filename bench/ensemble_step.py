@@ -32,7 +32,6 @@ xla_flags.set_cpu_flags()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from ml_collections import config_flags  # noqa: E402,F401 (config files import it)
 
 from configs.ensembler import super_resolution  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402

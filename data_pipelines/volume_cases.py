@@ -213,6 +213,13 @@ def split_example(data, array):
   return target, conditions, array[..., -1:]
 
 
+def image_of(data, x, reference):
+  """The target image of a prediction `x` in the target's space: 2 x + reference with
+  `data.residual` (the inverse of `split_example`'s (target - conditions[0]) / 2), else x.
+  `reference` is conditions[0], shaped like x."""
+  return 2.0 * x + reference if data.get("residual") else x
+
+
 def example(data, array, position):
   """The training example of a prepared slice or crop `array` and its `position` channels."""
   target, conditions, mask = split_example(data, array)

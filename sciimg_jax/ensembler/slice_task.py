@@ -107,9 +107,7 @@ def prepared_splits(config, workdir):
 
 def to_image(config, prediction, cond):
   """A prediction in the target's [-1, 1] space (undoing the residual); labels unchanged."""
-  if config.data.get("residual"):
-    return 2.0 * prediction + cond[..., :1]
-  return prediction
+  return volume_cases.image_of(config.data, prediction, cond[..., :1])
 
 
 def make_predictor(config, net, mesh):

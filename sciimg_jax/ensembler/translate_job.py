@@ -93,10 +93,8 @@ def load_models(config, mesh):
 
 
 def check_methods(config, translator, regressor):
-  known = translator.names + list(translator_lib.BASELINES)
   for m in config.translate.methods:
-    if m not in known:
-      raise InputError("translate.methods", f"unknown method {m!r}; known: {', '.join(known)}")
+    translator.check_method(m)
   if "regressor" in config.translate.methods and regressor is None:
     raise InputError("translate.regressor", "method 'regressor' needs a trained regressor workdir")
   if "fused" in config.translate.methods and translator.fusion is None:

@@ -89,7 +89,7 @@ def check_sampling(s):
 
 def to_image(data, x, cond):
   """A sample in the chain's space -> the target image in [-1, 1] (undoing the residual)."""
-  return 2.0 * x + cond[..., 0] if data.get("residual") else x
+  return volume_cases.image_of(data, x, cond[..., 0])
 
 
 class VolumeTranslator:
@@ -121,14 +121,19 @@ class VolumeTranslator:
         apply, cond, member.axis, chunk_size=self.config.sampling.chunk_size, mesh=self.mesh,
         multiple=self.devices, channels=1 + member.feature_channels if features else None)
 
+  def check_method(self, method):
+    """Stops unless `method` is a member's name, a key of METHODS or a baseline."""
+    known = self.names + list(BASELINES)
+    if method not in known:
+      raise InputError("translate.methods", f"unknown method {method!r}; known: "
+                       f"{', '.join(known)}")
+
   def denoiser(self, method, params, cond):
+    self.check_method(method)
     if method in METHODS:
       return METHODS[method](self, params, cond)
-    for m in self.members:
-      if m.name == method:
-        return self.member_denoiser(m, params, cond)
-    raise InputError("translate.methods", f"unknown method {method!r}; known: "
-                     f"{', '.join(self.names + list(BASELINES))}")
+    member = next(m for m in self.members if m.name == method)
+    return self.member_denoiser(member, params, cond)
 
   def low_resolution(self, cond):
     """The data-consistency target in the chain's space, (X/f, Y/f, Z/f)."""
@@ -157,8 +162,8 @@ class VolumeTranslator:
     """Compiles `method` for volumes shaped like `cond` (ahead of the call, so that timing a
     call measures sampling, not compilation)."""
     if method not in self.names:
-      raise InputError("translate.methods", f"unknown method {method!r}; known: "
-                       f"{', '.join(self.names + list(BASELINES))}")
+      self.check_method(method)  # a baseline is not compiled: the message names them all
+      raise InputError("translate.methods", f"{method!r} is a baseline, not a sampler")
     if method not in self._runs:
       run = lambda params, cond, keys: jax.vmap(
           lambda k: self._sample(method, params, cond, k), axis_name=SAMPLES_AXIS)(keys)
@@ -205,6 +210,4 @@ def slicewise_network(trained, data, cond, chunk_size, mesh):
                                        chunk_size=chunk_size, mesh=mesh,
                                        multiple=mesh.devices.size)
   out = np.asarray(jax.jit(denoise)(jnp.zeros(cond.shape[:3]), jnp.zeros((), jnp.int32)))
-  if config.train.objective == "regression" and config.data.get("residual"):
-    out = 2.0 * out + np.asarray(own[..., 0])
-  return out
+  return volume_cases.image_of(config.data, out, np.asarray(own[..., 0]))
