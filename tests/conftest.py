@@ -32,6 +32,20 @@ import pytest  # noqa: E402
 from configs import base  # noqa: E402
 
 
+# The longest modules, longest first. With `--dist loadfile` (pyproject.toml) a worker takes
+# the next module when it is free, so starting with the long ones balances the two workers
+# (longest-processing-time-first). test_main and test_volume_sampler both train
+# `slice_model_dirs`; apart in the list, the second reads the first's compiled programs from
+# the compilation cache instead of compiling them at the same time on the other worker.
+LONGEST_MODULES = ("test_ensembler_pipeline", "test_main", "test_trainer", "test_volume_sampler",
+                   "test_notebook", "test_ir_classifier", "test_unet")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+  items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: file order after
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory):
   """One folder for the embedded data and TFDS slices, shared by the tests of a worker."""

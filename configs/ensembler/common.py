@@ -114,12 +114,16 @@ def study_config(task, variant, *, regressor):
           name="unet", spatial_dims=3, in_channels=0, out_channels=0, channels=(8, 16, 32),
           num_res_blocks=1, attention_levels=(False, False, False), num_head_channels=16,
           num_groups=8, dropout=0.0)),
-      fusion_steps=150, fusion_batch_size=2, segmenter_steps=600,
-      # The 2D models' 1e-3 made the fusion diverge within 100 steps (its epsilon error
-      # went from 0.005 to 1.7); it starts at the average and needs small steps.
-      fusion_learning_rate=1e-4))
+      fusion_steps=300, fusion_batch_size=2, segmenter_steps=600,
+      # With the unweighted epsilon loss the 2D models' 1e-3 made the fusion diverge within
+      # 100 steps (its epsilon error went from 0.005 to 1.7), and 1e-4 for 150 steps left
+      # it at the average (SR) or below it (T1 -> FLAIR); see the README's study.
+      fusion_learning_rate=3e-4))
   # 3D convolutions are slow on CPUs: the study's fusion trains on 24^3 crops.
   c.fusion.crop_size = (24, 24, 24)
+  # The 2D models predict x0: min-SNR weighting keeps the few low-noise crops, where their
+  # epsilon errors are up to 100x their x0 errors, from dominating the fusion's loss.
+  c.fusion.min_snr_gamma = 1.0
   tiny = dict(TINY, **{
       "study.fusion_model.channels": (8, 16), "study.fusion_model.num_groups": 4,
       "study.fusion_model.attention_levels": (False, False), "study.fusion_steps": 4,

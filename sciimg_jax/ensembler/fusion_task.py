@@ -13,9 +13,12 @@ Hang et al. 2023; SNR_t = abar_t / (1 - abar_t)): at low noise the error then co
 the x0 error it causes, which keeps x0-parameterised 2D models, whose epsilon is
 (x_t - sqrt(abar) x0) / sqrt(1 - abar), from making a few low-noise crops dominate.
 
-Evaluation scores a fixed batch of held-out crops at fixed timesteps: the epsilon MSE of
-the fused denoiser (`eval_eps_mse_fused`) against the plain average of the same 2D
-models (`eval_eps_mse_average`): the fusion earns its keep when the first is lower.
+Evaluation scores fixed held-out crops, one at each timestep the sampler visits
+(`sampling.steps`, `sampling.spacing`), for the fused denoiser against the plain average
+of the same 2D models: the epsilon MSE (`eval_eps_mse_fused`, `eval_eps_mse_average`) and
+the MSE of the x0 it implies, clipped to [-1, 1] as the sampler does (`eval_x0_mse_*`).
+The second is what a sample sees; the first is dominated by the lowest-noise crop when
+the 2D models predict x0. The fusion earns its keep when its errors are the lower.
 
 `members.json` in the workdir records which 2D models (workdir, axis, checkpoint step,
 config) the fusion was trained on; resuming with others, or sampling the fusion with
@@ -44,7 +47,6 @@ from sciimg_jax.ensembler import members as members_lib
 from sciimg_jax.ensembler import slice_task
 
 MEMBERS_FILE = "members.json"
-EVAL_CROPS = 4
 
 
 def signature(member):
@@ -142,27 +144,33 @@ class FusionTask:
   def evaluate(self, net, params, frozen, step, key, workdir):
     if self._eval is None:
       self._eval = self._make_eval(net)
-    fused, average = self._eval(params, frozen, *self._eval_batch)
-    return {"eval_eps_mse_fused": float(fused), "eval_eps_mse_average": float(average)}
+    errors = self._eval(params, frozen, *self._eval_batch)
+    return {f"eval_{what}_mse_{name}": float(errors[what][name])
+            for what in ("eps", "x0") for name in ("fused", "average")}
 
   def _make_eval(self, net):
+    s = self.config.sampling
+    t = np.asarray(schedules.respace(self.chain, s.steps, s.spacing).timesteps)
     source, rng = self.sources["eval"], np.random.default_rng(self.config.seed)
-    items = [self.crop.random_map(source[i % len(source)], rng) for i in range(EVAL_CROPS)]
+    items = [self.crop.random_map(source[i % len(source)], rng) for i in range(len(t))]
     x0 = np.stack([e["target"] for e in items])
     cond = np.stack([e["cond"] for e in items])
-    t = np.linspace(0, self.chain.betas.shape[0] - 1, EVAL_CROPS).round().astype(np.int32)
     noise = rng.standard_normal(x0.shape).astype(np.float32)
-    self._eval_batch = (x0, cond, t, noise)
+    self._eval_batch = (x0, cond, t.astype(np.int32), noise)
     f = self.config.fusion
 
     def evaluate(params, frozen, x0, cond, t, noise):
       x_t = schedules.q_sample(self.chain, x0, t, noise)
       eps, features = self.member_eps(frozen, x_t, cond, t)
-      fused = fusion.fused_eps(net, params, x_t[..., 0], cond, eps, t, f.residual_scale,
-                               features)
-      mean = sum(eps) / len(eps)
-      return (jnp.mean(jnp.square(fused - noise[..., 0])),
-              jnp.mean(jnp.square(mean - noise[..., 0])))
+      out = {"fused": fusion.fused_eps(net, params, x_t[..., 0], cond, eps, t,
+                                       f.residual_scale, features),
+             "average": sum(eps) / len(eps)}
+      errors = {"eps": {}, "x0": {}}
+      for name, e in out.items():
+        x0_hat, _ = schedules.predict_x0_eps(self.chain, "eps", x_t[..., 0], t, e)
+        errors["eps"][name] = jnp.mean(jnp.square(e - noise[..., 0]))
+        errors["x0"][name] = jnp.mean(jnp.square(jnp.clip(x0_hat, -1, 1) - x0[..., 0]))
+      return errors
 
     return jax.jit(evaluate)
 
