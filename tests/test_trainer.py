@@ -27,9 +27,10 @@ def _run_steps(config, task, devices, batches):
   mesh = sharding.make_mesh(devices)
   net, state, tx, lr = trainer.create_train_state(task, config, mesh)
   # Move away from the zero-initialised convolutions so every layer (and dropout) matters.
+  # (numpy draws: a jax draw would compile once for every parameter shape)
   leaves, treedef = jax.tree.flatten(state.params)
-  keys = jax.random.split(jax.random.key(42), len(leaves))
-  leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  rng = np.random.default_rng(42)
+  leaves = [np.asarray(x) + 0.05 * rng.standard_normal(x.shape, np.float32) for x in leaves]
   state = state.replace(params=jax.device_put(jax.tree.unflatten(treedef, leaves),
                                               sharding.replicated(mesh)))
   init = _params(state)
