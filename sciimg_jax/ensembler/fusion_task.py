@@ -16,8 +16,8 @@ the x0 error it causes, which keeps x0-parameterised 2D models, whose epsilon is
 Evaluation scores fixed held-out crops, one at each timestep the sampler visits
 (`sampling.steps`, `sampling.spacing`), for the fused denoiser against the plain average
 of the same 2D models: the epsilon MSE (`eval_eps_mse_fused`, `eval_eps_mse_average`) and
-the MSE of the x0 it implies, clipped to [-1, 1] as the sampler does (`eval_x0_mse_*`).
-The second is what a sample sees; the first is dominated by the lowest-noise crop when
+the MSE of the x0 it implies, clipped as the sampler does (`sampling.clip_x0`;
+`eval_x0_mse_*`). The second is what a sample sees; the first is dominated by the lowest-noise crop when
 the 2D models predict x0. The fusion earns its keep when its errors are the lower.
 
 `members.json` in the workdir records which 2D models (workdir, axis, checkpoint step,
@@ -156,8 +156,8 @@ class FusionTask:
     x0 = np.stack([e["target"] for e in items])
     cond = np.stack([e["cond"] for e in items])
     noise = rng.standard_normal(x0.shape).astype(np.float32)
-    self._eval_batch = (x0, cond, t.astype(np.int32), noise)
-    f = self.config.fusion
+    self._eval_batch = (x0, cond, t, noise)
+    f, clip = self.config.fusion, s.clip_x0 or None
 
     def evaluate(params, frozen, x0, cond, t, noise):
       x_t = schedules.q_sample(self.chain, x0, t, noise)
@@ -169,7 +169,9 @@ class FusionTask:
       for name, e in out.items():
         x0_hat, _ = schedules.predict_x0_eps(self.chain, "eps", x_t[..., 0], t, e)
         errors["eps"][name] = jnp.mean(jnp.square(e - noise[..., 0]))
-        errors["x0"][name] = jnp.mean(jnp.square(jnp.clip(x0_hat, -1, 1) - x0[..., 0]))
+        if clip:
+          x0_hat = jnp.clip(x0_hat, -clip, clip)
+        errors["x0"][name] = jnp.mean(jnp.square(x0_hat - x0[..., 0]))
       return errors
 
     return jax.jit(evaluate)
