@@ -17,8 +17,9 @@ Evaluation scores fixed held-out crops, one at each timestep the sampler visits
 (`sampling.steps`, `sampling.spacing`), for the fused denoiser against the plain average
 of the same 2D models: the epsilon MSE (`eval_eps_mse_fused`, `eval_eps_mse_average`) and
 the MSE of the x0 it implies, clipped as the sampler does (`sampling.clip_x0`;
-`eval_x0_mse_*`). The second is what a sample sees; the first is dominated by the lowest-noise crop when
-the 2D models predict x0. The fusion earns its keep when its errors are the lower.
+`eval_x0_mse_*`). The second is what a sample sees; the first is dominated by the
+lowest-noise crop when the 2D models predict x0. The fusion earns its keep when its
+errors are the lower.
 
 `members.json` in the workdir records which 2D models (workdir, axis, checkpoint step,
 config) the fusion was trained on; resuming with others, or sampling the fusion with
