@@ -8,7 +8,7 @@ resolution, normalised and padded to multiples of 16 as the inpainting job does.
 networks are the quickstart's slice models (configs/quickstart.py), randomly initialised:
 timing does not depend on the weights. Each method runs once to compile and is then timed
 (`seconds`); the first call's time is printed beside (`compile+1st`). Then
-`hierarchical/none` with `pipeline.num_samples = N` (one jitted call, the sampler vmapped
+`hierarchical/none` with `sampling.num_samples = N` (one jitted call, the sampler vmapped
 over N keys) against N separate one-sample calls.
 """
 
@@ -29,7 +29,7 @@ from sciimg_jax.core import intensity  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402
 from sciimg_jax.core import volumes  # noqa: E402
 from sciimg_jax.inpainting import inpaint_job  # noqa: E402
-from sciimg_jax.inpainting import slice_models  # noqa: E402
+from sciimg_jax.inpainting import volume_inpainter  # noqa: E402
 
 METHODS = ("biharmonic/none", "harmonic/none", "axial/none", "coronal/none", "tpdm/none",
            "average/none", "hierarchical/none", "hierarchical/fixed", "hierarchical/adaptive")
@@ -51,7 +51,7 @@ def models_for(shape, mesh):
   for name, size in (("axial", shape[:2]), ("coronal", (shape[0], shape[2]))):
     c = quickstart.slice_model(name)
     c.data.image_size = size
-    out[name] = slice_models.slice_model(c, name, mesh)
+    out[name] = volume_inpainter.fresh_slice_model(c, name, mesh)
   return out
 
 
@@ -73,7 +73,7 @@ def main():
   args = parser.parse_args()
   mesh = sharding.make_mesh()
   base = quickstart.get_config()
-  base.pipeline.stage1.steps = base.pipeline.stage2.steps = args.steps
+  base.sampling.steps = args.steps
   key = jax.random.key(0)
   print(f"JAX {jax.__version__} on {jax.device_count()} {jax.devices()[0].device_kind}; "
         f"{args.steps} steps per stage, max_loops {base.pipeline.resampling.max_loops}")
@@ -86,7 +86,7 @@ def main():
     def inpainter(method, num_samples=1):
       c = ml_collections.ConfigDict(base.to_dict())
       c.pipeline.method, c.pipeline.resampling.mode = method.split("/")
-      c.pipeline.num_samples = num_samples
+      c.sampling.num_samples = num_samples
       return inpaint_job.build_inpainter(c, models, mesh)
 
     for method in args.methods.split(","):

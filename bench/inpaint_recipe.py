@@ -29,7 +29,7 @@ from configs import quickstart  # noqa: E402
 from data_pipelines import input_pipeline  # noqa: E402
 from data_pipelines import sources as data_sources  # noqa: E402
 from skimage.restoration import inpaint_biharmonic  # noqa: E402
-from sciimg_jax.inpainting import slice_task  # noqa: E402
+from sciimg_jax.inpainting import slice_inputs  # noqa: E402
 
 # Each change is a dict of dotted config keys of a slice-model training config.
 CHANGES = {
@@ -56,7 +56,7 @@ def variant_config(variant, steps, cache_dir, num_images):
   for name in variant.split("+"):
     base.set_keys(c, CHANGES[name])
   c.data.cache_dir = str(cache_dir)
-  c.diffusion.sample_steps = 25  # the evaluation sampler of the README's curves
+  c.sampling.steps = 25  # the evaluation sampler of the curves in docs/inpainting.md
   c.train.num_steps = steps
   c.train.eval_every = max(steps // 4, 1)
   c.train.checkpoint_every = steps
@@ -78,7 +78,7 @@ def main():
     c = variant_config(variant, args.steps, workdir / "cache", args.num_images)
     run = workdir / f"{variant}-{args.steps}"
     start = time.time()
-    slice_task.train_slice_model(c, run)
+    slice_inputs.train_slice_model(c, run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     curves[variant] = {r["step"]: r["sample_mse_in_mask"] for r in rows
                        if "sample_mse_in_mask" in r}
@@ -95,8 +95,8 @@ def biharmonic_reference(config):
   """The same error for `skimage.restoration.inpaint_biharmonic` on the same held-out slices."""
   splits = data_sources.source_dirs(config.data, config.data.cache_dir)
   source = input_pipeline.slice_sources(config.data, splits, config.data.cache_dir)["eval"]
-  batch = input_pipeline.make_batch(config.data, source, slice_task.sample_indices(config, source))
-  voided, mask = slice_task.known_and_mask(config.data.conditions, batch["cond"])
+  batch = input_pipeline.make_batch(config.data, source, slice_inputs.sample_indices(config, source))
+  voided, mask = slice_inputs.known_and_mask(config.data.conditions, batch["cond"])
   err = total = 0.0
   for v, m, t in zip(voided[..., 0], mask[..., 0], batch["target"][..., 0]):
     fill = inpaint_biharmonic(np.where(m > 0, 0.0, v), m > 0)

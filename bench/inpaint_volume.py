@@ -47,8 +47,7 @@ from sciimg_jax.core.diffusion import schedules
 from sciimg_jax.core.diffusion import steppers
 from sciimg_jax.core.diffusion import volume_denoisers
 from sciimg_jax.inpainting import known_region
-from sciimg_jax.inpainting import slice_models
-from sciimg_jax.inpainting import volume_sampler
+from sciimg_jax.inpainting import volume_inpainter
 
 
 def reference_model(axis, image_size):
@@ -83,12 +82,12 @@ def step_and_replace(schedule, x, i, model_out, key, known, mask, *, stepper, pa
 
 def python_loop(inp, voided, mask, key):
   """Stage by stage, step by step, chunk by chunk from Python, as the PyTorch originals do."""
-  p = inp.config.pipeline
+  p, chunk_size = inp.config.pipeline, inp.config.sampling.chunk_size
   known, mask_d = jnp.asarray(voided), jnp.asarray(mask)
   x = None
   for n, (stage, schedule, start) in enumerate(zip(inp.stages, inp.schedules, inp.starts)):
     model = inp.models[stage.denoiser]
-    apply = jax.jit(model.apply)
+    apply = jax.jit(lambda params, x, c, t, m=model: m.output(params, x, c, t))
     idx = volume_denoisers.active_slices(mask, model.axis, dilation=p.mask_dilation)
     cond = np.moveaxis(np.stack([voided, mask], -1), model.axis, 0)
     noise = jax.random.normal(jax.random.fold_in(key, n), voided.shape)
@@ -97,16 +96,16 @@ def python_loop(inp, voided, mask, key):
     for i in range(start, -1, -1):
       moved = np.moveaxis(np.asarray(x), model.axis, 0)
       eps = np.zeros_like(moved)
-      t = jnp.full((p.chunk_size,), schedule.timesteps[i], jnp.int32)
-      for c0 in range(0, len(idx), p.chunk_size):
-        chunk = idx[c0:c0 + p.chunk_size]
-        pad = p.chunk_size - len(chunk)
+      t = jnp.full((chunk_size,), schedule.timesteps[i], jnp.int32)
+      for c0 in range(0, len(idx), chunk_size):
+        chunk = idx[c0:c0 + chunk_size]
+        pad = chunk_size - len(chunk)
         chunk_p = np.concatenate([chunk, np.full(pad, chunk[-1])])
         out = apply(model.params, moved[chunk_p][..., None], cond[chunk_p], t)
         eps[chunk] = np.asarray(out)[:len(chunk), ..., 0]
       eps = jnp.asarray(np.moveaxis(eps, 0, model.axis))
-      x = step_and_replace(schedule, x, i, eps, key, known, mask_d, stepper=stage.stepper,
-                           parameterization=inp.parameterization, eta=stage.eta)
+      x = step_and_replace(schedule, x, i, eps, key, known, mask_d, stepper=stage.walk.stepper,
+                           parameterization=inp.parameterization, eta=stage.walk.eta)
   return np.asarray(x)
 
 
@@ -168,7 +167,7 @@ def run_peer(args, hier, voided, mask):
     model = hier.models[stage.denoiser]
     slices = volume_denoisers.active_slices(mask, model.axis,
                                             dilation=hier.config.pipeline.mask_dilation)
-    stages.append(dict(axis=model.axis, steps=stage.steps,
+    stages.append(dict(axis=model.axis, steps=stage.walk.steps,
                        start_t=int(np.asarray(schedule.timesteps)[start]),
                        slices=[int(k) for k in slices]))
   with tempfile.TemporaryDirectory() as tmp:
@@ -203,8 +202,9 @@ def main():
   padded = tuple(-(-n // 16) * 16 for n in shape)
   voided, mask = make_case(padded, args.scale)
   mesh = sharding.make_mesh()
-  models = {"axial": slice_models.slice_model(reference_model("axial", padded[:2]), "axial", mesh),
-            "coronal": slice_models.slice_model(
+  models = {"axial": volume_inpainter.fresh_slice_model(reference_model("axial", padded[:2]),
+                                                       "axial", mesh),
+            "coronal": volume_inpainter.fresh_slice_model(
                 reference_model("coronal", (padded[0], padded[2])), "coronal", mesh)}
   print(f"JAX {jax.__version__} on {jax.device_count()} {jax.devices()[0].device_kind}; volume "
         f"{shape} padded to {padded}; mask {int(mask.sum())} voxels; {args.steps} steps per stage, "
@@ -214,11 +214,11 @@ def main():
 
   def inpainter(method, restrict):
     c = inpaint.get_config()
-    c.pipeline.update(dict(method=method, slice_restriction=restrict, chunk_size=args.chunk_size))
+    c.pipeline.update(dict(method=method, slice_restriction=restrict))
     c.pipeline.resampling.mode = "none"
-    c.pipeline.stage1.steps = c.pipeline.stage2.steps = args.steps
-    c.pipeline.stage2.t0 = args.t0
-    return volume_sampler.VolumeInpainter(c, models=models, mesh=mesh)
+    c.sampling.update(dict(steps=args.steps, chunk_size=args.chunk_size))
+    c.sampling.stage2.t0 = args.t0
+    return volume_inpainter.VolumeInpainter(c, models=models, mesh=mesh)
 
   key = jax.random.key(0)
   runs = {"jit": True, "jit-all": False}

@@ -1,6 +1,6 @@
 """Over-fitting check of a trained slice model: its denoising error on training and held-out slices.
 
-  python bench/slice_model_fit.py --workdir=runs/quality/axial --name=axial
+  python bench/slice_model_fit.py --workdir=runs/inpaint_study/axial --name=axial
 
 For 64 training and 64 held-out slices that meet their subject's own mask, at fixed noise
 levels t (same noise for both sets), prints the error inside the mask of the model's x0
@@ -20,10 +20,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from data_pipelines import input_pipeline  # noqa: E402
 from data_pipelines import sources as data_sources  # noqa: E402
+from sciimg_jax.core import reports  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402
 from sciimg_jax.core.diffusion import schedules  # noqa: E402
-from sciimg_jax.inpainting import slice_models  # noqa: E402
-from sciimg_jax.inpainting import slice_task  # noqa: E402
+from sciimg_jax.inpainting import slice_inputs  # noqa: E402
+from sciimg_jax.inpainting import volume_inpainter  # noqa: E402
 
 NOISE_LEVELS = (25, 100, 250, 500, 750, 950)
 
@@ -34,18 +35,20 @@ def main():
   parser.add_argument("--name", default="axial", choices=["axial", "coronal"])
   parser.add_argument("--num_slices", type=int, default=64)
   args = parser.parse_args()
-  model = slice_models.load_slice_model(args.workdir, args.name, sharding.make_mesh())
+  model = volume_inpainter.load_slice_model(args.workdir, args.name, sharding.make_mesh())
   c = model.config
   sources = input_pipeline.slice_sources(c.data, data_sources.source_dirs(c.data, args.workdir),
-                                         c.data.cache_dir or f"{args.workdir}/data")
+                                         reports.cache_dir(c.data, args.workdir))
   schedule = schedules.schedule_from_config(c.diffusion)
   m = list(c.data.conditions).index("mask")
-  apply = jax.jit(model.apply)
+  # the batch's channels are the run's data.conditions: call the network on them directly
+  apply = jax.jit(lambda p, x, cond, t: model.trained.net(
+      p, jnp.concatenate([x, cond], -1), t).astype(jnp.float32))
   print(f"{args.workdir} ({c.diffusion.parameterization}): in-mask x0 error at t = "
         + ", ".join(map(str, NOISE_LEVELS)))
   for split in ("train", "eval"):
     batch = input_pipeline.make_batch(
-        c.data, sources[split], slice_task.sample_indices(c, sources[split], args.num_slices))
+        c.data, sources[split], slice_inputs.sample_indices(c, sources[split], args.num_slices))
     x0, cond = jnp.asarray(batch["target"]), jnp.asarray(batch["cond"])
     mask = cond[..., m:m + 1]
     errors = []

@@ -1,6 +1,6 @@
 """Sampling settings of a trained slice model: steps, stepper and x0 clipping, one change at a time.
 
-  python bench/slice_sampling.py --workdir=runs/quality/axial --name=axial
+  python bench/slice_sampling.py --workdir=runs/inpaint_study/axial --name=axial
 
 Inpaints the same held-out slices that meet their subject's mask (the training evaluation's
 sampler: known-region replacement at every step, EMA parameters of the latest checkpoint)
@@ -20,21 +20,23 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from data_pipelines import input_pipeline  # noqa: E402
 from data_pipelines import sources as data_sources  # noqa: E402
+from sciimg_jax.core import reports  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402
-from sciimg_jax.inpainting import slice_models  # noqa: E402
-from sciimg_jax.inpainting import slice_task  # noqa: E402
+from sciimg_jax.core import slice_task  # noqa: E402
+from sciimg_jax.inpainting import slice_inputs  # noqa: E402
+from sciimg_jax.inpainting import volume_inpainter  # noqa: E402
 
-# name: dotted diffusion keys changed from the model's own training config.
+# name: `sampling` keys changed from the model's own training config.
 SETTINGS = {
-    "ddim 25": {"sample_steps": 25},
-    "ddim 5": {"sample_steps": 5},
-    "ddim 10": {"sample_steps": 10},
-    "ddim 50": {"sample_steps": 50},
-    "ddim 100": {"sample_steps": 100},
-    "ddim 10 no-clip": {"sample_steps": 10, "clip_x0": 0.0},
-    "ddim 25 no-clip": {"sample_steps": 25, "clip_x0": 0.0},
-    "ddpm 10": {"sample_steps": 10, "stepper": "ddpm"},
-    "ddpm 25": {"sample_steps": 25, "stepper": "ddpm"},
+    "ddim 25": {"steps": 25},
+    "ddim 5": {"steps": 5},
+    "ddim 10": {"steps": 10},
+    "ddim 50": {"steps": 50},
+    "ddim 100": {"steps": 100},
+    "ddim 10 no-clip": {"steps": 10, "clip_x0": 0.0},
+    "ddim 25 no-clip": {"steps": 25, "clip_x0": 0.0},
+    "ddpm 10": {"steps": 10, "stepper": "ddpm"},
+    "ddpm 25": {"steps": 25, "stepper": "ddpm"},
 }
 
 
@@ -47,15 +49,14 @@ def main():
   parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names")
   args = parser.parse_args()
   mesh = sharding.make_mesh()
-  model = slice_models.load_slice_model(args.workdir, args.name, mesh)
+  model = volume_inpainter.load_slice_model(args.workdir, args.name, mesh)
   c = model.config
   sources = input_pipeline.slice_sources(c.data, data_sources.source_dirs(c.data, args.workdir),
-                                         c.data.cache_dir or f"{args.workdir}/data")
+                                         reports.cache_dir(c.data, args.workdir))
   batch = input_pipeline.make_batch(c.data, sources["eval"],
-                                    slice_task.sample_indices(c, sources["eval"], args.num_slices))
-  _, mask = slice_task.known_and_mask(c.data.conditions, batch["cond"])
+                                    slice_inputs.sample_indices(c, sources["eval"], args.num_slices))
+  _, mask = slice_inputs.known_and_mask(c.data.conditions, batch["cond"])
   target = batch["target"]
-  net = lambda params, inputs, t: model.apply(params, inputs[..., :1], inputs[..., 1:], t)
 
   def error(result):
     return float((((result - target) / 2.0) ** 2 * mask).sum() / mask.sum())
@@ -65,9 +66,10 @@ def main():
   print(f"{'setting':<20}{'1 sample':>10}{f'mean of {args.samples}':>12}{'s/batch':>9}")
   for name in args.settings.split(","):
     setting = c.copy_and_resolve_references()
-    setting.diffusion.update(SETTINGS[name])
-    inpaint = slice_task.make_slice_inpainter(setting, net, mesh)
-    sharded = sharding.shard_batch(batch, mesh)
+    setting.sampling.update(SETTINGS[name])
+    inpaint = slice_task.make_predictor(setting, model.trained.net, mesh,
+                                        slice_inputs.InpaintingSlices())
+    sharded = sharding.shard_batch(batch, mesh)["cond"]
     jax.block_until_ready(inpaint(model.params, sharded, jax.random.key(0)))  # compile
     start = time.time()
     results = [np.asarray(inpaint(model.params, sharded, jax.random.key(k)))

@@ -138,7 +138,7 @@ class ReferenceTask:
 
   `create_model` builds `config.model` (the reference U-Net) with `models.create_model`;
   `loss` is `schedules.conditional_denoising_loss`, the loss of the inpainting slice task
-  (`inpainting.slice_task.SliceDiffusionTask.loss`), on batches {'target': (B, H, W, 1),
+  (`core.slice_task.SliceTask.loss` with `inpainting.slice_inputs`), on batches {'target': (B, H, W, 1),
   'cond': (B, H, W, in_channels - 1)}. No data pipeline, no evaluation.
   """
 

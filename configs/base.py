@@ -50,11 +50,10 @@ def get_base_config():
   c.diffusion.beta_start = 1e-4
   c.diffusion.beta_end = 0.02
   c.diffusion.parameterization = "eps"  # eps | x0 | v
-  c.diffusion.sample_steps = 50
-  c.diffusion.spacing = "uniform"   # uniform: 0, T/n, 2T/n, ... | linspace: round(linspace(0, T-1, n))
-  c.diffusion.stepper = "ddim"      # ddim | ddpm
-  c.diffusion.eta = 0.0
-  c.diffusion.clip_x0 = 1.0         # sampling clips predicted x0 to [-c, c]; 0 = no clipping
+
+  # How every job samples (and a training job's evaluation): see
+  # sciimg_jax/core/diffusion/sampling_config.py.
+  c.sampling = sampling_block()
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
@@ -86,12 +85,27 @@ TINY = {
     "data.image_size": (32, 32), "data.batch_size": 4,
     "model.channels": (8, 16), "model.num_res_blocks": 1, "model.attention_levels": (False, True),
     "model.num_head_channels": 8, "model.num_groups": 4,
-    "diffusion.sample_steps": 4,
+    "sampling.steps": 4,
     "optim.warmup_steps": 2,
     "train.num_steps": 4, "train.compute_dtype": "float32", "train.log_every": 2,
     "train.checkpoint_every": 2, "train.eval_every": 4, "train.num_sample_images": 4,
     "train.progress_bar": False,
 }
+
+
+def sampling_block(**overrides):
+  """The `sampling` block with its defaults (and `overrides`)."""
+  s = ml_collections.ConfigDict(dict(
+      steps=50,
+      stepper="ddim",            # ddim | ddpm
+      eta=0.0,                   # DDIM noise scale
+      spacing="uniform",         # uniform: 0, T/n, 2T/n, ... | linspace: round(linspace(0, T-1, n))
+      clip_x0=1.0,               # clip predicted x0 to [-c, c] at every step; 0 = no clipping
+      num_samples=1,             # N > 1: N samples in one jitted call; their mean is the result
+      chunk_size=32,             # most slices per 2D network call, all samples together
+  ))
+  s.update(overrides)
+  return s
 
 
 def set_keys(c, values, prefix=""):

@@ -11,7 +11,7 @@ held-out learning curve `sample_mse_in_mask`) and a PNG of inpainted held-out sl
 into its folder.
 
   python main.py --config=configs/quickstart.py --workdir=runs/quickstart
-  python main.py --config=configs/quickstart.py:quality --workdir=runs/quality  # the study
+  python main.py --config=configs/inpainting/study.py --workdir=runs/inpaint_study  # the study
 """
 
 import ml_collections
@@ -28,7 +28,7 @@ def slice_model(axis):
   c.data.axis = axis
   c.data.image_size = (64, 64)   # a 4 mm volume is 50x59x48: every slice fits
   c.data.batch_size = 8
-  # The training recipe (README, "Training recipe"): every brain slice, most with a random
+  # The training recipe (docs/inpainting.md, "Training recipe"): every brain slice, most with a random
   # lesion-shaped hole, and the unknown pixels weighted 5x in the loss.
   c.data.slices = "brain"
   c.data.random_masks.probability = 0.8
@@ -43,11 +43,11 @@ def slice_model(axis):
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 50
   c.optim.ema_decay = 0.99
-  # 10 DDIM steps: an x0 model's samples are as good as with 25 or 100 (README, "Sampling
-  # settings"), at 2.5x less time.
-  c.diffusion.sample_steps = 10
+  # 10 DDIM steps: an x0 model's samples are as good as with 25 or 100
+  # (docs/inpainting.md, "Sampling settings"), at 2.5x less time.
+  c.sampling.steps = 10
   # 250 steps: the x0 model's held-out in-mask error is lowest there, and rises after it
-  # (over-fitting 24 subjects; README, "Training recipe").
+  # (over-fitting 24 subjects; docs/inpainting.md, "Training recipe").
   c.train.num_steps = 250
   c.train.log_every = 25
   c.train.checkpoint_every = 250
@@ -62,27 +62,11 @@ TINY_SLICE_MODEL = {**base.TINY, "data.image_size": (64, 64), "model.channels": 
                     "model.attention_levels": (False, False, True), "train.eval_every": 0}
 
 
-# quickstart:quality, the study of the README: 96 training subjects (an x0 model over-fits 24
-# within 1000 steps), longer training, 8 held-out subjects, every method as one sample and
-# as the mean of 4 (the paper's comparisons first).
-QUALITY_SLICE_MODEL = {"data.synthetic.num_train": 96, "train.num_steps": 1000,
-                       "optim.warmup_steps": 100, "train.eval_every": 250,
-                       "train.checkpoint_every": 500, "train.num_sample_images": 32,
-                       "data.synthetic.num_eval": 8,
-                       "diffusion.sample_steps": 25}  # as when the README's curves were made
-STUDY = ("biharmonic/none", "harmonic/none", "biharmonic2d/none", "axial/none/mean4",
-         "hierarchical/fixed/mean4", "hierarchical/adaptive/mean4", "hierarchical/none/mean4",
-         "coronal/none/mean4", "tpdm/none/mean4", "average/none/mean4")
-
-VARIANTS = {"quality": {
-    **{f"{name}.{k}": v for name in ("axial", "coronal") for k, v in QUALITY_SLICE_MODEL.items()},
-    "compare": STUDY,
-    "pipeline.stage1.steps": 25, "pipeline.stage2.steps": 25,  # the README's study table
-}, "tiny": {
+VARIANTS = {"tiny": {
     **{f"{name}.{k}": v for name in ("axial", "coronal") for k, v in TINY_SLICE_MODEL.items()},
     # axial-only sampling is tested in test_volume_sampler
     "compare": ("hierarchical/fixed/mean2", "biharmonic/none", "harmonic/none"),
-    "pipeline.stage1.steps": 4, "pipeline.stage2.steps": 4, "pipeline.chunk_size": 8,
+    "sampling.steps": 4, "sampling.chunk_size": 8,
     "pipeline.resampling.max_loops": 1,
     "inpaint.progress_bar": False, "evaluate.progress_bar": False,
 }}
@@ -94,16 +78,17 @@ def get_config(variant=""):
   c.seed = 0
   c.axial = slice_model("axial")
   c.coronal = slice_model("coronal")
-  # Methods to compare, "method/resampling" (see sciimg_jax/inpainting/volume_sampler.py).
-  # One sample: x0 samples hardly differ, so a mean of 2 doubled the time for nothing (README).
+  # Methods to compare, "method/resampling" (see sciimg_jax/inpainting/volume_inpainter.py).
+  # One sample: x0 samples hardly differ, so a mean of 2 doubled the time for nothing
+  # (docs/inpainting.md).
   c.compare = ("hierarchical/fixed", "axial/none", "biharmonic/none", "harmonic/none")
   c.inpaint = inpaint.get_config().inpaint
   c.pipeline = inpaint.get_pipeline_config()
-  c.pipeline.stage1.steps = 10      # as good as 25 with the x0 models (README, "Sampling settings")
-  c.pipeline.stage2.steps = 10
   c.pipeline.resampling.max_loops = 2
+  c.sampling = inpaint.get_sampling_config()
+  c.sampling.steps = 10   # as good as 25 with the x0 models (as above)
   # Slices per network call (all samples together): on CPU, per-slice cost of these networks
   # grows past ~16 (bench/inpaint_methods.py); on a GPU raise it.
-  c.pipeline.chunk_size = 16
+  c.sampling.chunk_size = 16
   c.evaluate = inpaint_evaluate.get_config().evaluate
   return base.apply_variant(c, variant, VARIANTS)

@@ -11,13 +11,14 @@ import logging
 import pathlib
 
 from data_pipelines import synthetic_brats
+from sciimg_jax.core import reports
 
 
 def source_dirs(data, workdir):
   """{'train': folder, 'eval': folder} of BraTS case folders for the `data` config."""
   if not data.root:
     s = data.synthetic
-    cache = pathlib.Path(data.cache_dir or pathlib.Path(workdir) / "data")
+    cache = reports.cache_dir(data, workdir)
     out = cache / f"embedded-{s.resolution_mm}mm-seed{s.seed}"
     return synthetic_brats.generate(out, num_train=s.num_train, num_eval=s.num_eval,
                                     resolution_mm=s.resolution_mm, seed=s.seed)

@@ -5,32 +5,32 @@ This is the one module that sees every method; the core never imports it.
 
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core.errors import InputError
+from sciimg_jax.ensembler import evaluate_job as ensembler_evaluate
 from sciimg_jax.ensembler import fusion_task
-from sciimg_jax.ensembler import slice_task as ensembler_slice_task
+from sciimg_jax.ensembler import slice_inputs as ensembler_slices
 from sciimg_jax.ensembler import study as ensembler_study
-from sciimg_jax.ensembler import translate_job
 from sciimg_jax.inpainting import inpaint_job
 from sciimg_jax.inpainting import quickstart
 from sciimg_jax.inpainting import scoring_job
-from sciimg_jax.inpainting import slice_task
+from sciimg_jax.inpainting import slice_inputs as inpainting_slices
 from sciimg_jax.ir import classifier_task
-from sciimg_jax.ir import diagnose as ir_diagnose
+from sciimg_jax.ir import diagnose_job as ir_diagnose
 from sciimg_jax.ir import study as ir_study
 
 JOBS = {
-    "inpaint_train": slice_task.train_slice_model,
+    "inpaint_train": inpainting_slices.train_slice_model,
     "inpaint": inpaint_job.inpaint_folder,
     "inpaint_evaluate": scoring_job.evaluate_folder,
     "quickstart": quickstart.run_quickstart,
+    "inpaint_study": quickstart.run_quickstart,   # the quickstart's steps at the study's size
     "ir_train": classifier_task.train_classifier,
     "ir_study": ir_study.run_study,
     "ir_diagnose": ir_diagnose.run_diagnose,
-    "ensembler_train": ensembler_slice_task.train_slice_model,
+    "ensembler_train": ensembler_slices.train_slice_model,
     "ensembler_fusion": fusion_task.train_fusion,
-    "ensembler_translate": translate_job.translate_folder,
+    "ensembler_evaluate": ensembler_evaluate.evaluate_folder,
     "ensembler_study": ensembler_study.run_study,
 }
-
 
 def run(config, workdir):
   if config.job not in JOBS:

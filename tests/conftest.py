@@ -34,10 +34,10 @@ from configs import base  # noqa: E402
 
 # The longest modules, longest first. With `--dist loadfile` (pyproject.toml) a worker takes
 # the next module when it is free, so starting with the long ones balances the two workers
-# (longest-processing-time-first). test_main and test_volume_sampler both train
+# (longest-processing-time-first). test_main and test_volume_inpainter both train
 # `slice_model_dirs`; apart in the list, the second reads the first's compiled programs from
 # the compilation cache instead of compiling them at the same time on the other worker.
-LONGEST_MODULES = ("test_ensembler_pipeline", "test_main", "test_trainer", "test_volume_sampler",
+LONGEST_MODULES = ("test_ensembler_pipeline", "test_main", "test_trainer", "test_volume_inpainter",
                    "test_notebook", "test_ir_classifier", "test_unet")
 
 
@@ -68,7 +68,7 @@ def slice_model_dirs(data_cache, tmp_path_factory):
   Slices are 64x64 so that whole 4 mm volumes (50x59x48) fit: volume shape 64^3.
   """
   from configs.inpainting import axial as inpaint_axial, coronal as inpaint_coronal
-  from sciimg_jax.inpainting import slice_task
+  from sciimg_jax.inpainting import slice_inputs
   dirs = {}
   for name, module in (("axial", inpaint_axial), ("coronal", inpaint_coronal)):
     c = module.get_config("tiny")
@@ -76,5 +76,5 @@ def slice_model_dirs(data_cache, tmp_path_factory):
     c.data.image_size = (64, 64)
     c.train.eval_every = 0
     dirs[name] = tmp_path_factory.mktemp(f"{name}_model")
-    slice_task.train_slice_model(c, dirs[name])
+    slice_inputs.train_slice_model(c, dirs[name])
   return dirs

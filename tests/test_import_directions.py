@@ -18,7 +18,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # One sub-package per method; add new ones here.
 METHODS = ("sciimg_jax.inpainting", "sciimg_jax.ir", "sciimg_jax.ensembler")
 DATA_MAY_USE = ("sciimg_jax.core.errors", "sciimg_jax.core.nifti", "sciimg_jax.core.intensity",
-                "sciimg_jax.core.atomic_files", "sciimg_jax.core.volumes")
+                "sciimg_jax.core.atomic_files", "sciimg_jax.core.volumes",
+                "sciimg_jax.core.reports")
 OWN = ("sciimg_jax", "data_pipelines", "configs")
 
 
@@ -70,7 +71,7 @@ SOURCES = sorted(p for top in OWN for p in (ROOT / top).rglob("*.py"))
 
 def test_every_package_is_found():
   names = {module_name(p) for p in SOURCES}
-  assert {"sciimg_jax.core.trainer", "sciimg_jax.inpainting.volume_sampler",
+  assert {"sciimg_jax.core.trainer", "sciimg_jax.inpainting.volume_inpainter",
           "data_pipelines.brats_layout", "configs.base"} <= names
 
 
@@ -85,8 +86,8 @@ def test_imports_run_the_allowed_way(path):
 
 def test_the_rule_catches_a_wrong_arrow(tmp_path):
   probe = tmp_path / "probe.py"  # read as if it were sciimg_jax/core/probe.py
-  probe.write_text("from sciimg_jax.inpainting import volume_sampler\n"
+  probe.write_text("from sciimg_jax.inpainting import volume_inpainter\n"
                    "def f():\n  from data_pipelines import brats_layout\n")
   ok = allowed("sciimg_jax.core.probe")
   found = [name for _, name in project_imports(probe) if not within(name, ok)]
-  assert found == ["sciimg_jax.inpainting.volume_sampler", "data_pipelines.brats_layout"]
+  assert found == ["sciimg_jax.inpainting.volume_inpainter", "data_pipelines.brats_layout"]

@@ -421,20 +421,23 @@ def test_a_failed_rerun_leaves_no_stale_prediction(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,problem", [
-    ("stage1.steps", 0, "whole number >= 1"), ("stage1.stepper", "foo", "unknown stepper"),
-    ("stage2.t0", 1.5, "(0, 1]"), ("resampling.max_loops", -1, ">= 0"),
-    ("chunk_size", 0, ">= 1"), ("method", "cubic", "unknown method"),
-    ("num_samples", 0, "whole number >= 1"), ("clip_x0", -1.0, "0 = no clipping")])
+    ("sampling.steps", 0, "whole number >= 1"), ("sampling.stepper", "foo", "unknown stepper"),
+    ("sampling.stage2.steps", 0, "whole number >= 1"),
+    ("sampling.stage2.stepper", "foo", "unknown stepper"),
+    ("sampling.stage2.t0", 1.5, "(0, 1]"), ("pipeline.resampling.max_loops", -1, ">= 0"),
+    ("sampling.chunk_size", 0, ">= 1"), ("pipeline.method", "cubic", "unknown method"),
+    ("sampling.num_samples", 0, "whole number >= 1"),
+    ("sampling.clip_x0", -1.0, "0 = no clipping")])
 def test_pipeline_config_is_checked_before_any_work(key, value, problem):
-  from sciimg_jax.inpainting import volume_sampler  # noqa: PLC0415
+  from sciimg_jax.inpainting import volume_inpainter  # noqa: PLC0415
   c = inpaint.get_config("tiny")
   *path, last = key.split(".")
-  node = c.pipeline
+  node = c
   for name in path:
     node = node[name]
   node[last] = value
-  with pytest.raises(InputError, match=rf"pipeline\.{re.escape(key)}: .*{re.escape(problem)}"):
-    volume_sampler.VolumeInpainter(c)  # before any model is loaded
+  with pytest.raises(InputError, match=rf"{re.escape(key)}: .*{re.escape(problem)}"):
+    volume_inpainter.VolumeInpainter(c)  # before any model is loaded
 
 
 def test_large_field_of_view_is_normalised_from_the_brain(tmp_path):

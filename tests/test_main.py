@@ -58,8 +58,8 @@ def test_workdir_that_is_a_file(tmp_path, config):
 
 def test_bad_pipeline_value_fails_at_once(tmp_path):
   proc = run_main("--config=configs/inpainting/inpaint.py:tiny", f"--workdir={tmp_path}",
-                  f"--config.inpaint.input_dir={tmp_path}", "--config.pipeline.stage2.t0=1.5")
-  assert_one_line_error(proc, "pipeline.stage2.t0", "(0, 1]")
+                  f"--config.inpaint.input_dir={tmp_path}", "--config.sampling.stage2.t0=1.5")
+  assert_one_line_error(proc, "sampling.stage2.t0", "(0, 1]")
 
 
 def interrupt_main(args, ready):

@@ -16,7 +16,8 @@ from configs import base
 from sciimg_jax.core import sharding
 from sciimg_jax.core import trainer
 from sciimg_jax.core.errors import InputError
-from sciimg_jax.inpainting import slice_task
+from sciimg_jax.core import slice_task
+from sciimg_jax.inpainting import slice_inputs
 
 
 def _params(state):
@@ -46,7 +47,7 @@ def _run_steps(config, task, devices, batches):
 def test_four_devices_match_one_device(tiny_config, tmp_path):
   assert jax.device_count() == 4
   tiny_config.model.dropout = 0.1  # dropout keys must not depend on the device count
-  task = slice_task.SliceDiffusionTask(tiny_config, tmp_path)
+  task = slice_task.SliceTask(tiny_config, tmp_path, slice_inputs.InpaintingSlices())
   rng = np.random.default_rng(0)
   h, w = tiny_config.data.image_size
   batches = [{"target": rng.uniform(-1, 1, (4, h, w, 1)).astype(np.float32),
@@ -81,11 +82,11 @@ def test_resume_is_exact(tiny_config, tmp_path):
   tiny_config.data.slices = "brain"
   tiny_config.data.random_masks.probability = 0.8
   tiny_config.train.loss_weight_in_mask = 4.0
-  straight = slice_task.train_slice_model(tiny_config, tmp_path / "straight")
-  slice_task.train_slice_model(tiny_config, tmp_path / "resumed", stop_at_step=2)
+  straight = slice_inputs.train_slice_model(tiny_config, tmp_path / "straight")
+  slice_inputs.train_slice_model(tiny_config, tmp_path / "resumed", stop_at_step=2)
   assert (tmp_path / "resumed" / "checkpoints" / "2").is_dir()
   assert not (tmp_path / "resumed" / "checkpoints" / "4").exists()
-  resumed = slice_task.train_slice_model(tiny_config, tmp_path / "resumed")
+  resumed = slice_inputs.train_slice_model(tiny_config, tmp_path / "resumed")
   assert int(straight.step) == int(resumed.step) == 4
   for a, b in zip(_params(straight), _params(resumed)):
     np.testing.assert_array_equal(a, b)
@@ -98,7 +99,7 @@ def test_resume_is_exact(tiny_config, tmp_path):
 
 def test_run_writes_outputs(tiny_config, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path.parent)  # a relative workdir, as in the README's command
-  state = slice_task.train_slice_model(tiny_config, tmp_path.name)
+  state = slice_inputs.train_slice_model(tiny_config, tmp_path.name)
   assert int(state.step) == tiny_config.train.num_steps
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "loss" in r] == [2, 4]
@@ -114,32 +115,32 @@ def test_nan_loss_stops_with_message(tiny_config, tmp_path):
   tiny_config.optim.learning_rate = float("nan")
   tiny_config.train.eval_every = 0
   with pytest.raises(FloatingPointError, match=r"loss is nan at step 2"):
-    slice_task.train_slice_model(tiny_config, tmp_path)
+    slice_inputs.train_slice_model(tiny_config, tmp_path)
   assert not (tmp_path / "checkpoints" / "2").exists()  # nothing non-finite is checkpointed
 
 
 def test_in_channels_must_match_conditions(tiny_config, tmp_path):
   tiny_config.model.in_channels = 5
   with pytest.raises(InputError, match="model.in_channels"):
-    slice_task.train_slice_model(tiny_config, tmp_path)
+    slice_inputs.train_slice_model(tiny_config, tmp_path)
 
 
 def test_in_mask_loss_weight_is_checked(tiny_config):
   tiny_config.train.loss_weight_in_mask = 0.0
   with pytest.raises(InputError, match="train.loss_weight_in_mask: must be > 0, got 0.0"):
-    slice_task.check_config(tiny_config)
+    slice_task.check_config(tiny_config, slice_inputs.InpaintingSlices())
   tiny_config.train.loss_weight_in_mask = 5.0
   tiny_config.data.conditions = ("t1n-voided",)
   tiny_config.model.in_channels = 2
   tiny_config.train.eval_every = 0
   with pytest.raises(InputError, match="needs 'mask' among data.conditions"):
-    slice_task.check_config(tiny_config)
+    slice_task.check_config(tiny_config, slice_inputs.InpaintingSlices())
 
 
 def test_negative_clip_x0_is_refused(tiny_config):
-  tiny_config.diffusion.clip_x0 = -0.5
-  with pytest.raises(InputError, match="diffusion.clip_x0: must be >= 0"):
-    slice_task.check_config(tiny_config)
+  tiny_config.sampling.clip_x0 = -0.5
+  with pytest.raises(InputError, match="sampling.clip_x0: must be >= 0"):
+    slice_task.check_config(tiny_config, slice_inputs.InpaintingSlices())
 
 
 # --- a second task: a classifier on random data, through the same loop ----------------

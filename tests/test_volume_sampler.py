@@ -1,127 +1,128 @@
-"""The hierarchical inpainting sampler on volumes, with tiny trained models."""
-
-import dataclasses
+"""The core volume sampler over 2D slice models, and the one `sampling` config block."""
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from configs.inpainting import inpaint
-from data_pipelines import brats_layout
-from data_pipelines import sources
-from sciimg_jax.core import intensity
+from configs import base
+from sciimg_jax.core import sharding
+from sciimg_jax.core import trained_models
+from sciimg_jax.core.diffusion import sampling_config
+from sciimg_jax.core.diffusion import schedules
+from sciimg_jax.core.diffusion import slice_models
+from sciimg_jax.core.diffusion import volume_sampler
 from sciimg_jax.core.errors import InputError
-from sciimg_jax.inpainting import adaptive_resampling
-from sciimg_jax.inpainting import slice_models
-from sciimg_jax.inpainting import volume_sampler
+
+CHANNELS = ("image", "mask")
 
 
-@pytest.fixture(scope="module")
-def models(slice_model_dirs):
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-  return {name: slice_models.load_slice_model(d, name, mesh) for name, d in slice_model_dirs.items()}
+def fake_model(axis_name, scale, parameterization="eps"):
+  """A slice model whose 'network' returns scale * (x_t + its first channel)."""
+  c = base.get_base_config()
+  c.data.axis = axis_name
+  c.data.conditions = ("mask", "image")  # another order than the chain's: picked by name
+  c.diffusion.parameterization = parameterization
+
+  def net(params, inputs, t):
+    return scale * (inputs[..., :1] + inputs[..., 1:2])
+
+  return slice_models.from_trained(trained_models.Trained(c, net, params=None), CHANNELS)
 
 
-@pytest.fixture(scope="module")
-def case(data_cache, slice_model_dirs):
-  """A normalised held-out embedded case, padded to the 64^3 volume shape."""
-  from configs.inpainting import axial as inpaint_axial
-  c = inpaint_axial.get_config("tiny")
-  c.data.cache_dir = str(data_cache)
-  splits = sources.source_dirs(c.data, data_cache)
-  loaded = brats_layout.load_case(brats_layout.find_cases(splits["eval"])[0])
-  voided, mask = loaded.volumes["t1n-voided"], loaded.volumes["mask"]
-  lo, hi = intensity.percentile_range(voided)
-  pad = [(0, 64 - n) for n in voided.shape]
-  return (np.pad(intensity.normalize(voided, lo, hi), pad, constant_values=-1.0),
-          np.pad(mask, pad))
+def test_stage_overrides_take_the_blocks_values_when_unset():
+  s = base.sampling_block(steps=10, eta=0.5)
+  s.stage2 = ml_collections.ConfigDict(dict(steps=None, stepper="ddpm", eta=None))
+  sampling_config.check(s, stages=("stage2",))
+  assert sampling_config.stage(s) == sampling_config.Walk(10, "ddim", 0.5, "uniform", 1.0)
+  assert sampling_config.stage(s, "stage2") == sampling_config.Walk(10, "ddpm", 0.5, "uniform",
+                                                                    1.0)
+  assert sampling_config.stage(base.sampling_block(clip_x0=0.0)).clip is None
 
 
-def make(models, **overrides):
-  c = inpaint.get_config("tiny")
-  for key, value in overrides.items():
-    node = c.pipeline
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return volume_sampler.VolumeInpainter(c, models=models)
+@pytest.mark.parametrize("key,value,problem", [
+    ("steps", 0, "whole number >= 1"), ("stepper", "euler", "unknown stepper"),
+    ("eta", -1.0, ">= 0"), ("spacing", "cubic", "unknown spacing"),
+    ("clip_x0", -1.0, "0 = no clipping"), ("num_samples", 0, "whole number >= 1"),
+    ("chunk_size", 0, ">= 1")])
+def test_bad_sampling_values_name_their_key(key, value, problem):
+  s = base.sampling_block()
+  s[key] = value
+  with pytest.raises(InputError, match=rf"sampling\.{key}: .*{problem}"):
+    sampling_config.check(s)
 
 
-def test_volume_shape_and_known_region(models, case):
-  voided, mask = case
-  inpainter = make(models)
-  assert inpainter.volume_shape == (64, 64, 64)
-  out = inpainter(voided, mask, jax.random.key(0))
-  assert out.shape == voided.shape and np.all(np.isfinite(out))
-  np.testing.assert_array_equal(out[mask == 0], voided[mask == 0])
-  assert np.abs(out[mask > 0] - voided[mask > 0]).mean() > 0.05  # the hole was filled
+def test_a_stage_override_is_checked_under_its_own_key():
+  s = base.sampling_block()
+  s.stage2 = ml_collections.ConfigDict(dict(steps=0))
+  with pytest.raises(InputError, match=r"sampling\.stage2\.steps: must be a whole number"):
+    sampling_config.check(s, stages=("stage2",))
 
 
-def test_samples_in_one_call(models, case):
-  voided, mask = case
-  key = jax.random.key(4)
-  one = make(models, method="axial")(voided, mask, key)
-  many = make(models, method="axial", num_samples=2)(voided, mask, key)
-  assert many.shape == (2,) + voided.shape
-  np.testing.assert_allclose(many[0], one, atol=1e-5)   # sample 0 is the one-sample result
-  inside = mask > 0
-  assert np.abs(many[1][inside] - many[0][inside]).mean() > 1e-3  # the others differ
-  for sample in many:
-    np.testing.assert_array_equal(sample[~inside], voided[~inside])
+def test_slice_model_reads_its_channels_by_name_and_converts_x0_to_eps():
+  m = fake_model("axial", 0.5, parameterization="x0")
+  assert list(m.channels) == [1, 0]
+  x = jnp.full((1, 2, 2, 1), 0.3)
+  cond = jnp.stack([jnp.full((1, 2, 2), 0.2), jnp.zeros((1, 2, 2))], -1)  # image 0.2, mask 0
+  t = jnp.asarray([400])
+  raw = m.output(None, x, cond, t)
+  np.testing.assert_allclose(raw, 0.5 * (0.3 + 0.0), rtol=1e-6)   # sees the mask first
+  abar = float(schedules.schedule_from_config(m.config.diffusion).alphas_cumprod[400])
+  np.testing.assert_allclose(m.output(None, x, cond, t, to="eps"),
+                             (0.3 - np.sqrt(abar) * raw) / np.sqrt(1 - abar), rtol=1e-5)
+  np.testing.assert_array_equal(m.output(None, x, cond, t, to="x0"), raw)
 
 
-def test_slice_restriction_changes_nothing(models, case):
-  """TPDM alternates the axial and the coronal model, so this covers both axes' restriction."""
-  voided, mask = case
-  key = jax.random.key(1)
-  restricted = make(models, method="tpdm", slice_restriction=True)(voided, mask, key)
-  every = make(models, method="tpdm", slice_restriction=False)(voided, mask, key)
-  np.testing.assert_array_equal(restricted, every)
+def test_denoisers_of_every_method_and_a_registered_combinator():
+  models = [fake_model("axial", 1.0), fake_model("coronal", 3.0)]
+  seen = {}
+
+  def halves(sampler, params, cond, chain, slices):
+    parts = sampler.model_denoisers(params, cond, slices)
+    seen["called"] = True
+    return lambda x, t: 0.5 * parts[0](x, t)
+
+  vs = volume_sampler.VolumeSampler(models, parameterization="eps", chunk_size=4,
+                                    combinators={"halves": halves})
+  assert vs.methods == ["axial", "coronal", "average", "tpdm", "halves"]
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 4, 4)), jnp.float32)
+  cond = jnp.asarray(rng.normal(size=(4, 4, 4, 2)), jnp.float32)
+  chain = schedules.respace(schedules.make_schedule(), 4)
+  t = jnp.asarray(chain.timesteps[1])
+  out = {m: np.asarray(vs.denoiser(m, vs.params(), cond, chain)(x, t)) for m in vs.methods}
+  # every slice model sees (x_t, mask, image): scale * (x + mask)
+  np.testing.assert_allclose(out["axial"], 1.0 * (x + cond[..., 1]), rtol=1e-6)
+  np.testing.assert_allclose(out["coronal"], 3.0 * (x + cond[..., 1]), rtol=1e-6)
+  np.testing.assert_allclose(out["average"], (out["axial"] + out["coronal"]) / 2, rtol=1e-6)
+  np.testing.assert_allclose(out["halves"], out["axial"] / 2, rtol=1e-6)
+  assert seen["called"]
+  tpdm = vs.denoiser("tpdm", vs.params(), cond, chain)  # step i uses model i mod 2
+  np.testing.assert_array_equal(tpdm(x, jnp.asarray(chain.timesteps[2])), out["axial"])
+  np.testing.assert_array_equal(tpdm(x, t), out["coronal"])
+  with pytest.raises(InputError, match="unknown method 'cubic'; known: axial, coronal, "
+                                       "average, tpdm, halves"):
+    vs.denoiser("cubic", vs.params(), cond, chain)
 
 
-def test_average_baseline_runs(models, case):
-  """The average of both models (the coronal model alone runs in hierarchical's stage 2)."""
-  voided, mask = case
-  out = make(models, method="average", **{"resampling.mode": "fixed"})(voided, mask,
-                                                                       jax.random.key(2))
-  assert np.all(np.isfinite(out))
-  np.testing.assert_array_equal(out[mask == 0], voided[mask == 0])
+def test_restricted_slices_and_samples_in_one_call():
+  models = [fake_model("axial", 1.0), fake_model("coronal", 3.0)]
+  mesh = sharding.make_mesh()
+  vs = volume_sampler.VolumeSampler(models, parameterization="eps", mesh=mesh, chunk_size=8,
+                                    num_samples=2)
+  mask = np.zeros((8, 8, 8), np.float32)
+  mask[2, 3, 5] = 1
+  slices = vs.restricted_slices(mask, dilation=1)
+  assert set(slices["axial"]) == {4, 5, 6} and set(slices["coronal"]) == {2, 3, 4}
+  assert all(len(v) % vs.quantum == 0 for v in slices.values())
 
+  def walk(params, case, key):
+    return volume_sampler.initial_noise(key, case.shape) + case
 
-def test_empty_mask_returns_the_input(models, case):
-  voided, _ = case
-  out = make(models, method="axial")(voided, np.zeros_like(voided), jax.random.key(3))
-  np.testing.assert_array_equal(out, voided)
-
-
-def test_adaptive_loops_follow_size_and_disagreement():
-  mask = np.zeros((20, 20, 20), np.float32)
-  mask[2:4, 2:4, 2:4] = 1        # small hole
-  mask[10:18, 10:18, 10:18] = 1  # large hole
-  brain = np.ones_like(mask)
-  labels, s = adaptive_resampling.mask_regions(mask, brain, context_width=1, size_ratio=4.0)
-  assert labels.max() == 2 and 0 < s[1] < s[2] < 1
-  from sciimg_jax.core.diffusion import schedules
-  sched = schedules.respace(schedules.make_schedule(), 10)
-  ref = np.zeros_like(mask)
-  fn = adaptive_resampling.adaptive_loops(sched, labels, s, ref, max_loops=8, disagreement_scale=0.1)
-  agree = np.asarray(fn(ref, 9))
-  assert agree.max() == 0                                  # no disagreement: no loops
-  loops = np.asarray(fn(ref + 1.0, 9))
-  assert loops[3, 3, 3] < loops[12, 12, 12] <= 8           # bigger hole, more loops
-  assert loops[0, 0, 0] == loops[12, 12, 12]               # known voxels follow the busiest
-  assert np.asarray(fn(ref + 1.0, 0)).max() < loops.max()  # fewer loops at low noise
-  empty_labels, empty_s = adaptive_resampling.mask_regions(np.zeros_like(mask), brain, context_width=1,
-                                                size_ratio=4.0)
-  none = adaptive_resampling.adaptive_loops(sched, empty_labels, empty_s, None, max_loops=8,
-                                 disagreement_scale=0.1)
-  assert np.asarray(none(ref, 9)).max() == 0              # no mask: no loops at all
-
-
-def test_models_with_other_conditions_are_refused(models):
-  config = models["coronal"].config.copy_and_resolve_references()
-  config.data.conditions = ("t1n-voided", "mask", "t2w")
-  other = dataclasses.replace(models["coronal"], config=config)
-  with pytest.raises(InputError, match=r"coronal model is conditioned on .*t2w"):
-    volume_sampler.VolumeInpainter(inpaint.get_config("tiny"), models={**models, "coronal": other})
+  case = jnp.zeros((4, 4, 4))
+  samples = vs.run("noise", walk, vs.params(), case, jax.random.key(3))
+  assert samples.shape == (2, 4, 4, 4)
+  for i in range(2):  # sample i uses fold_in(key, i)
+    np.testing.assert_array_equal(samples[i], volume_sampler.initial_noise(
+        jax.random.fold_in(jax.random.key(3), i), (4, 4, 4)))

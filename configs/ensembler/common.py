@@ -52,13 +52,23 @@ def get_base_config(task="sr"):
       variant="eps",             # eps | features (2D decoder features into the 3D encoder)
       min_snr_gamma=0.0,         # > 0: min-SNR weighting of the epsilon loss (0: as released)
   ))
-  c.sampling = ml_collections.ConfigDict(dict(
-      steps=50, stepper="ddim", eta=0.0, spacing="uniform", clip_x0=1.0,
-      num_samples=1,             # N > 1: the posterior mean of N samples
-      chunk_size=32,             # most slices per 2D network call
-      data_consistency=True,     # SR: avgpool(sample) equals the low-resolution input
-  ))
+  # SR: avgpool(sample) equals the low-resolution input
+  c.sampling = base.sampling_block(data_consistency=True)
   return c
+
+
+def evaluate_block():
+  """The `evaluate` block of the evaluation job (configs/ensembler/evaluate.py) and the studies."""
+  return ml_collections.ConfigDict(dict(
+      members=(),          # workdirs of the trained 2D models
+      fusion="",           # workdir of the trained fusion ('' = no 'fused' method)
+      regressor="",        # workdir of a trained L1 regressor ('' = none)
+      segmenter="",        # workdir of the downstream segmenter ('' = no Dice column)
+      methods=("cubic", "axial", "coronal", "sagittal", "tpdm", "average", "fused"),
+      input_root="",       # BraTS-layout folder; '' = the held-out split of `data`
+      num_cases=0,         # 0 = every case
+      progress_bar=True,
+  ))
 
 
 def num_channels(c):
@@ -82,17 +92,15 @@ def task_of(variant):
 def study_config(task, variant, *, regressor):
   """The demonstration job of `task`: trains the 2D models, the fusion, the baselines and the
   segmenter, then evaluates every method (`sciimg_jax/ensembler/study.py`)."""
-  from configs.ensembler import translate  # noqa: PLC0415 (a sibling config file)
   c = get_base_config(task)
   c.job = "ensembler_study"
   # Sized for a CPU (minutes per model), with the slice-model recipe the inpainting study
-  # found (README, "Training recipe"): x0 parameterisation, learning rate 1e-3, EMA 0.99.
+  # found (docs/inpainting.md, "Training recipe"): x0 parameterisation, learning rate 1e-3, EMA 0.99.
   c.model.channels = (16, 32, 64)
   c.model.num_res_blocks = 1
   c.model.attention_levels = (False, False, True)
   c.model.num_head_channels = 16
   c.diffusion.parameterization = "x0"
-  c.diffusion.sample_steps = 10
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 50
   c.optim.ema_decay = 0.99
@@ -103,11 +111,11 @@ def study_config(task, variant, *, regressor):
   c.train.eval_every = 300
   c.train.num_sample_images = 8
   c.sampling.steps = 10
-  c.translate = translate.translate_block()
+  c.evaluate = evaluate_block()
   if not regressor:
-    c.translate.methods = tuple(m for m in c.translate.methods if m != "regressor")
+    c.evaluate.methods = tuple(m for m in c.evaluate.methods if m != "regressor")
   else:
-    c.translate.methods = tuple(m if m != "cubic" else "regressor" for m in c.translate.methods)
+    c.evaluate.methods = tuple(m if m != "cubic" else "regressor" for m in c.evaluate.methods)
   c.study = ml_collections.ConfigDict(dict(
       directions=("axial", "coronal", "sagittal"), regressor=regressor, segmenter=True,
       fusion_model=ml_collections.ConfigDict(dict(
@@ -117,7 +125,7 @@ def study_config(task, variant, *, regressor):
       fusion_steps=300, fusion_batch_size=2, segmenter_steps=600,
       # With the unweighted epsilon loss the 2D models' 1e-3 made the fusion diverge within
       # 100 steps (its epsilon error went from 0.005 to 1.7), and 1e-4 for 150 steps left
-      # it at the average (SR) or below it (T1 -> FLAIR); see the README's study.
+      # it at the average (SR) or below it (T1 -> FLAIR); see docs/diff_ensembler.md, "Studies".
       fusion_learning_rate=3e-4))
   # 3D convolutions are slow on CPUs: the study's fusion trains on 24^3 crops.
   c.fusion.crop_size = (24, 24, 24)

@@ -1,8 +1,8 @@
 """Pseudo-healthy 3D inpainting of BraTS-layout folders (or one image/mask pair).
 
 Stage 1 (axial model, from noise) and stage 2 (coronal model, SDEdit from the
-stage-1 volume at t0), with RePaint resampling (fixed or adaptive loop counts);
-see sciimg_jax/inpainting/volume_sampler.py.
+stage-1 volume at `sampling.stage2.t0`), with RePaint resampling (fixed or adaptive loop
+counts); see sciimg_jax/inpainting/volume_inpainter.py.
 Writes <output_dir>/<case>/<case>-t1n-inference.nii.gz with the input's affine.
 
   python main.py --config=configs/inpainting/inpaint.py --workdir=runs/infer \
@@ -17,6 +17,7 @@ biharmonic|harmonic (sciimg_jax/inpainting/classical.py); resampling:
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from configs import base
 
@@ -27,23 +28,27 @@ def get_pipeline_config():
                                     # | biharmonic | harmonic (classical fills, no model)
   p.axial_workdir = "runs/axial"    # training runs whose latest checkpoints (EMA) are used
   p.coronal_workdir = "runs/coronal"
-  p.stage1 = ml_collections.ConfigDict(dict(steps=50, stepper="ddim", eta=0.0))
-  p.stage2 = ml_collections.ConfigDict(dict(steps=50, t0=0.5, stepper="ddim", eta=0.0))
   p.resampling = ml_collections.ConfigDict(dict(
-      mode="fixed",               # none | fixed | adaptive (README: what each buys)
+      mode="fixed",               # none | fixed | adaptive (docs/inpainting.md: what each buys)
       jump_length=1, max_loops=4, context_width=3, size_ratio=0.4, disagreement_scale=0.1))
-  p.spacing = "uniform"
-  p.clip_x0 = 1.0                   # clip predicted x0 to [-c, c] at every step; 0 = no clipping
-  p.num_samples = 1                 # N > 1: write the mean of N samples (one batched call)
-  p.chunk_size = 32                 # slices per network call
   p.slice_restriction = True        # evaluate only slices that meet the dilated mask
   p.mask_dilation = 1
   p.classical_margin = 4            # classical fills: voxels around each hole's bounding box
   return p
 
 
+def get_sampling_config():
+  """The `sampling` block of the volume inpainter: stage 1 walks it as it is; stage 2
+  (the coronal refinement) starts at t0 * T from the stage-1 volume (SDEdit) and may
+  override `steps`, `stepper` and `eta` (unset: the block's)."""
+  s = base.sampling_block()
+  s.stage2 = ml_collections.ConfigDict(dict(
+      t0=0.5, steps=placeholder(int), stepper=placeholder(str), eta=placeholder(float)))
+  return s
+
+
 TINY = {
-    "pipeline.chunk_size": 8, "pipeline.stage1.steps": 4, "pipeline.stage2.steps": 4,
+    "sampling.chunk_size": 8, "sampling.steps": 4,
     "pipeline.resampling.max_loops": 1, "inpaint.progress_bar": False,
 }
 VARIANTS = {"tiny": {**base.TINY, **TINY}}
@@ -59,4 +64,5 @@ def get_config(variant=""):
       write_std=True,               # with num_samples > 1: <case>-t1n-inference-std.nii.gz
       write_sample=False))          # with num_samples > 1: sample 0 as <case>-t1n-sample.nii.gz
   c.pipeline = get_pipeline_config()
+  c.sampling = get_sampling_config()
   return base.apply_variant(c, variant, VARIANTS)

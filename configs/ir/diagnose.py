@@ -1,4 +1,4 @@
-"""Collapse diagnostics of trained classifiers from their checkpoints (sciimg_jax/ir/diagnose.py).
+"""Collapse diagnostics of trained classifiers from their checkpoints (sciimg_jax/ir/diagnose_job.py).
 
   python main.py --config=configs/ir/diagnose.py --workdir=runs/diagnose \
       --config.runs='("runs/ir","runs/rgb")'

@@ -21,17 +21,6 @@ def save_figure(fig, path):
   return pathlib.Path(path)
 
 
-def save_inpainting_grid(path, *, voided, mask, result, target=None):
-  """One row per slice: voided input | mask | inpainted | ground truth (if given).
-
-  Images are (N, H, W) in [-1, 1]; masks (N, H, W) in {0, 1}.
-  """
-  columns = {"voided": voided, "mask": mask, "inpainted": result}
-  if target is not None:
-    columns["ground truth"] = target
-  return save_image_grid(path, columns, {"mask": (0.0, 1.0)})
-
-
 def save_image_grid(path, columns, ranges=None):
   """One row per image, one column per entry of `columns` ({title: (N, H, W)}).
 

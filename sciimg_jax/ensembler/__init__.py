@@ -1,1 +1,1 @@
-"""Diff-Ensembler: perpendicular 2D diffusion models fused by a 3D network (DESIGN.md, 2)."""
+"""Diff-Ensembler: perpendicular 2D diffusion models fused by a 3D network (docs/diff_ensembler.md)."""

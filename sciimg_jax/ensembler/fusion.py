@@ -16,16 +16,50 @@ model alone.
             U-Net's encoder through one zero-initialised convolution per level (stride
             2^level, to that level's size and input width), added where it starts.
             Zero-initialised, they change nothing before training either.
+
+`load_fusion` restores a trained fusion for inference, checked against the 2D models it
+was trained with (`members.json`, written by the training task, `fusion_task`).
 """
+
+import json
+import pathlib
 
 import jax.numpy as jnp
 from flax import nnx
 
+from data_pipelines import volume_cases
 from sciimg_jax.core import models
+from sciimg_jax.core import trained_models
 from sciimg_jax.core.diffusion import volume_denoisers
+from sciimg_jax.core.errors import InputError
 from sciimg_jax.core.models.unet import Conv
 
 VARIANTS = ("eps", "features")
+MEMBERS_FILE = "members.json"
+
+
+def signature(member):
+  """What identifies a 2D model a fusion was trained with."""
+  c = member.config
+  return {"axis": c.data.axis, "step": member.trained.step, "target": c.data.target,
+          "conditions": list(c.data.conditions), "residual": bool(c.data.get("residual")),
+          "model": c.model.to_dict(), "diffusion": c.diffusion.to_dict()}
+
+
+def check_signatures(recorded, members, where):
+  """Stops unless `members` are the 2D models `recorded` (from `members.json`)."""
+  now = [signature(m) for m in members]
+  if len(recorded) != len(now):
+    raise InputError(where, f"the fusion was trained on {len(recorded)} 2D models, "
+                     f"{len(now)} are configured")
+  for i, (a, b) in enumerate(zip(recorded, now)):
+    diff = sorted(k for k in a if a[k] != b.get(k))
+    if diff:
+      raise InputError(where, f"2D model {i + 1} ({b['axis']}) differs from the one the fusion "
+                       f"was trained with in {', '.join(diff)} (trained with "
+                       f"{ {k: a[k] for k in diff} })")
+
+
 
 
 def in_channels(num_cond_channels, num_models):
@@ -101,3 +135,33 @@ def fused_denoiser(denoisers, net, params, cond, *, residual_scale=1.0, with_fea
     t = jnp.ravel(jnp.asarray(t))[:1]
     return fused_eps(net, params, x_t[None], cond[None], eps, t, residual_scale, features)[0]
   return denoise
+
+
+def uses_features(config):
+  return config.fusion.get("variant", "eps") == "features"
+
+
+def create_model(config, rngs, dtype, members):
+  """The fusion U-Net for `config` over `members` (its channels follow from `data`, the
+  number of members and, for the feature variant, their feature widths)."""
+  feature_channels = sum(m.feature_channels for m in members) if uses_features(config) else 0
+  return create_fusion_model(
+      config.model, num_cond_channels=len(volume_cases.channel_names(config.data)),
+      num_models=len(members), rngs=rngs, dtype=dtype, feature_channels=feature_channels)
+
+
+def load_fusion(workdir, members, data, mesh):
+  """The trained fusion network of `workdir`, checked against the configured `members`."""
+  def check(config):
+    record = pathlib.Path(workdir) / MEMBERS_FILE
+    if not record.is_file():
+      raise InputError(workdir, f"has no {MEMBERS_FILE}: not a fusion training run")
+    check_signatures(json.loads(record.read_text()), members, record)
+    if list(volume_cases.channel_names(config.data)) != list(volume_cases.channel_names(data)):
+      raise InputError(workdir, f"the fusion sees channels "
+                       f"{volume_cases.channel_names(config.data)}, the configured data "
+                       f"{volume_cases.channel_names(data)}")
+
+  return trained_models.load(workdir, mesh, check=check,
+                             create=lambda c, rngs, dtype: create_model(c, rngs, dtype, members),
+                             hint="train the fusion there first (configs/ensembler/fusion.py)")

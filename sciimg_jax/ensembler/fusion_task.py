@@ -4,7 +4,7 @@ The 2D models (`fusion.members`: their training workdirs) are frozen: their EMA
 parameters are the trainer's frozen parameters, and only the 3D U-Net trains. A batch
 holds random 3D crops (`fusion.crop_size`) of the training volumes. At each step a
 timestep t of the ensemble's chain (`diffusion`) and noise are drawn per crop, every 2D
-model runs on every slice of the noisy crop along its axis (`members.along_axis`, told
+model runs on every slice of the noisy crop along its axis (`slice_models.along_axis`, told
 its own timestep), and the fusion network combines their epsilons
 (`fusion.fused_eps`). The loss on epsilon is `fusion.l1_weight` x L1 +
 `fusion.l2_weight` x L2 (5 and 150 in the released code). `fusion.min_snr_gamma` > 0
@@ -23,7 +23,7 @@ errors are the lower.
 
 `members.json` in the workdir records which 2D models (workdir, axis, checkpoint step,
 config) the fusion was trained on; resuming with others, or sampling the fusion with
-others (`load_fusion`), stops with a message.
+others (`fusion.load_fusion`), stops with a message.
 
   python main.py --config=configs/ensembler/fusion.py --workdir=runs/sr-fusion \
       --config.fusion.members='("runs/sr-axial","runs/sr-coronal","runs/sr-sagittal")'
@@ -39,38 +39,13 @@ import numpy as np
 from data_pipelines import volume_cases
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import sharding
-from sciimg_jax.core import trained_models
 from sciimg_jax.core import trainer
 from sciimg_jax.core.diffusion import schedules
+from sciimg_jax.core.diffusion import slice_models
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ensembler import fusion
 from sciimg_jax.ensembler import members as members_lib
-from sciimg_jax.ensembler import slice_task
-
-MEMBERS_FILE = "members.json"
-
-
-def signature(member):
-  """What identifies a 2D model a fusion was trained with."""
-  c = member.config
-  return {"axis": c.data.axis, "step": member.trained.step, "target": c.data.target,
-          "conditions": list(c.data.conditions), "residual": bool(c.data.get("residual")),
-          "model": c.model.to_dict(), "diffusion": c.diffusion.to_dict()}
-
-
-def check_signatures(recorded, members, where):
-  """Stops unless `members` are the 2D models `recorded` (from `members.json`)."""
-  now = [signature(m) for m in members]
-  if len(recorded) != len(now):
-    raise InputError(where, f"the fusion was trained on {len(recorded)} 2D models, "
-                     f"{len(now)} are configured")
-  for i, (a, b) in enumerate(zip(recorded, now)):
-    diff = sorted(k for k in a if a[k] != b.get(k))
-    if diff:
-      raise InputError(where, f"2D model {i + 1} ({b['axis']}) differs from the one the fusion "
-                       f"was trained with in {', '.join(diff)} (trained with "
-                       f"{ {k: a[k] for k in diff} })")
-
+from sciimg_jax.ensembler import slice_inputs
 
 def check_config(config):
   f = config.fusion
@@ -93,19 +68,19 @@ class FusionTask:
     self.mesh = sharding.make_mesh()
     self.members = members_lib.load_members(config.fusion.members, config.data,
                                             config.diffusion, self.mesh)
-    record = pathlib.Path(workdir) / MEMBERS_FILE
+    record = pathlib.Path(workdir) / fusion.MEMBERS_FILE
     if record.is_file():
-      check_signatures(json.loads(record.read_text()), self.members, record)
+      fusion.check_signatures(json.loads(record.read_text()), self.members, record)
     else:
-      atomic_files.write_json(record, [signature(m) for m in self.members])
+      atomic_files.write_json(record, [fusion.signature(m) for m in self.members])
     self.chain = schedules.schedule_from_config(config.diffusion)
-    splits = slice_task.prepared_splits(config, workdir)
+    splits = slice_inputs.prepared_splits(config, workdir)
     self.sources = {k: volume_cases.CropSource(v, config.data) for k, v in splits.items()}
     self.crop = volume_cases.RandomCrop(self.sources["train"], config.fusion.crop_size)
     self._eval = None
 
   def create_model(self, rngs, dtype):
-    return create_model(self.config, rngs, dtype, self.members)
+    return fusion.create_model(self.config, rngs, dtype, self.members)
 
   def frozen_params(self, mesh):
     return [m.params for m in self.members]
@@ -118,8 +93,8 @@ class FusionTask:
   def member_eps(self, frozen, x_t, cond, t):
     """The members' epsilons [(B, X, Y, Z)] and, for the feature variant, their decoder
     features concatenated (B, X, Y, Z, F) (else None)."""
-    with_features = uses_features(self.config)
-    outs = [members_lib.along_axis(m, p, x_t, cond, t, with_features)
+    with_features = fusion.uses_features(self.config)
+    outs = [slice_models.along_axis(m, p, x_t, cond, t, to="eps", features=with_features)
             for m, p in zip(self.members, frozen)]
     features = jnp.concatenate([o[..., 1:] for o in outs], -1) if with_features else None
     return [o[..., 0] for o in outs], features
@@ -176,36 +151,6 @@ class FusionTask:
       return errors
 
     return jax.jit(evaluate)
-
-
-def uses_features(config):
-  return config.fusion.get("variant", "eps") == "features"
-
-
-def create_model(config, rngs, dtype, members):
-  """The fusion U-Net for `config` over `members` (its channels follow from `data`, the
-  number of members and, for the feature variant, their feature widths)."""
-  feature_channels = sum(m.feature_channels for m in members) if uses_features(config) else 0
-  return fusion.create_fusion_model(
-      config.model, num_cond_channels=len(volume_cases.channel_names(config.data)),
-      num_models=len(members), rngs=rngs, dtype=dtype, feature_channels=feature_channels)
-
-
-def load_fusion(workdir, members, data, mesh):
-  """The trained fusion network of `workdir`, checked against the configured `members`."""
-  def check(config):
-    record = pathlib.Path(workdir) / MEMBERS_FILE
-    if not record.is_file():
-      raise InputError(workdir, f"has no {MEMBERS_FILE}: not a fusion training run")
-    check_signatures(json.loads(record.read_text()), members, record)
-    if list(volume_cases.channel_names(config.data)) != list(volume_cases.channel_names(data)):
-      raise InputError(workdir, f"the fusion sees channels "
-                       f"{volume_cases.channel_names(config.data)}, the configured data "
-                       f"{volume_cases.channel_names(data)}")
-
-  return trained_models.load(workdir, mesh, check=check,
-                             create=lambda c, rngs, dtype: create_model(c, rngs, dtype, members),
-                             hint="train the fusion there first (configs/ensembler/fusion.py)")
 
 
 def train_fusion(config, workdir, *, stop_at_step=None):

@@ -1,77 +1,20 @@
-"""The trained 2D diffusion models an ensemble fuses, each queried in the ensemble's terms.
+"""The trained 2D diffusion models an ensemble fuses, as slice models of the ensemble's chain.
 
 An ensemble walks one diffusion chain (its `diffusion` config) on one set of channels
-(`volume_cases.channel_names` of its `data` config). A `Member` is a 2D model trained on
-its own: its own slicing axis, conditions, training schedule and parameterization. Its
-`eps_2d` takes the ensemble's x_t slice, all of the ensemble's condition channels and the
-chain's timestep, and
-
-  * picks the channels the model was trained on, by name;
-  * tells the model the timestep of its own schedule at the chain's noise level
-    (`schedules.equivalent_timesteps`: a model trained with 2000 steps under a
-    1000-step chain is not told the chain's number, the released code's fault);
-  * with residual targets, shifts x_t into the model's target: a model trained on
-    (target - c_m) / 2 under a chain on (target - c) / 2 sees
-    x_t + sqrt(abar_t) (c - c_m) / 2, the same noise on its own target;
-  * returns epsilon, whatever the model's parameterization.
+(`volume_cases.channel_names` of its `data` config). Each member is a core
+`slice_models.SliceModel` trained on its own: its own slicing axis, conditions,
+training schedule and parameterization. `make_member` sets what it needs to be queried in
+the ensemble's terms: its channels by name, the timestep of its own schedule at the
+chain's noise level (`schedules.equivalent_timesteps`: a model trained with 2000 steps
+under a 1000-step chain is not told the chain's number, the released code's fault),
+and, with residual targets on another condition, the shift of x_t into its own target.
+The volume sampler reads every member as epsilon, whatever its parameterization.
 """
-
-import dataclasses
-
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
 
 from data_pipelines import volume_cases
 from sciimg_jax.core import trained_models
-from sciimg_jax.core import volumes
-from sciimg_jax.core.diffusion import schedules
+from sciimg_jax.core.diffusion import slice_models
 from sciimg_jax.core.errors import InputError
-
-
-@dataclasses.dataclass(eq=False)
-class Member:
-  name: str                      # e.g. 'axial'
-  axis: int
-  config: ml_collections.ConfigDict
-  trained: trained_models.Trained
-  channels: np.ndarray           # the model's cond channels among the ensemble's
-  timesteps: np.ndarray          # chain timestep -> the model's timestep
-  chain: schedules.Schedule      # the ensemble's training chain
-  shift: tuple = None            # (ensemble condition index, model condition index) or None
-
-  @property
-  def params(self):
-    return self.trained.params
-
-  @property
-  def feature_channels(self):
-    """Width of the model's last decoder features (`eps_2d(..., features=True)`)."""
-    return self.config.model.channels[0]
-
-  def eps_2d(self, params, x_t, cond, t, features=False):
-    """epsilon (B, H, W, 1) for the ensemble's x_t (B, H, W, 1), cond (B, H, W, C) and the
-    chain's timesteps t (B,); with `features`, (B, H, W, 1 + feature_channels): epsilon
-    and the network's last decoder features (Diff-Ensembler's feature variant)."""
-    t = jnp.asarray(t, jnp.int32)
-    x = x_t
-    own_cond = cond[..., self.channels]
-    if self.shift is not None:
-      abar = self.chain.alphas_cumprod[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
-      ours, theirs = self.shift
-      x = x_t + jnp.sqrt(abar) * (cond[..., ours:ours + 1] - cond[..., theirs:theirs + 1]) / 2
-    t_model = jnp.asarray(self.timesteps)[t]
-    inputs = jnp.concatenate([x, own_cond], axis=-1)
-    if features:  # positional: Network passes no keywords
-      out, feats = self.trained.net(params, inputs, t_model, None, True)
-    else:
-      out = self.trained.net(params, inputs, t_model)
-    out = out.astype(jnp.float32)
-    d = self.config.diffusion
-    if d.parameterization != "eps":
-      own = schedules.schedule_from_config(d)
-      out = schedules.predict_x0_eps(own, d.parameterization, x, t_model, out)[1]
-    return jnp.concatenate([out, feats], axis=-1) if features else out
 
 
 def check_member(config, data, where):
@@ -94,18 +37,15 @@ def check_member(config, data, where):
 
 
 def make_member(trained, data, chain_config, name=None):
-  """A `Member` of an ensemble on `data` whose chain is `chain_config` (a diffusion block)."""
+  """The `SliceModel` of a member of an ensemble on `data` whose chain is `chain_config`."""
   config = trained.config
   names = list(volume_cases.channel_names(data))
-  channels = np.asarray(volume_cases.channel_indices(data, config.data))
-  chain = schedules.schedule_from_config(chain_config)
-  own = schedules.schedule_from_config(config.diffusion)
   shift = None
   if data.get("residual") and config.data.conditions[0] != data.conditions[0]:
     shift = (0, names.index(config.data.conditions[0]))
-  return Member(name=name or config.data.axis, axis=volumes.AXES[config.data.axis],
-                config=config, trained=trained, channels=channels,
-                timesteps=schedules.equivalent_timesteps(chain, own), chain=chain, shift=shift)
+  return slice_models.from_trained(trained, names,
+                                   own_channels=volume_cases.channel_names(config.data),
+                                   chain_config=chain_config, name=name, shift=shift)
 
 
 def load_members(workdirs, data, chain_config, mesh):
@@ -120,17 +60,3 @@ def load_members(workdirs, data, chain_config, mesh):
     for i, m in enumerate(members):
       m.name = f"{m.name}{i}"
   return members
-
-
-def along_axis(member, params, x_t, cond, t, features=False):
-  """`member.eps_2d` on every slice along its axis of a batch of crops.
-
-  x_t (B, X, Y, Z, 1), cond (B, X, Y, Z, C), t (B,) -> eps (B, X, Y, Z, 1), or with
-  `features` (B, X, Y, Z, 1 + feature_channels).
-  """
-  a = member.axis + 1
-  moved_x, moved_c = jnp.moveaxis(x_t, a, 1), jnp.moveaxis(cond, a, 1)
-  b, s = moved_x.shape[:2]
-  flat = lambda v: v.reshape((b * s,) + v.shape[2:])
-  out = member.eps_2d(params, flat(moved_x), flat(moved_c), jnp.repeat(t, s), features)
-  return jnp.moveaxis(out.reshape(moved_x.shape[:-1] + out.shape[-1:]), 1, a)

@@ -2,15 +2,16 @@
 
 In `workdir`, for the configured task (`configs/ensembler/<task>.py`):
 
-  <axis>/       the 2D diffusion model of every `study.directions` entry (`slice_task`)
+  <axis>/       the 2D diffusion model of every `study.directions` entry (`slice_inputs`)
   fusion/       the 3D fusion network over them (`fusion_task`)
   regressor/    the L1 U-Net baseline (`study.regressor`; translation tasks)
   segmenter/    the downstream tumour segmenter, on ground-truth FLAIR (`study.segmenter`)
-  evaluation/   every method on the held-out subjects (`translate_job`): cases.csv,
+  evaluation/   every method on the held-out subjects (`evaluate_job`): cases.csv,
                 summary.json, NIfTI outputs, figures; the table is printed
 
-A run that has finished is not started again; one that was stopped resumes from its
-checkpoints, so a stopped study starts where it stopped.
+A run that has finished (`reports.run_is_finished`: a checkpoint at its last step) is not
+started again; one that was stopped resumes from its checkpoints, so a stopped study starts
+where it stopped.
 The sub-runs' configs are this config with their own blocks swapped in
 (`study.fusion_model`, `study.fusion_steps`, ...).
 """
@@ -22,10 +23,10 @@ import tqdm
 
 from data_pipelines import volume_cases
 from sciimg_jax.core import atomic_files
-from sciimg_jax.core import checkpoint
+from sciimg_jax.core import reports
 from sciimg_jax.ensembler import fusion_task
-from sciimg_jax.ensembler import slice_task
-from sciimg_jax.ensembler import translate_job
+from sciimg_jax.ensembler import slice_inputs
+from sciimg_jax.ensembler import evaluate_job
 
 
 def _copy(config):
@@ -67,31 +68,20 @@ def segmenter_config(config):
   return c
 
 
-def translate_config(config, workdir, member_dirs, regressor, segmenter):
+def evaluate_config(config, workdir, member_dirs, regressor, segmenter):
   c = _copy(config)
-  c.translate.members = tuple(str(d) for d in member_dirs)
-  c.translate.fusion = str(workdir / "fusion")
-  c.translate.regressor = str(regressor or "")
-  c.translate.segmenter = str(segmenter or "")
-  methods = [m for m in c.translate.methods if m != "regressor" or regressor]
-  c.translate.methods = tuple(methods)
+  c.evaluate.members = tuple(str(d) for d in member_dirs)
+  c.evaluate.fusion = str(workdir / "fusion")
+  c.evaluate.regressor = str(regressor or "")
+  c.evaluate.segmenter = str(segmenter or "")
+  methods = [m for m in c.evaluate.methods if m != "regressor" or regressor]
+  c.evaluate.methods = tuple(methods)
   return c
-
-
-def finished(workdir, num_steps):
-  """Whether the training run in `workdir` has a checkpoint at `num_steps` or later."""
-  if not (pathlib.Path(workdir) / "checkpoints").is_dir():
-    return False
-  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints")
-  try:
-    return (ckpt.latest_step() or 0) >= num_steps
-  finally:
-    ckpt.close()
 
 
 def train(train_fn, config, workdir, what):
   """Trains one run of the study, unless it has finished already."""
-  if finished(workdir, config.train.num_steps):
+  if reports.run_is_finished(workdir, config.train.num_steps):
     tqdm.tqdm.write(f"== {what}: finished already in {workdir}")
     return
   tqdm.tqdm.write(f"== {what}")
@@ -101,25 +91,24 @@ def train(train_fn, config, workdir, what):
 def run_study(config, workdir):
   workdir = pathlib.Path(workdir)
   config = _copy(config)
-  if not config.data.cache_dir:  # every run shares one copy of the data
-    config.data.cache_dir = str(workdir / "data")
+  config.data.cache_dir = str(reports.cache_dir(config.data, workdir))  # one copy for every run
   atomic_files.write_json(workdir / "config.json", config.to_dict())
   s = config.study
   member_dirs = []
   for axis in s.directions:
     member_dirs.append(workdir / axis)
-    train(slice_task.train_slice_model, direction_config(config, axis), member_dirs[-1],
+    train(slice_inputs.train_slice_model, direction_config(config, axis), member_dirs[-1],
           f"2D {axis} model")
   train(fusion_task.train_fusion, fusion_config(config, member_dirs), workdir / "fusion",
         "3D fusion")
   regressor = workdir / "regressor" if s.regressor else None
   if regressor:
-    train(slice_task.train_slice_model, regressor_config(config), regressor, "L1 regressor")
+    train(slice_inputs.train_slice_model, regressor_config(config), regressor, "L1 regressor")
   segmenter = workdir / "segmenter" if s.segmenter else None
   if segmenter:
-    train(slice_task.train_slice_model, segmenter_config(config), segmenter,
+    train(slice_inputs.train_slice_model, segmenter_config(config), segmenter,
           "downstream segmenter")
   tqdm.tqdm.write("== evaluation")
-  return translate_job.translate_folder(
-      translate_config(config, workdir, member_dirs, regressor, segmenter),
+  return evaluate_job.evaluate_folder(
+      evaluate_config(config, workdir, member_dirs, regressor, segmenter),
       workdir / "evaluation")

@@ -11,7 +11,9 @@ denoiser `METHODS[name]` builds:
             3D fusion network at every step
 
 all walking one respaced chain of the ensemble's training schedule (`diffusion`) with
-`sampling.stepper`; each member is told its own timestep (`members.Member`). With
+`sampling.stepper`, built by the core `volume_sampler.VolumeSampler` (which this module
+gives the combinator `fused`); each member is told its own timestep and read as epsilon
+(`slice_models.SliceModel`). With
 `sampling.data_consistency` and a pooled condition of the target (`'t2f:pool4'`), the
 block means of every step's sample are set to the low-resolution input's
 (`consistency.low_pass_replacement`), so the output average-pools to it exactly.
@@ -20,7 +22,7 @@ sample i uses `fold_in(key, i)`); their mean is the posterior mean.
 
 Two deterministic baselines sit beside them (`BASELINES`): `cubic`, the low-resolution
 input upsampled by cubic splines (`scipy.ndimage.zoom`, order 3), and `regressor`, a 2D
-U-Net trained with L1 (`slice_task`, objective 'regression') applied slice by slice.
+U-Net trained with L1 (`core.slice_task`, objective 'regression') applied slice by slice.
 Volumes are slices chunked to `sampling.chunk_size` per network call (bounded memory),
 each chunk split over the devices.
 """
@@ -31,42 +33,16 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from data_pipelines import volume_cases
-from sciimg_jax.core import sharding
+from sciimg_jax.core import slice_task
 from sciimg_jax.core import volumes
 from sciimg_jax.core.diffusion import sampler
+from sciimg_jax.core.diffusion import sampling_config
 from sciimg_jax.core.diffusion import schedules
 from sciimg_jax.core.diffusion import volume_denoisers
-from sciimg_jax.core.diffusion.steppers import STEPPERS
+from sciimg_jax.core.diffusion import volume_sampler
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ensembler import consistency
 from sciimg_jax.ensembler import fusion as fusion_lib
-
-INIT_NOISE_STREAM = 1 << 30  # fold_in salt of the starting noise (off the step keys)
-SAMPLES_AXIS = "samples"
-
-
-def _combined(kind):
-  def build(translator, params, cond):
-    parts = [translator.member_denoiser(m, params, cond) for m in translator.members]
-    if kind == "average":
-      return volume_denoisers.average(parts)
-    if kind == "tpdm":
-      return volume_denoisers.alternate(parts, translator.chain.timesteps)
-    if translator.fusion is None:
-      raise InputError("translate.fusion", "method 'fused' needs a trained fusion workdir")
-    f = translator.fusion.config.fusion
-    features = f.get("variant", "eps") == "features"
-    if features:
-      parts = [translator.member_denoiser(m, params, cond, features=True)
-               for m in translator.members]
-    return fusion_lib.fused_denoiser(parts, translator.fusion.net, params["fusion"], cond,
-                                     residual_scale=f.residual_scale, with_features=features)
-  return build
-
-
-METHODS = {"average": _combined("average"), "tpdm": _combined("tpdm"), "fused": _combined("fused")}
-BASELINES = ("cubic", "regressor")
-
 
 def pooled_condition(data):
   """(index, factor) of the condition that is the target average-pooled, or None."""
@@ -77,63 +53,51 @@ def pooled_condition(data):
   return None
 
 
-def check_sampling(s):
-  if s.stepper not in STEPPERS:
-    raise InputError("sampling.stepper", f"unknown stepper {s.stepper!r}; known: "
-                     f"{', '.join(STEPPERS)}")
-  if not (isinstance(s.num_samples, int) and s.num_samples >= 1):
-    raise InputError("sampling.num_samples", f"must be a whole number >= 1, got {s.num_samples!r}")
-  if s.chunk_size < 1:
-    raise InputError("sampling.chunk_size", f"must be >= 1, got {s.chunk_size!r}")
-
-
 def to_image(data, x, cond):
   """A sample in the chain's space -> the target image in [-1, 1] (undoing the residual)."""
   return volume_cases.image_of(data, x, cond[..., 0])
 
 
 class VolumeTranslator:
-  """Samples target volumes from condition channels with any method of `METHODS`."""
+  """Samples target volumes from condition channels with any method of the volume sampler."""
 
-  def __init__(self, config, members, fusion=None, mesh=None):
-    check_sampling(config.sampling)
+  def __init__(self, config, members, fusion=None, mesh=None, regressor=None):
+    sampling_config.check(config.sampling)
     self.config, self.members, self.fusion = config, list(members), fusion
+    self.regressor = regressor
     self.data, s = config.data, config.sampling
-    self.mesh = mesh or sharding.make_mesh()
-    self.devices = self.mesh.devices.size
+    self.sampler = volume_sampler.VolumeSampler(
+        self.members, parameterization="eps", mesh=mesh, chunk_size=s.chunk_size,
+        num_samples=s.num_samples, combinators={"fused": self._fused},
+        where="evaluate.methods")
+    self.mesh = self.sampler.mesh
     self.chain = schedules.respace(schedules.schedule_from_config(config.diffusion), s.steps,
                                    s.spacing)
+    self.walk = sampling_config.stage(s)
     self.pool = pooled_condition(self.data) if s.data_consistency else None
-    self.names = [m.name for m in self.members] + list(METHODS)
-    self._runs = {}
+    self.names = self.sampler.methods
+
+  def _fused(self, sampler_, params, cond, chain, slices):
+    if self.fusion is None:
+      raise InputError("evaluate.fusion", "method 'fused' needs a trained fusion workdir")
+    f = self.fusion.config.fusion
+    features = f.get("variant", "eps") == "features"
+    parts = sampler_.model_denoisers(params, cond, slices, features=features)
+    return fusion_lib.fused_denoiser(parts, self.fusion.net, params["fusion"], cond,
+                                     residual_scale=f.residual_scale, with_features=features)
 
   def params(self):
-    p = {m.name: m.params for m in self.members}
+    p = self.sampler.params()
     if self.fusion is not None:
       p["fusion"] = self.fusion.params
     return p
 
-  def member_denoiser(self, member, params, cond, features=False):
-    """`member` slice by slice over the volume: (x_t, t) -> eps (X, Y, Z), or with
-    `features` (X, Y, Z, 1 + F): epsilon and its decoder features."""
-    apply = lambda x, c, t: member.eps_2d(params[member.name], x, c, t, features)
-    return volume_denoisers.slicewise(
-        apply, cond, member.axis, chunk_size=self.config.sampling.chunk_size, mesh=self.mesh,
-        multiple=self.devices, channels=1 + member.feature_channels if features else None)
-
   def check_method(self, method):
-    """Stops unless `method` is a member's name, a key of METHODS or a baseline."""
-    known = self.names + list(BASELINES)
-    if method not in known:
-      raise InputError("translate.methods", f"unknown method {method!r}; known: "
-                       f"{', '.join(known)}")
+    """Stops unless `method` is a member's name, a combinator or a baseline."""
+    self.sampler.check_method(method, "evaluate.methods", extra=BASELINES)
 
   def denoiser(self, method, params, cond):
-    self.check_method(method)
-    if method in METHODS:
-      return METHODS[method](self, params, cond)
-    member = next(m for m in self.members if m.name == method)
-    return self.member_denoiser(member, params, cond)
+    return self.sampler.denoiser(method, params, cond, self.chain)
 
   def low_resolution(self, cond):
     """The data-consistency target in the chain's space, (X/f, Y/f, Z/f)."""
@@ -143,38 +107,37 @@ class VolumeTranslator:
       low = (low - consistency.avg_pool(cond[..., 0], f)) / 2.0
     return low
 
-  def _sample(self, method, params, cond, key):
-    s = self.config.sampling
-    shape = cond.shape[:3]
-    x_init = jax.random.normal(jax.random.fold_in(key, INIT_NOISE_STREAM), shape)
-    post = None
-    if self.pool is not None:
-      post = consistency.low_pass_replacement(self.chain, self.low_resolution(cond), self.pool[1])
-    x = sampler.sample(self.denoiser(method, params, cond), self.chain, x_init, key,
-                       parameterization="eps", stepper=s.stepper, eta=s.eta,
-                       clip_x0=s.clip_x0 or None, post_step_fn=post)
-    return to_image(self.data, x, cond)
-
-  def _keys(self, key):
-    return jnp.stack([jax.random.fold_in(key, i) for i in range(self.config.sampling.num_samples)])
+  def _walk(self, method):
+    def sample(params, cond, key):
+      x_init = volume_sampler.initial_noise(key, cond.shape[:3])
+      post = None
+      if self.pool is not None:
+        post = consistency.low_pass_replacement(self.chain, self.low_resolution(cond),
+                                                self.pool[1])
+      x = sampler.sample(self.denoiser(method, params, cond), self.chain, x_init, key,
+                         parameterization="eps", stepper=self.walk.stepper, eta=self.walk.eta,
+                         clip_x0=self.walk.clip, post_step_fn=post)
+      return to_image(self.data, x, cond)
+    return sample
 
   def compile(self, method, cond):
     """Compiles `method` for volumes shaped like `cond` (ahead of the call, so that timing a
     call measures sampling, not compilation)."""
     if method not in self.names:
       self.check_method(method)  # a baseline is not compiled: the message names them all
-      raise InputError("translate.methods", f"{method!r} is a baseline, not a sampler")
-    if method not in self._runs:
-      run = lambda params, cond, keys: jax.vmap(
-          lambda k: self._sample(method, params, cond, k), axis_name=SAMPLES_AXIS)(keys)
-      self._runs[method] = jax.jit(run).lower(
-          self.params(), jnp.asarray(cond), self._keys(jax.random.key(0))).compile()
-    return self._runs[method]
+      raise InputError("evaluate.methods", f"{method!r} is a baseline, not a sampler")
+    return self.sampler.compile(method, self._walk(method), self.params(), jnp.asarray(cond))
 
   def __call__(self, method, cond, key):
     """(N, X, Y, Z) samples of the target in [-1, 1] for cond (X, Y, Z, C)."""
-    run = self.compile(method, cond)
-    return np.asarray(jax.device_get(run(self.params(), jnp.asarray(cond), self._keys(key))))
+    self.compile(method, cond)
+    return self.sampler.run(method, self._walk(method), self.params(), jnp.asarray(cond), key)
+
+  def image(self, method, cond, key):
+    """The result of `method` (a sampler's posterior mean, or a baseline's image) in [-1, 1]."""
+    if method in BASELINES:
+      return BASELINES[method](self, cond)
+    return self(method, cond, key).mean(axis=0)
 
 
 def cubic_upsampling(data, cond):
@@ -182,7 +145,7 @@ def cubic_upsampling(data, cond):
   target image."""
   pool = pooled_condition(data)
   if pool is None:
-    raise InputError("translate.methods", "'cubic' needs a pooled condition of the target "
+    raise InputError("evaluate.methods", "'cubic' needs a pooled condition of the target "
                      f"(e.g. '{data.target}:pool4'); data.conditions are {tuple(data.conditions)}")
   i, f = pool
   low = np.asarray(consistency.avg_pool(jnp.asarray(cond[..., i]), f))
@@ -190,6 +153,21 @@ def cubic_upsampling(data, cond):
   # not for a point at the block's corner; without it the result shifts by up to 1.5 voxels
   # (18.1 against 20.6 dB on a held-out embedded subject).
   return ndi.zoom(low, f, order=3, mode="nearest", grid_mode=True).astype(np.float32)
+
+
+def _cubic(translator, cond):
+  return cubic_upsampling(translator.data, cond)
+
+
+def _regressor(translator, cond):
+  if translator.regressor is None:
+    raise InputError("evaluate.regressor", "method 'regressor' needs a trained regressor workdir")
+  return slicewise_network(translator.regressor, translator.data, cond,
+                           translator.config.sampling.chunk_size, translator.mesh)
+
+
+# The deterministic baselines: name -> (translator, cond) -> image in [-1, 1].
+BASELINES = {"cubic": _cubic, "regressor": _regressor}
 
 
 def slicewise_network(trained, data, cond, chunk_size, mesh):
@@ -202,9 +180,8 @@ def slicewise_network(trained, data, cond, chunk_size, mesh):
   channels = volume_cases.channel_indices(data, config.data, what=config.data.axis + " network")
   own = jnp.asarray(cond)[..., channels]
 
-  def apply(x, c, t):
-    out = trained.net(trained.params, c, jnp.zeros_like(t)).astype(jnp.float32)
-    return jax.nn.sigmoid(out) if config.train.objective == "segmentation" else out
+  predict = slice_task.objective_of(config).predictor(config, trained.net, None)
+  apply = lambda x, c, t: predict(trained.params, c, None)
 
   denoise = volume_denoisers.slicewise(apply, own, volumes.AXES[config.data.axis],
                                        chunk_size=chunk_size, mesh=mesh,

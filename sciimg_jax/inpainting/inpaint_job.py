@@ -20,7 +20,7 @@ or the single pair `input` / `mask`, named after the file without
   5. write `<output_dir>/<case>/<case>-t1n-inference.nii.gz` (float32) with the
      input's shape, affine and header: the input voxel for voxel outside the mask,
      the inpainted values inside. An inpainter that returns N samples (N, X, Y, Z)
-     (`pipeline.num_samples`) gets their mean written there (the posterior mean the
+     (`sampling.num_samples`) gets their mean written there (the posterior mean the
      BraTS scores reward), their voxelwise standard deviation as
      `<case>-t1n-inference-std.nii.gz` (`inpaint.write_std`; 0 outside the mask) and
      sample 0 alone as `<case>-t1n-sample.nii.gz` (`inpaint.write_sample`, for
@@ -38,7 +38,6 @@ All files are written atomically; after every case the job rewrites
 
 import pathlib
 import time
-import zlib
 
 import jax
 import numpy as np
@@ -52,10 +51,11 @@ from sciimg_jax.core import figures
 from sciimg_jax.core import intensity
 from sciimg_jax.core import interrupts
 from sciimg_jax.core import nifti
+from sciimg_jax.core import reports
 from sciimg_jax.core import volumes
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import classical
-from sciimg_jax.inpainting import volume_sampler
+from sciimg_jax.inpainting import volume_inpainter
 
 MAX_MASK_OUTSIDE_BRAIN = 0.5
 
@@ -234,11 +234,6 @@ def inpaint_one(config, inpainter, name, voided_path, mask_path, truth_path, out
   return status, seconds
 
 
-def case_key(base_key, name):
-  """The case's random key: from its name, never from its place in a listing."""
-  return jax.random.fold_in(base_key, zlib.crc32(name.encode()))
-
-
 def interrupted(summary, num_cases):
   """True (and noted in the summary) once Ctrl-C asked the job to stop."""
   try:
@@ -293,7 +288,7 @@ def inpaint_cases(config, workdir, inpainter):
       break
     try:
       status, seconds = inpaint_one(config, inpainter, name, voided, mask, truth, out_dir,
-                           case_key(base_key, name))
+                           reports.case_key(base_key, name))
     except InputError as e:
       status, error = "failed", str(e)
     if status == "failed":
@@ -322,11 +317,11 @@ def inpaint_cases(config, workdir, inpainter):
 
 def build_inpainter(config, models=None, mesh=None):
   """The inpainter of `pipeline.method`: a classical fill or the diffusion volume sampler."""
-  volume_sampler.check_pipeline_config(config.pipeline)
+  volume_inpainter.check_config(config)
   p = config.pipeline
   if p.method in classical.FILLS:
     return classical.ClassicalInpainter(p.method, p.classical_margin)
-  return volume_sampler.VolumeInpainter(config, models, mesh)
+  return volume_inpainter.VolumeInpainter(config, models, mesh)
 
 
 def inpaint_folder(config, workdir):

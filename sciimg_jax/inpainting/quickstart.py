@@ -13,8 +13,9 @@ An entry of `config.compare` is 'method/resampling' (one sample) or
 'method/resampling/meanN': N samples in one batched call, scored twice, as their
 mean (row 'method/resampling/meanN') and as sample 0 alone ('method/resampling/sample').
 
-A rerun reuses the trained models (training resumes from its last checkpoint);
-inpainting and scoring are done again.
+A rerun reuses the trained models: a finished one (`reports.run_is_finished`) is not
+trained again, a stopped one resumes from its last checkpoint; inpainting and scoring are
+done again.
 """
 
 import pathlib
@@ -23,15 +24,18 @@ import ml_collections
 
 from data_pipelines import sources
 from sciimg_jax.core import atomic_files
+from sciimg_jax.core import reports
 from sciimg_jax.core import sharding
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import inpaint_job
 from sciimg_jax.inpainting import scoring_job
-from sciimg_jax.inpainting import slice_models
-from sciimg_jax.inpainting import slice_task
+from sciimg_jax.inpainting import volume_inpainter
+from sciimg_jax.inpainting import slice_inputs
 
 COLUMNS = (("ssim", "SSIM"), ("psnr", "PSNR"), ("mse", "MSE"), ("discontinuity_mean", "discont."),
            ("texture", "texture"), ("seconds", "s/volume"))
+TABLE = (reports.Column("method", "method"),) + tuple(
+    reports.Column.mean_std(title, key, 4) for key, title in COLUMNS)
 
 
 def parse_entry(entry):
@@ -47,34 +51,29 @@ def parse_entry(entry):
 
 
 def format_table(rows):
-  """One line per method: the mean (± std over subjects) of each column."""
-  header = f"{'method':<30}" + "".join(f"{title:>20}" for _, title in COLUMNS)
-  lines = [header, "-" * len(header)]
-  for name, stats in rows.items():
-    cells = ""
-    for key, _ in COLUMNS:
-      mean, std = stats.get(key, {}).get("mean"), stats.get(key, {}).get("std")
-      cell = "-" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
-      cells += f"{cell:>20}"
-    lines.append(f"{name:<30}{cells}")
-  return "\n".join(lines)
+  """One Markdown line per method: the mean (± std over subjects) of each column."""
+  return reports.format_markdown([{"method": name, **stats} for name, stats in rows.items()],
+                                 TABLE)
 
 
 def run_quickstart(config, workdir):
   workdir = pathlib.Path(workdir)
   entries = [(entry, *parse_entry(entry)) for entry in config.compare]  # checked before training
   for name in ("axial", "coronal"):
-    slice_task.train_slice_model(config[name], workdir / name)
+    if reports.run_is_finished(workdir / name, config[name].train.num_steps):
+      print(f"== {name} model: finished already in {workdir / name}")
+    else:
+      slice_inputs.train_slice_model(config[name], workdir / name)
   eval_dir = sources.source_dirs(config.axial.data, workdir / "axial")["eval"]
 
   mesh = sharding.make_mesh()
-  models = {name: slice_models.load_slice_model(workdir / name, name, mesh)
+  models = {name: volume_inpainter.load_slice_model(workdir / name, name, mesh)
             for name in ("axial", "coronal")}
   rows = {}
   for entry, method, mode, num in entries:
     c = ml_collections.ConfigDict(config.to_dict())
     c.pipeline.method, c.pipeline.resampling.mode = method, mode
-    c.pipeline.num_samples, c.inpaint.write_sample = num, num > 1
+    c.sampling.num_samples, c.inpaint.write_sample = num, num > 1
     run_dir = workdir / "inpaint" / entry.replace("/", "-")
     c.inpaint.input_dir = str(eval_dir)
     c.inpaint.output_dir = str(run_dir / "predictions")

@@ -15,24 +15,23 @@ summary and the others go on. Writes, atomically:
                         discontinuity_x/y/z/mean, texture (`image_metrics.texture_ratio`
                         in the healthy mask), and seconds when the prediction folder
                         has `evaluate.timings` (a JSON object {case: seconds})
-  workdir/summary.json  count (scored), total, `means_cover`, mean and std (ddof=1, as the challenge's pandas summary;
-                        null for one case) of each metric, and `failed`: [{case, error}].
+  workdir/summary.json  count (scored), total, `means_cover`, mean and std (`reports.mean_std`:
+                        ddof=1, as the challenge's pandas summary; null for one case) of
+                        each metric, and `failed`: [{case, error}].
                         A perfect case has psnr inf, written as `Infinity`.
 The job raises InputError (main.py exits non-zero) when no case could be scored.
 """
 
-import csv
-import io
 import json
 import pathlib
 
-import numpy as np
 import tqdm
 from absl import logging
 
 from data_pipelines import brats_layout
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import image_metrics
+from sciimg_jax.core import reports
 from sciimg_jax.inpainting import brats_metrics
 from sciimg_jax.core import nifti
 from sciimg_jax.core.errors import InputError
@@ -40,6 +39,8 @@ from sciimg_jax.core.errors import InputError
 GROUND_TRUTH_KEYS = ("t1n", "t1n-voided", "mask-healthy")
 METRICS = ("ssim", "psnr", "mse", "ssim_3d", "discontinuity_x", "discontinuity_y",
            "discontinuity_z", "discontinuity_mean", "texture")
+SUMMARY_TABLE = (reports.Column("metric", "metric"), reports.Column("mean", "mean", ".4f"),
+                 reports.Column("std", "std", ".4f"))
 
 
 def prediction_path(folder, case, key="t1n-inference"):
@@ -89,10 +90,8 @@ def summarize(rows, failed, columns):
   """The summary.json content: count, mean/std of each column, failed cases."""
   stats = {}
   for name in columns:
-    values = np.array([r[name] for r in rows if r.get(name) is not None], np.float64)
-    stats[name] = dict(
-        mean=float(values.mean()) if len(values) else None,
-        std=float(values.std(ddof=1)) if len(values) > 1 else None)
+    mean, std = reports.mean_std(r[name] for r in rows if r.get(name) is not None)
+    stats[name] = dict(mean=mean, std=std)
   total = len(rows) + len(failed)
   return dict(count=len(rows), total=total,
               means_cover=f"{len(rows)} of {total} cases ({len(failed)} failed, listed below)",
@@ -100,10 +99,9 @@ def summarize(rows, failed, columns):
 
 
 def format_table(summary):
-  lines = [f"{'metric':<20}{'mean':>12}{'std':>12}"]
-  fmt = lambda v: f"{v:12.4f}" if v is not None else f"{'-':>12}"
-  for name, s in summary["metrics"].items():
-    lines.append(f"{name:<20}{fmt(s['mean'])}{fmt(s['std'])}")
+  """The metrics' mean and std as a Markdown table, then the count and the failed cases."""
+  rows = [dict(metric=name, **s) for name, s in summary["metrics"].items()]
+  lines = [reports.format_markdown(rows, SUMMARY_TABLE)]
   lines.append(f"{summary['count']} of {summary['total']} cases scored (the means cover "
                f"these only), {len(summary['failed'])} failed")
   lines += [f"  failed {f['case']}: {f['error']}" for f in summary["failed"]]
@@ -150,11 +148,8 @@ def evaluate_folder(config, workdir):
     bar.set_postfix(ssim=f"{scores['ssim']:.3f}", psnr=f"{scores['psnr']:.2f}")
 
   columns = METRICS + (("seconds",) if timings is not None else ())
-  out = io.StringIO()
-  writer = csv.DictWriter(out, fieldnames=("case",) + columns, lineterminator="\n")
-  writer.writeheader()
-  writer.writerows(rows)
-  atomic_files.write_text(workdir / "scores.csv", out.getvalue())
+  reports.write_table(workdir / "scores.csv", rows,
+                      [reports.Column(k, k) for k in ("case",) + columns])
 
   summary = summarize(rows, failed, columns)
   summary.update(predictions=str(predictions), ground_truth=str(cfg.ground_truth))

@@ -1,1 +1,1 @@
-"""IR versus RGB pathology: spectral-spatial classifiers and collapse diagnostics (DESIGN.md, 3)."""
+"""IR versus RGB pathology: spectral-spatial classifiers and collapse diagnostics (docs/ir_pathology.md)."""

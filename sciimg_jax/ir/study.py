@@ -3,50 +3,56 @@
 `config.runs` maps a run name to a complete classifier config (configs/ir/study.py builds
 them: the IR, RGB and per-pixel models, and the IR model with one robustness strategy or
 remedy switched on). Each is trained once per seed of `config.seeds` in
-`<workdir>/<run>-seed<k>` (a finished run is reused: its `final_metrics.json` is read), and
-the chemometric baselines (`config.baselines`, from `baselines.NAMES`) are fitted on the
+`<workdir>/<run>-seed<k>` (a finished run, `reports.run_is_finished`, is not trained again:
+its `final_metrics.json` is read), and the chemometric baselines (`config.baselines`, from `baselines.NAMES`) are fitted on the
 centre pixels of the same training patches (every run draws the same patches,
 `data.patch_seed`), once for each of `config.baseline_modalities`: IR spectra (rows named
 after the baseline) and RGB colours (rows `<baseline>-rgb`). Writes `study.json` (every
-run), `study.md` and `study.csv` (mean ± std over seeds) and `study.png` (accuracy against
-feature effective rank and logit PC1 share).
+run), `study.md` and `study.csv` (mean ± std over seeds, `reports.mean_std`: ddof=1, no std
+for one seed) and `study.png` (accuracy against feature effective rank and logit PC1 share).
 """
 
 import json
 import pathlib
 
 import ml_collections
-import numpy as np
 
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import figures
+from sciimg_jax.core import reports
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ir import baselines
 from sciimg_jax.ir import classifier_task
 
 COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "features_effective_rank",
            "logits_pc1_share", "gradient_effective_rank")
+TABLE = (reports.Column("run", "run"),) + tuple(reports.Column.mean_std(k, k, 3) for k in COLUMNS)
 
 
 def train_or_reuse(c, workdir):
+  """The run's final metrics: a finished run's `final_metrics.json`, else it is trained.
+
+  A finished run without the file (stopped after its last checkpoint) resumes there: the
+  trainer has no step left, and `train_classifier` evaluates it and writes the file.
+  """
   done = workdir / "final_metrics.json"
-  if done.is_file():
+  if reports.run_is_finished(workdir, c.train.num_steps) and done.is_file():
     return json.loads(done.read_text())
   return classifier_task.train_classifier(c, workdir)
 
 
 def mean_std(rows):
-  return {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows])))
-          for k in COLUMNS if all(k in r for r in rows)}
+  """{column: (mean, std)} over the seeds' rows (`reports.mean_std`: ddof=1, None for one)."""
+  return {k: reports.mean_std(r[k] for r in rows) for k in COLUMNS if all(k in r for r in rows)}
 
 
 def format_table(summary):
-  head = "| run | " + " | ".join(COLUMNS) + " |"
-  lines = [head, "|" + " --- |" * (len(COLUMNS) + 1)]
-  for name, stats in summary.items():
-    cells = [f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" if k in stats else "" for k in COLUMNS]
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  """The summary as a Markdown table (mean ± std, 3 decimals)."""
+  return reports.format_markdown(table_rows(summary), TABLE)
+
+
+def table_rows(summary):
+  return [{"run": name, **stats} for name, stats in summary.items()]
 
 
 def save_plot(summary, path):
@@ -89,12 +95,12 @@ def run_study(config, workdir):
     for seed in config.seeds:
       c = ml_collections.ConfigDict(run.to_dict())
       c.seed = int(seed)
-      c.data.cache_dir = c.data.cache_dir or str(workdir / "data")  # one dataset for all runs
+      c.data.cache_dir = str(reports.cache_dir(c.data, workdir))  # one dataset for all runs
       rows.append(train_or_reuse(c, workdir / f"{name}-seed{seed}"))
     results[name], summary[name] = rows, mean_std(rows)
   for modality in baseline_modalities if config.baselines else ():
     first = ml_collections.ConfigDict(next(iter(config.runs.values())).to_dict())
-    first.data.cache_dir = first.data.cache_dir or str(workdir / "data")
+    first.data.cache_dir = str(reports.cache_dir(first.data, workdir))
     first.data.modality, first.data.spectral_transform = modality, "none"
     task = classifier_task.PatchClassifierTask(first, workdir / "baselines")
     (tx, ty), (vx, vy) = task.arrays("train", raw=True), task.arrays("test", raw=True)
@@ -104,11 +110,8 @@ def run_study(config, workdir):
       results[row], summary[row] = rows, mean_std(rows)
   atomic_files.write_json(workdir / "study.json", {"runs": results, "summary": summary})
   table = format_table(summary)
-  atomic_files.write_text(workdir / "study.md", table + "\n")
-  csv_lines = ["run," + ",".join(f"{k}_mean,{k}_std" for k in COLUMNS)]
-  csv_lines += [name + "," + ",".join(f"{s[k][0]:.6g},{s[k][1]:.6g}" if k in s else ","
-                                      for k in COLUMNS) for name, s in summary.items()]
-  atomic_files.write_text(workdir / "study.csv", "\n".join(csv_lines) + "\n")
+  for suffix in (".md", ".csv"):
+    reports.write_table(workdir / f"study{suffix}", table_rows(summary), TABLE)
   save_plot(summary, workdir / "study.png")
   print(f"\nHeld-out patches, mean ± std over seeds {tuple(config.seeds)}:\n{table}")
   return summary

@@ -1,13 +1,13 @@
-"""The translation job: super-resolve or translate a folder of volumes with every method.
+"""The evaluation job of Diff-Ensembler: super-resolve or translate a folder of volumes with every method.
 
-  python main.py --config=configs/ensembler/translate.py --workdir=runs/sr-eval \
-      --config.translate.members='("runs/sr/axial","runs/sr/coronal","runs/sr/sagittal")' \
-      --config.translate.fusion=runs/sr/fusion
+  python main.py --config=configs/ensembler/evaluate.py --workdir=runs/sr-eval \
+      --config.evaluate.members='("runs/sr/axial","runs/sr/coronal","runs/sr/sagittal")' \
+      --config.evaluate.fusion=runs/sr/fusion
 
-For each case of `translate.input_root` (a BraTS-layout folder; '' = the held-out split
+For each case of `evaluate.input_root` (a BraTS-layout folder; '' = the held-out split
 of `data`), prepared on the `data.volume_shape` grid (`volume_cases`), and each method of
-`translate.methods` (a member's axis, 'average', 'tpdm', 'fused' from
-`translator.METHODS`, or a baseline: 'cubic', 'regressor'):
+`evaluate.methods` (a member's axis, 'average', 'tpdm', 'fused': the methods of the
+volume sampler, or a baseline of `translator.BASELINES`: 'cubic', 'regressor'):
 
   1. sample with key `fold_in(key(seed), crc32(case name))` (the same in any folder,
      order or subset), `sampling.num_samples` samples whose mean is the result;
@@ -16,21 +16,18 @@ of `data`), prepared on the `data.volume_shape` grid (`volume_cases`), and each 
      [0, 1]);
   3. score it against the case's target, when it has one (`evaluation.scores`): PSNR and
      3D SSIM after min-max normalisation by the ground truth, the texture ratio in the
-     brain, and with `translate.segmenter` the Dice of the downstream tumour segmenter
+     brain, and with `evaluate.segmenter` the Dice of the downstream tumour segmenter
      on the result against `mask-unhealthy`;
   4. draw `figures/<case>.png`: the three planes of the condition, every method and
      the ground truth.
 
 After every case the job rewrites `cases.csv` (one row per case and method) and
-`summary.json` (per method: mean and std of each score, seconds per volume, and the
+`summary.json` (per method: mean and std (ddof=1) of each score, seconds per volume, and the
 set-level MMD against the ground truths), all atomically; at the end it prints the table.
 """
 
-import csv
-import io
 import pathlib
 import time
-import zlib
 
 import jax
 import numpy as np
@@ -44,27 +41,29 @@ from sciimg_jax.core import figures
 from sciimg_jax.core import intensity
 from sciimg_jax.core import interrupts
 from sciimg_jax.core import nifti
+from sciimg_jax.core import reports
 from sciimg_jax.core import sharding
 from sciimg_jax.core import trained_models
 from sciimg_jax.core import volumes
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ensembler import evaluation
-from sciimg_jax.ensembler import fusion_task
+from sciimg_jax.ensembler import fusion as fusion_lib
 from sciimg_jax.ensembler import members as members_lib
 from sciimg_jax.ensembler import translator as translator_lib
 
 SCORES = ("psnr", "ssim", "texture", "dice")
-
-
-def case_key(base_key, name):
-  """A case's key from its name, never its position in a listing."""
-  return jax.random.fold_in(base_key, zlib.crc32(name.encode()))
+CASE_COLUMNS = tuple(reports.Column(k, k) for k in ("case", "method") + SCORES + ("seconds",))
+SUMMARY_COLUMNS = (
+    reports.Column("method", "method"), reports.Column.mean_std("PSNR (dB)", "psnr", 2),
+    reports.Column.mean_std("SSIM", "ssim", 3), reports.Column("MMD", "mmd", ".2e"),
+    reports.Column.mean_std("texture", "texture", 2), reports.Column.mean_std("Dice", "dice", 3),
+    reports.Column.mean_std("s / volume", "seconds", 1))
 
 
 def input_cases(config, workdir):
-  """The prepared cases to translate: `translate.input_root`, or the held-out split."""
-  t = config.translate
-  cache = pathlib.Path(config.data.cache_dir or pathlib.Path(workdir) / "data")
+  """The prepared cases to translate: `evaluate.input_root`, or the held-out split."""
+  t = config.evaluate
+  cache = reports.cache_dir(config.data, workdir)
   root = t.input_root or data_sources.source_dirs(config.data, workdir)["eval"]
   has_target = all(brats_layout.case_file(d, config.data.target).is_file()
                    for d in brats_layout.find_cases(root, volume_cases.required_keys(
@@ -75,10 +74,10 @@ def input_cases(config, workdir):
 
 
 def load_models(config, mesh):
-  """(members, fusion, regressor, segmenter) named by `translate.*` ('' = none)."""
-  t = config.translate
+  """(members, fusion, regressor, segmenter) named by `evaluate.*` ('' = none)."""
+  t = config.evaluate
   members = members_lib.load_members(t.members, config.data, config.diffusion, mesh)
-  fusion = (fusion_task.load_fusion(t.fusion, members, config.data, mesh)
+  fusion = (fusion_lib.load_fusion(t.fusion, members, config.data, mesh)
             if t.fusion else None)
 
   def deterministic(workdir, objective):
@@ -92,15 +91,15 @@ def load_models(config, mesh):
           deterministic(t.segmenter, "segmentation"))
 
 
-def check_methods(config, translator, regressor):
-  for m in config.translate.methods:
+def check_methods(config, translator):
+  for m in config.evaluate.methods:
     translator.check_method(m)
-  if "regressor" in config.translate.methods and regressor is None:
-    raise InputError("translate.regressor", "method 'regressor' needs a trained regressor workdir")
-  if "fused" in config.translate.methods and translator.fusion is None:
-    raise InputError("translate.fusion", "method 'fused' needs a trained fusion workdir")
-  if "cubic" in config.translate.methods and translator_lib.pooled_condition(config.data) is None:
-    raise InputError("translate.methods", "'cubic' needs a pooled condition of the target "
+  if "regressor" in config.evaluate.methods and translator.regressor is None:
+    raise InputError("evaluate.regressor", "method 'regressor' needs a trained regressor workdir")
+  if "fused" in config.evaluate.methods and translator.fusion is None:
+    raise InputError("evaluate.fusion", "method 'fused' needs a trained fusion workdir")
+  if "cubic" in config.evaluate.methods and translator_lib.pooled_condition(config.data) is None:
+    raise InputError("evaluate.methods", "'cubic' needs a pooled condition of the target "
                      f"(e.g. '{config.data.target}:pool4')")
 
 
@@ -118,7 +117,10 @@ def write_output(path, image, case, data):
 
 
 def summarise(rows, results, truths):
-  """{method: {score: [mean, std], seconds, mmd}} over the cases scored so far."""
+  """{method: {score: [mean, std], seconds, mmd}} over the cases scored so far.
+
+  std is `reports.mean_std`'s (ddof=1; None for one case).
+  """
   summary = {}
   for method in dict.fromkeys(r["method"] for r in rows):
     mine = [r for r in rows if r["method"] == method]
@@ -126,7 +128,7 @@ def summarise(rows, results, truths):
     for key in SCORES + ("seconds",):
       values = [r[key] for r in mine if r.get(key) is not None and np.isfinite(r[key])]
       if values:
-        entry[key] = [float(np.mean(values)), float(np.std(values))]
+        entry[key] = list(reports.mean_std(values))
     if truths and method in results:
       entry["mmd"] = evaluation.set_mmd(results[method], truths)
     summary[method] = entry
@@ -134,40 +136,29 @@ def summarise(rows, results, truths):
 
 
 def write_tables(workdir, rows, summary):
-  buf = io.StringIO()
-  fields = ["case", "method"] + list(SCORES) + ["seconds"]
-  writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-  writer.writeheader()
-  for r in rows:
-    writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in fields})
-  atomic_files.write_text(pathlib.Path(workdir) / "cases.csv", buf.getvalue())
+  """`cases.csv` (one row per case and method) and `summary.json`, atomically."""
+  reports.write_table(pathlib.Path(workdir) / "cases.csv", rows, CASE_COLUMNS)
   atomic_files.write_json(pathlib.Path(workdir) / "summary.json", summary)
 
 
 def format_table(summary):
   """The summary as a Markdown table (mean ± std)."""
-  head = "| method | PSNR (dB) | SSIM | MMD | texture | Dice | s / volume |"
-  lines = [head, "|" + " --- |" * 7]
-  fmt = lambda e, k, p: (f"{e[k][0]:.{p}f} ± {e[k][1]:.{p}f}" if k in e else "")
-  for method, e in summary.items():
-    mmd = f"{e['mmd']:.2e}" if "mmd" in e else ""
-    lines.append(f"| {method} | {fmt(e, 'psnr', 2)} | {fmt(e, 'ssim', 3)} | {mmd} | "
-                 f"{fmt(e, 'texture', 2)} | {fmt(e, 'dice', 3)} | {fmt(e, 'seconds', 1)} |")
-  return "\n".join(lines)
+  return reports.format_markdown([{"method": m, **e} for m, e in summary.items()],
+                                 SUMMARY_COLUMNS)
 
 
-def translate_cases(config, workdir, translator, regressor=None, segmenter=None):
+def translate_cases(config, workdir, translator, segmenter=None):
   """Runs every method on every case; returns the summary dict."""
   workdir = pathlib.Path(workdir)
-  check_methods(config, translator, regressor)
-  data, methods = config.data, tuple(config.translate.methods)
+  check_methods(config, translator)
+  data, methods = config.data, tuple(config.evaluate.methods)
   cases = input_cases(config, workdir)
   position = volumes.position_embedding(tuple(data.volume_shape))
   base_key = jax.random.key(config.seed)
   rows, results, truths = [], {m: [] for m in methods}, []
   chunk = config.sampling.chunk_size
   summary = {}
-  for case in tqdm.tqdm(cases, desc="cases", disable=not config.translate.progress_bar):
+  for case in tqdm.tqdm(cases, desc="cases", disable=not config.evaluate.progress_bar):
     interrupts.check()
     array = np.asarray(case.array)
     cond = volume_cases.example(data, array, position)["cond"]
@@ -179,12 +170,7 @@ def translate_cases(config, workdir, translator, regressor=None, segmenter=None)
       if method in translator.names:
         translator.compile(method, cond)  # compiled once, outside the timing
       start = time.perf_counter()
-      if method == "cubic":
-        image = translator_lib.cubic_upsampling(data, cond)
-      elif method == "regressor":
-        image = translator_lib.slicewise_network(regressor, data, cond, chunk, translator.mesh)
-      else:
-        image = translator(method, cond, case_key(base_key, case.name)).mean(axis=0)
+      image = translator.image(method, cond, reports.case_key(base_key, case.name))
       seconds = time.perf_counter() - start
       outputs[method] = image
       write_output(workdir / "outputs" / method / case.name / f"{case.name}-{data.target}.nii.gz",
@@ -227,17 +213,17 @@ def segmenter_input(segmenter, data, image, cond):
   condition (the target modality), with the volume's position and mask."""
   own = segmenter.config.data
   if tuple(own.conditions) != (data.target,):
-    raise InputError("translate.segmenter", f"the segmenter reads {tuple(own.conditions)}; "
+    raise InputError("evaluate.segmenter", f"the segmenter reads {tuple(own.conditions)}; "
                      f"it must read the translated {data.target!r} alone")
   return np.concatenate([image[..., None], cond[..., -4:]], axis=-1)
 
 
-def translate_folder(config, workdir):
-  """The `ensembler_translate` job."""
+def evaluate_folder(config, workdir):
+  """The `ensembler_evaluate` job."""
   mesh = sharding.make_mesh()
   members, fusion, regressor, segmenter = load_models(config, mesh)
-  translator = translator_lib.VolumeTranslator(config, members, fusion, mesh)
-  summary = translate_cases(config, workdir, translator, regressor, segmenter)
+  translator = translator_lib.VolumeTranslator(config, members, fusion, mesh, regressor)
+  summary = translate_cases(config, workdir, translator, segmenter)
   atomic_files.write_json(pathlib.Path(workdir) / "config.json", config.to_dict())
   tqdm.tqdm.write(format_table(summary))
   return summary

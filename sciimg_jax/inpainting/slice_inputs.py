@@ -1,0 +1,125 @@
+"""What the inpainting slice models see: the method's inputs to the core slice task.
+
+The network maps (x_t, voided slice, mask slice) -> epsilon (or x0 / v) on 2D slices along
+`data.axis` (as in the BraTS 2023 2nd-place DDPM); training runs the core
+`slice_task.SliceTask` on batches of the TFDS/grain slice pipeline over `data.root` (or
+the embedded MNI152 subjects), with random lesion-shaped holes (`data.random_masks`) and
+the unknown pixels weighted `train.loss_weight_in_mask` x the others in the loss.
+Evaluation inpaints `train.num_sample_images` held-out slices that meet the mask, spread
+evenly over the eval cases, with the EMA parameters, the `sampling` walk and the known
+region replaced at every step; it writes `samples/step_<n>.png` (voided | mask |
+inpainted | ground truth) and logs `sample_mse_in_mask`, the mean squared error inside
+the mask on the [0, 1] scale.
+
+  python main.py --config=configs/inpainting/axial.py --workdir=runs/axial
+"""
+
+import pathlib
+
+import numpy as np
+
+from data_pipelines import input_pipeline
+from data_pipelines import sources as data_sources
+from sciimg_jax.core import figures
+from sciimg_jax.core import reports
+from sciimg_jax.core import slice_task
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.inpainting import known_region
+
+# The conditioning channels of the slice models, in any order.
+CONDITIONS = ("t1n-voided", "mask")
+
+
+def known_and_mask(conditions, cond):
+  """The voided image and the mask, (B, ..., 1) each, from the condition channels."""
+  v, m = list(conditions).index("t1n-voided"), list(conditions).index("mask")
+  return cond[..., v:v + 1], cond[..., m:m + 1]
+
+
+def sample_indices(config, source, num=None):
+  """`num` (default `train.num_sample_images`) records of `source`, evenly spread over those
+  that meet the mask.
+
+  (With `data.slices='brain'` most held-out slices have no mask; a curve of the error
+  inside the mask needs ones that do.)
+  """
+  m = list(config.data.conditions).index("mask")
+  with_mask = [i for i in range(len(source)) if np.any(source[i]["cond"][..., m] > 0)]
+  if not with_mask:
+    raise InputError("data.eval_root", "no held-out slice meets a mask; nothing to evaluate")
+  num = config.train.num_sample_images if num is None else num
+  return np.asarray(with_mask)[np.linspace(0, len(with_mask) - 1, num).round().astype(int)]
+
+
+def save_inpainting_grid(path, *, voided, mask, result, target=None):
+  """One row per slice: voided input | mask | inpainted | ground truth (if given).
+
+  Images are (N, H, W) in [-1, 1]; masks (N, H, W) in {0, 1}.
+  """
+  columns = {"voided": voided, "mask": mask, "inpainted": result}
+  if target is not None:
+    columns["ground truth"] = target
+  return figures.save_image_grid(path, columns, {"mask": (0.0, 1.0)})
+
+
+class InpaintingSlices:
+  """`slice_task.SliceInputs` of the inpainting slice models."""
+
+  def check_config(self, config):
+    if config.train.get("objective", "diffusion") != "diffusion":
+      raise InputError("train.objective", "inpainting slice models learn 'diffusion'")
+    w = config.train.get("loss_weight_in_mask", 1.0)
+    if w != 1.0 and "mask" not in config.data.conditions:
+      raise InputError("train.loss_weight_in_mask", "needs 'mask' among data.conditions")
+    if w <= 0:
+      raise InputError("train.loss_weight_in_mask", f"must be > 0, got {w!r}")
+    if config.train.eval_every:
+      missing = [k for k in CONDITIONS if k not in config.data.conditions]
+      if missing:
+        raise InputError("data.conditions", f"inpainting needs {missing} among "
+                         f"{tuple(config.data.conditions)}")
+
+  def channel_names(self, config):
+    return tuple(config.data.conditions)
+
+  def sources(self, config, workdir):
+    workdir = pathlib.Path(workdir)
+    splits = data_sources.source_dirs(config.data, workdir)
+    return input_pipeline.slice_sources(config.data, splits,
+                                        reports.cache_dir(config.data, workdir))
+
+  def train_iterator(self, config, source, batch_size):
+    return input_pipeline.make_train_iterator(config.data, source, seed=config.seed,
+                                              batch_size_per_process=batch_size)
+
+  def loss_weights(self, config, batch):
+    """Unknown (mask) pixels weigh `train.loss_weight_in_mask` x the others; None if 1."""
+    w = config.train.get("loss_weight_in_mask", 1.0)
+    if w == 1.0:
+      return None
+    _, mask = known_and_mask(config.data.conditions, batch["cond"])
+    return 1.0 + (w - 1.0) * mask
+
+  def eval_batch(self, config, source):
+    return input_pipeline.make_batch(config.data, source, sample_indices(config, source))
+
+  def constraint(self, config, cond, schedule):
+    """The known region replaced at every step, and the known pixels put back at the end."""
+    known, mask = known_and_mask(config.data.conditions, cond)
+    finish = lambda x0: mask * x0 + (1.0 - mask) * known
+    return known_region.known_region_replacement(schedule, known, mask), finish
+
+  def evaluate(self, config, batch, prediction, step, workdir):
+    """Saves the figure and returns the error inside the mask."""
+    voided, mask = known_and_mask(config.data.conditions, batch["cond"])
+    target = batch["target"]
+    save_inpainting_grid(pathlib.Path(workdir) / "samples" / f"step_{step:07d}.png",
+                         voided=voided[..., 0], mask=mask[..., 0],
+                         result=prediction[..., 0], target=target[..., 0])
+    err = ((prediction - target) / 2.0) ** 2 * mask  # on the [0, 1] scale
+    return {"sample_mse_in_mask": float(err.sum() / max(mask.sum(), 1.0))}
+
+
+def train_slice_model(config, workdir, *, stop_at_step=None):
+  """The `inpaint_train` job: trains a slice model in `workdir` (resuming if it can)."""
+  return slice_task.train(config, workdir, InpaintingSlices(), stop_at_step=stop_at_step)
