@@ -40,7 +40,7 @@ from sciimg_jax.core import volumes  # noqa: E402
 from sciimg_jax.core.diffusion import sampler  # noqa: E402
 from sciimg_jax.core.diffusion.steppers import STEPPERS  # noqa: E402
 from sciimg_jax.ensembler import consistency  # noqa: E402
-from sciimg_jax.ensembler import fusion  # noqa: E402
+from sciimg_jax.ensembler import fusion as fusion_lib  # noqa: E402
 from sciimg_jax.ensembler import members as members_lib  # noqa: E402
 from sciimg_jax.ensembler import study  # noqa: E402
 from sciimg_jax.ensembler import translator as translator_lib  # noqa: E402
@@ -58,7 +58,7 @@ def build(shape, steps):
                                      c.data, c.diffusion) for a in c.study.directions]
   fc = study.fusion_config(c, c.study.directions)
   fusion = trained_models.restore(
-      fc, mesh, create=lambda rngs, dtype: fusion.create_model(fc, rngs, dtype, members))
+      fc, mesh, create=lambda rngs, dtype: fusion_lib.create_model(fc, rngs, dtype, members))
   return c, translator_lib.VolumeTranslator(c, members, fusion, mesh)
 
 

@@ -18,6 +18,7 @@ from sciimg_jax.core import trainer
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.core import slice_task
 from sciimg_jax.inpainting import slice_inputs
+from tolerances import float32_tolerance
 
 
 def _params(state):
@@ -56,9 +57,12 @@ def test_four_devices_match_one_device(tiny_config, tmp_path):
   state4, init4, metrics4 = _run_steps(tiny_config, task, jax.devices(), batches)
   leaf = jax.tree.leaves(state4.params)[0]
   assert len(leaf.sharding.device_set) == 4 and leaf.sharding.is_fully_replicated
+  # the loss is a mean of 4*h*w positive terms, each gradient a sum over the same pixels,
+  # added in another order on 4 devices than on 1: 2 * 4*h*w eps relative (a shard's loss: ~4%)
+  rtol = float32_tolerance(1.0, 2 * 4 * h * w)
   for m1, m4 in zip(metrics1, metrics4):
-    np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
-    np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-5)
+    np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=rtol)
+    np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=rtol)
   # Parameter updates agree to float tolerance. (Adam divides by sqrt(v), so the
   # few weights whose gradients are ~0 can move differently by a fraction of a
   # step; a sharding bug, e.g. gradients of one shard only, gives errors ~100%.)

@@ -13,6 +13,7 @@ from sciimg_jax.core import intensity
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import adaptive_resampling
 from sciimg_jax.inpainting import volume_inpainter
+from tolerances import float32_tolerance
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,9 @@ def test_samples_in_one_call(models, case):
   one = make(models, method="axial")(voided, mask, key)
   many = make(models, method="axial", num_samples=2)(voided, mask, key)
   assert many.shape == (2,) + voided.shape
-  np.testing.assert_allclose(many[0], one, atol=1e-5)   # sample 0 is the one-sample result
+  # sample 0 is the one-sample result, up to float32 in other batch shapes: <= 12 network passes
+  # (4 steps, 3 with one RePaint loop) of ~20 layers of fan-in <= 288 on O(1) activations
+  np.testing.assert_allclose(many[0], one, atol=float32_tolerance(1.0, 12 * 20 * 288))  # 8e-3
   inside = mask > 0
   assert np.abs(many[1][inside] - many[0][inside]).mean() > 1e-3  # the others differ
   for sample in many:

@@ -1,9 +1,9 @@
 """Float tolerances derived from the computation, not fitted to one machine's output.
 
 float32 results differ in their last bits between x86-64 CPUs: the SIMD width (AVX2 against
-AVX-512) changes the order in which XLA and numpy sum, and whether a multiply and an add are
-fused. A tolerance read off one machine's error (atol=2e-6 because this CPU gave 1.8e-6) fails
-on the next one. Derive it instead, with `float32_tolerance`.
+AVX-512) changes the order in which XLA's reductions and matrix products add, and whether a
+multiply and an add are fused. A tolerance read off one machine's error (atol=2e-6 because
+this CPU gave 1.8e-6) fails on the next one. Derive it instead, with `float32_tolerance`.
 
 Import it as `from tolerances import float32_tolerance`: tests/ is not a package, and pytest's
 default (prepend) import mode puts tests/ on sys.path for conftest.py and the test modules,

@@ -2,6 +2,8 @@
 
   case_key(base_key, name)      a case's random key: `fold_in(base_key, crc32(name))`, so a
                                 case gets the same samples in any folder, order or subset.
+  each_case(cases, ...)         the per-case loop of the jobs over a folder: a progress bar,
+                                Ctrl-C honoured between cases, each case with its key.
   mean_std(values)              (mean, std) of per-case or per-seed scores. The one convention
                                 of every report: the sample standard deviation (ddof=1, as the
                                 BraTS challenge's pandas summary), None for one value.
@@ -31,13 +33,27 @@ import zlib
 
 import jax
 import numpy as np
+import tqdm
 
 from sciimg_jax.core import atomic_files
+from sciimg_jax.core import interrupts
 
 
 def case_key(base_key, name):
   """The case's random key: from its name, never from its place in a listing."""
   return jax.random.fold_in(base_key, zlib.crc32(name.encode()))
+
+
+def each_case(cases, *, desc="cases", progress=True, base_key=None, name=lambda case: case.name):
+  """Yields (case, key) for every case in order, with a progress bar (`progress`).
+
+  Between cases a Ctrl-C stops the loop (`interrupts.check` raises `Interrupted`), so a job
+  keeps every case it finished. `key` is `case_key(base_key, name(case))`, or None without
+  a `base_key`.
+  """
+  for case in tqdm.tqdm(cases, desc=desc, unit="case", disable=not progress):
+    interrupts.check()
+    yield case, (None if base_key is None else case_key(base_key, name(case)))
 
 
 def mean_std(values):

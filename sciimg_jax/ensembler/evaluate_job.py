@@ -39,7 +39,6 @@ from data_pipelines import volume_cases
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import figures
 from sciimg_jax.core import intensity
-from sciimg_jax.core import interrupts
 from sciimg_jax.core import nifti
 from sciimg_jax.core import reports
 from sciimg_jax.core import sharding
@@ -154,12 +153,11 @@ def translate_cases(config, workdir, translator, segmenter=None):
   data, methods = config.data, tuple(config.evaluate.methods)
   cases = input_cases(config, workdir)
   position = volumes.position_embedding(tuple(data.volume_shape))
-  base_key = jax.random.key(config.seed)
   rows, results, truths = [], {m: [] for m in methods}, []
   chunk = config.sampling.chunk_size
   summary = {}
-  for case in tqdm.tqdm(cases, desc="cases", disable=not config.evaluate.progress_bar):
-    interrupts.check()
+  for case, key in reports.each_case(cases, progress=config.evaluate.progress_bar,
+                                     base_key=jax.random.key(config.seed)):
     array = np.asarray(case.array)
     cond = volume_cases.example(data, array, position)["cond"]
     truth = array[..., 0] if case.meta["has_target"] else None
@@ -170,7 +168,7 @@ def translate_cases(config, workdir, translator, segmenter=None):
       if method in translator.names:
         translator.compile(method, cond)  # compiled once, outside the timing
       start = time.perf_counter()
-      image = translator.image(method, cond, reports.case_key(base_key, case.name))
+      image = translator.image(method, cond, key)
       seconds = time.perf_counter() - start
       outputs[method] = image
       write_output(workdir / "outputs" / method / case.name / f"{case.name}-{data.target}.nii.gz",

@@ -25,7 +25,6 @@ The job raises InputError (main.py exits non-zero) when no case could be scored.
 import json
 import pathlib
 
-import tqdm
 from absl import logging
 
 from data_pipelines import brats_layout
@@ -129,8 +128,7 @@ def evaluate_folder(config, workdir):
   timings = _load_timings(predictions, cfg.timings)
 
   rows, failed = [], []
-  bar = tqdm.tqdm(cases, desc="evaluate", unit="case", disable=not cfg.progress_bar)
-  for case_dir in bar:
+  for case_dir, _ in reports.each_case(cases, desc="evaluate", progress=cfg.progress_bar):
     error = None
     try:
       scores = score_case(case_dir, prediction_path(predictions, case_dir.name, cfg.prediction_key),
@@ -145,7 +143,6 @@ def evaluate_folder(config, workdir):
     if timings is not None:
       row["seconds"] = timings.get(case_dir.name)
     rows.append(row)
-    bar.set_postfix(ssim=f"{scores['ssim']:.3f}", psnr=f"{scores['psnr']:.2f}")
 
   columns = METRICS + (("seconds",) if timings is not None else ())
   reports.write_table(workdir / "scores.csv", rows,
