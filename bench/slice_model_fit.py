@@ -20,7 +20,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from data_pipelines import input_pipeline  # noqa: E402
 from data_pipelines import sources as data_sources  # noqa: E402
-from sciimg_jax.core import reports  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402
 from sciimg_jax.core.diffusion import schedules  # noqa: E402
 from sciimg_jax.inpainting import slice_inputs  # noqa: E402
@@ -38,7 +37,7 @@ def main():
   model = volume_inpainter.load_slice_model(args.workdir, args.name, sharding.make_mesh())
   c = model.config
   sources = input_pipeline.slice_sources(c.data, data_sources.source_dirs(c.data, args.workdir),
-                                         reports.cache_dir(c.data, args.workdir))
+                                         data_sources.cache_dir(c.data, args.workdir))
   schedule = schedules.schedule_from_config(c.diffusion)
   m = list(c.data.conditions).index("mask")
   # the batch's channels are the run's data.conditions: call the network on them directly

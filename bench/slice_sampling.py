@@ -20,7 +20,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from data_pipelines import input_pipeline  # noqa: E402
 from data_pipelines import sources as data_sources  # noqa: E402
-from sciimg_jax.core import reports  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402
 from sciimg_jax.core import slice_task  # noqa: E402
 from sciimg_jax.inpainting import slice_inputs  # noqa: E402
@@ -52,7 +51,7 @@ def main():
   model = volume_inpainter.load_slice_model(args.workdir, args.name, mesh)
   c = model.config
   sources = input_pipeline.slice_sources(c.data, data_sources.source_dirs(c.data, args.workdir),
-                                         reports.cache_dir(c.data, args.workdir))
+                                         data_sources.cache_dir(c.data, args.workdir))
   batch = input_pipeline.make_batch(c.data, sources["eval"],
                                     slice_inputs.sample_indices(c, sources["eval"], args.num_slices))
   _, mask = slice_inputs.known_and_mask(c.data.conditions, batch["cond"])

@@ -64,7 +64,7 @@ TINY_SLICE_MODEL = {**base.TINY, "data.image_size": (64, 64), "model.channels": 
 
 VARIANTS = {"tiny": {
     **{f"{name}.{k}": v for name in ("axial", "coronal") for k, v in TINY_SLICE_MODEL.items()},
-    # axial-only sampling is tested in test_volume_sampler
+    # axial-only sampling is tested in test_volume_inpainter
     "compare": ("hierarchical/fixed/mean2", "biharmonic/none", "harmonic/none"),
     "sampling.steps": 4, "sampling.chunk_size": 8,
     "pipeline.resampling.max_loops": 1,

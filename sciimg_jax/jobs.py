@@ -32,6 +32,7 @@ JOBS = {
     "ensembler_study": ensembler_study.run_study,
 }
 
+
 def run(config, workdir):
   if config.job not in JOBS:
     raise InputError("job", f"unknown job {config.job!r}; known: {', '.join(sorted(JOBS))}")

@@ -284,13 +284,13 @@ def test_unknown_names_raise_input_error():
   t = jnp.zeros((1,), jnp.int32)
   cases = [
       ("diffusion.schedule", lambda: schedules.make_schedule("quadratic")),
-      ("diffusion.stepper", lambda: sampler.sample(lambda x, t: x, s, x, KEY, stepper="euler")),
+      ("sampling.stepper", lambda: sampler.sample(lambda x, t: x, s, x, KEY, stepper="euler")),
       ("diffusion.parameterization",
        lambda: sampler.sample(lambda x, t: x, s, x, KEY, parameterization="score")),
       ("diffusion.parameterization", lambda: schedules.training_target(s, "score", x, x, t)),
       ("diffusion.parameterization", lambda: schedules.predict_x0_eps(s, "score", x, t, x)),
-      ("diffusion.spacing", lambda: schedules.respace(s, 5, "cubic")),
-      ("diffusion.sample_steps", lambda: schedules.respace(s, 11)),
+      ("sampling.spacing", lambda: schedules.respace(s, 5, "cubic")),
+      ("sampling.steps", lambda: schedules.respace(s, 11)),
   ]
   for where, fn in cases:
     with pytest.raises(InputError) as info:

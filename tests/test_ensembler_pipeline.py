@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 
 from configs.ensembler import fusion as fusion_configs
-from configs.ensembler import slice_model
 from configs.ensembler import evaluate as evaluate_configs
+from configs.ensembler import slice_model
 from data_pipelines import brats_layout
 from sciimg_jax.core import sharding
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ensembler import consistency
+from sciimg_jax.ensembler import evaluate_job
 from sciimg_jax.ensembler import fusion as fusion_lib
 from sciimg_jax.ensembler import fusion_task
 from sciimg_jax.ensembler import members as members_lib
 from sciimg_jax.ensembler import slice_inputs
-from sciimg_jax.ensembler import evaluate_job
 from sciimg_jax.ensembler import translator as translator_lib
 from tolerances import float32_tolerance, max_abs
 
@@ -118,7 +118,7 @@ def test_super_resolution_samples_pool_to_the_low_resolution_input(translation, 
 
 def test_evaluate_job_writes_volumes_tables_and_figures(translation, tmp_path):
   config, translator = translation
-  summary = evaluate_job.translate_cases(config, tmp_path, translator)
+  summary = evaluate_job.evaluate_cases(config, tmp_path, translator)
   assert list(summary) == list(config.evaluate.methods)
   for method, entry in summary.items():
     assert entry["cases"] == 2 and set(entry) >= {"psnr", "ssim", "texture", "mmd", "seconds"}

@@ -5,6 +5,7 @@ import pickle
 import re
 
 import grain
+import ml_collections
 import nibabel as nib
 import numpy as np
 import orbax.checkpoint as ocp
@@ -13,6 +14,7 @@ import pytest
 from configs import base
 from data_pipelines import brats_slices
 from data_pipelines import input_pipeline
+from data_pipelines import sources as data_sources
 from sciimg_jax.core import intensity
 from sciimg_jax.core import nifti
 from sciimg_jax.core.errors import InputError
@@ -377,3 +379,10 @@ def test_unknown_key_or_axis(tmp_path):
   with pytest.raises(InputError, match="data.axis"):
     input_pipeline.slice_sources(_data_config(axis="oblique"), {"train": tmp_path},
                                  tmp_path / "cache")
+
+
+def test_cache_dir_defaults_to_the_workdir(tmp_path):
+  data = ml_collections.ConfigDict({"cache_dir": ""})
+  assert data_sources.cache_dir(data, str(tmp_path)) == tmp_path / "data"
+  data.cache_dir = str(tmp_path / "shared")
+  assert data_sources.cache_dir(data, tmp_path / "run") == tmp_path / "shared"

@@ -123,10 +123,3 @@ def test_run_is_finished_at_or_after_its_last_step(tmp_path):
   ckpt.close()
   assert reports.run_is_finished(tmp_path, 4) and reports.run_is_finished(tmp_path, 3)
   assert not reports.run_is_finished(tmp_path, 5)
-
-
-def test_cache_dir_defaults_to_the_workdir(tmp_path):
-  data = ml_collections.ConfigDict({"cache_dir": ""})
-  assert reports.cache_dir(data, str(tmp_path)) == tmp_path / "data"
-  data.cache_dir = str(tmp_path / "shared")
-  assert reports.cache_dir(data, tmp_path / "run") == tmp_path / "shared"

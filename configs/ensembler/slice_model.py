@@ -1,7 +1,7 @@
 """A per-direction 2D model of Diff-Ensembler (job `ensembler_train`).
 
 The network: (x_t, condition slice(s), position, brain mask) -> epsilon on slices along
-`data.axis` (`sciimg_jax/ensembler/slice_task.py`). Variants: a task (`sr`,
+`data.axis` (`sciimg_jax/ensembler/slice_inputs.py`). Variants: a task (`sr`,
 `t1_to_flair`, `t1t2_to_flair`; default sr), an axis (`axial`, `coronal`, `sagittal`;
 default axial), `regressor` (the L1 U-Net baseline), `segmenter` (the downstream tumour
 segmenter on ground-truth FLAIR) and `tiny`.

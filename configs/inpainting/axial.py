@@ -2,7 +2,7 @@
 
 Network input (x_t, voided slice, mask slice) -> epsilon, as in the BraTS 2023
 2nd-place DDPM; linear schedule, T = 1000; trained on axial slices that intersect
-the mask (`sciimg_jax/inpainting/slice_task.py`). Defaults suit real BraTS volumes
+the mask (`sciimg_jax/inpainting/slice_inputs.py`). Defaults suit real BraTS volumes
 (240x240x155, slices padded to 256x256).
 
   python main.py --config=configs/inpainting/axial.py --workdir=runs/axial \

@@ -20,8 +20,6 @@
   run_is_finished(workdir, n)   the one rule for skipping a training run: its `checkpoints/`
                                 folder holds a checkpoint at step n or later. A stopped run
                                 is not finished; training it again resumes it.
-  cache_dir(data, workdir)      where a job's prepared data lives: `data.cache_dir`, else
-                                `<workdir>/data`.
 """
 
 import csv
@@ -172,8 +170,3 @@ def run_is_finished(workdir, num_steps):
   finally:
     ckpt.close()
   return step is not None and step >= num_steps
-
-
-def cache_dir(data_config, workdir):
-  """The folder of a job's prepared data: `data.cache_dir`, else `<workdir>/data`."""
-  return pathlib.Path(data_config.cache_dir or pathlib.Path(workdir) / "data")

@@ -62,7 +62,7 @@ SUMMARY_COLUMNS = (
 def input_cases(config, workdir):
   """The prepared cases to translate: `evaluate.input_root`, or the held-out split."""
   t = config.evaluate
-  cache = reports.cache_dir(config.data, workdir)
+  cache = data_sources.cache_dir(config.data, workdir)
   root = t.input_root or data_sources.source_dirs(config.data, workdir)["eval"]
   has_target = all(brats_layout.case_file(d, config.data.target).is_file()
                    for d in brats_layout.find_cases(root, volume_cases.required_keys(
@@ -91,15 +91,9 @@ def load_models(config, mesh):
 
 
 def check_methods(config, translator):
+  """Stops, before any case is read, on a method that is unknown or lacks what it needs."""
   for m in config.evaluate.methods:
     translator.check_method(m)
-  if "regressor" in config.evaluate.methods and translator.regressor is None:
-    raise InputError("evaluate.regressor", "method 'regressor' needs a trained regressor workdir")
-  if "fused" in config.evaluate.methods and translator.fusion is None:
-    raise InputError("evaluate.fusion", "method 'fused' needs a trained fusion workdir")
-  if "cubic" in config.evaluate.methods and translator_lib.pooled_condition(config.data) is None:
-    raise InputError("evaluate.methods", "'cubic' needs a pooled condition of the target "
-                     f"(e.g. '{config.data.target}:pool4')")
 
 
 def write_output(path, image, case, data):
@@ -146,7 +140,7 @@ def format_table(summary):
                                  SUMMARY_COLUMNS)
 
 
-def translate_cases(config, workdir, translator, segmenter=None):
+def evaluate_cases(config, workdir, translator, segmenter=None):
   """Runs every method on every case; returns the summary dict."""
   workdir = pathlib.Path(workdir)
   check_methods(config, translator)
@@ -221,7 +215,7 @@ def evaluate_folder(config, workdir):
   mesh = sharding.make_mesh()
   members, fusion, regressor, segmenter = load_models(config, mesh)
   translator = translator_lib.VolumeTranslator(config, members, fusion, mesh, regressor)
-  summary = translate_cases(config, workdir, translator, segmenter)
+  summary = evaluate_cases(config, workdir, translator, segmenter)
   atomic_files.write_json(pathlib.Path(workdir) / "config.json", config.to_dict())
   tqdm.tqdm.write(format_table(summary))
   return summary

@@ -60,8 +60,6 @@ def check_signatures(recorded, members, where):
                        f"{ {k: a[k] for k in diff} })")
 
 
-
-
 def in_channels(num_cond_channels, num_models):
   """x_t, the condition channels (conditions, position, mask), one epsilon per 2D model."""
   return 1 + num_cond_channels + num_models

@@ -47,6 +47,7 @@ from sciimg_jax.ensembler import fusion
 from sciimg_jax.ensembler import members as members_lib
 from sciimg_jax.ensembler import slice_inputs
 
+
 def check_config(config):
   f = config.fusion
   if len(f.members) < 2:

@@ -25,7 +25,6 @@ from data_pipelines import brats_layout
 from data_pipelines import sources as data_sources
 from data_pipelines import volume_cases
 from sciimg_jax.core import figures
-from sciimg_jax.core import reports
 from sciimg_jax.core import slice_task
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ensembler import evaluation
@@ -34,7 +33,7 @@ from sciimg_jax.ensembler import evaluation
 def prepared_splits(config, workdir):
   """{'train': [PreparedCase], 'eval': [...]} of `config.data` (embedded data if no root)."""
   workdir = pathlib.Path(workdir)
-  cache = reports.cache_dir(config.data, workdir)
+  cache = data_sources.cache_dir(config.data, workdir)
   splits = data_sources.source_dirs(config.data, workdir)
   return {name: volume_cases.prepare(root, config.data, cache, split=name)
           for name, root in splits.items()}

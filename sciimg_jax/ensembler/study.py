@@ -21,12 +21,13 @@ import pathlib
 
 import tqdm
 
+from data_pipelines import sources as data_sources
 from data_pipelines import volume_cases
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import reports
+from sciimg_jax.ensembler import evaluate_job
 from sciimg_jax.ensembler import fusion_task
 from sciimg_jax.ensembler import slice_inputs
-from sciimg_jax.ensembler import evaluate_job
 
 
 def _copy(config):
@@ -91,7 +92,7 @@ def train(train_fn, config, workdir, what):
 def run_study(config, workdir):
   workdir = pathlib.Path(workdir)
   config = _copy(config)
-  config.data.cache_dir = str(reports.cache_dir(config.data, workdir))  # one copy for every run
+  config.data.cache_dir = str(data_sources.cache_dir(config.data, workdir))  # one copy for every run
   atomic_files.write_json(workdir / "config.json", config.to_dict())
   s = config.study
   member_dirs = []

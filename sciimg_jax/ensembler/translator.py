@@ -2,7 +2,7 @@
 
 `VolumeTranslator(config, members, fusion)` samples a volume from its condition
 channels (`volume_cases.channel_names`, on the `data.volume_shape` grid) with the
-denoiser `METHODS[name]` builds:
+denoiser the core volume sampler builds for a method:
 
   <axis>    one 2D model (a member's name: 'axial', 'coronal', 'sagittal') slice by slice
   average   the mean of every member's epsilon (TOSM / MADM)
@@ -23,8 +23,10 @@ sample i uses `fold_in(key, i)`); their mean is the posterior mean.
 Two deterministic baselines sit beside them (`BASELINES`): `cubic`, the low-resolution
 input upsampled by cubic splines (`scipy.ndimage.zoom`, order 3), and `regressor`, a 2D
 U-Net trained with L1 (`core.slice_task`, objective 'regression') applied slice by slice.
-Volumes are slices chunked to `sampling.chunk_size` per network call (bounded memory),
-each chunk split over the devices.
+Volumes are slices chunked to `sampling.chunk_size` per network call, all samples
+together (bounded memory), each chunk split over the devices. `check_method` stops on a
+method that is unknown or lacks what it needs (a fusion, a regressor, a pooled condition)
+before any case is read.
 """
 
 import jax
@@ -43,6 +45,7 @@ from sciimg_jax.core.diffusion import volume_sampler
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ensembler import consistency
 from sciimg_jax.ensembler import fusion as fusion_lib
+
 
 def pooled_condition(data):
   """(index, factor) of the condition that is the target average-pooled, or None."""
@@ -78,10 +81,9 @@ class VolumeTranslator:
     self.names = self.sampler.methods
 
   def _fused(self, sampler_, params, cond, chain, slices):
-    if self.fusion is None:
-      raise InputError("evaluate.fusion", "method 'fused' needs a trained fusion workdir")
+    _needs_fusion(self)
     f = self.fusion.config.fusion
-    features = f.get("variant", "eps") == "features"
+    features = fusion_lib.uses_features(self.fusion.config)
     parts = sampler_.model_denoisers(params, cond, slices, features=features)
     return fusion_lib.fused_denoiser(parts, self.fusion.net, params["fusion"], cond,
                                      residual_scale=f.residual_scale, with_features=features)
@@ -93,8 +95,11 @@ class VolumeTranslator:
     return p
 
   def check_method(self, method):
-    """Stops unless `method` is a member's name, a combinator or a baseline."""
+    """Stops unless `method` is a member's name, a combinator or a baseline, and has what it
+    needs (`REQUIREMENTS`)."""
     self.sampler.check_method(method, "evaluate.methods", extra=BASELINES)
+    if method in REQUIREMENTS:
+      REQUIREMENTS[method](self)
 
   def denoiser(self, method, params, cond):
     return self.sampler.denoiser(method, params, cond, self.chain)
@@ -155,19 +160,38 @@ def cubic_upsampling(data, cond):
   return ndi.zoom(low, f, order=3, mode="nearest", grid_mode=True).astype(np.float32)
 
 
+def _needs_fusion(translator):
+  if translator.fusion is None:
+    raise InputError("evaluate.fusion", "method 'fused' needs a trained fusion workdir")
+
+
+def _needs_regressor(translator):
+  if translator.regressor is None:
+    raise InputError("evaluate.regressor", "method 'regressor' needs a trained regressor workdir")
+
+
+def _needs_pooled_condition(translator):
+  if pooled_condition(translator.data) is None:
+    data = translator.data
+    raise InputError("evaluate.methods", "'cubic' needs a pooled condition of the target "
+                     f"(e.g. '{data.target}:pool4'); data.conditions are {tuple(data.conditions)}")
+
+
 def _cubic(translator, cond):
   return cubic_upsampling(translator.data, cond)
 
 
 def _regressor(translator, cond):
-  if translator.regressor is None:
-    raise InputError("evaluate.regressor", "method 'regressor' needs a trained regressor workdir")
+  _needs_regressor(translator)
   return slicewise_network(translator.regressor, translator.data, cond,
                            translator.config.sampling.chunk_size, translator.mesh)
 
 
 # The deterministic baselines: name -> (translator, cond) -> image in [-1, 1].
 BASELINES = {"cubic": _cubic, "regressor": _regressor}
+# What a method needs beyond the members: name -> check(translator), raising InputError.
+REQUIREMENTS = {"fused": _needs_fusion, "regressor": _needs_regressor,
+                "cubic": _needs_pooled_condition}
 
 
 def slicewise_network(trained, data, cond, chunk_size, mesh):

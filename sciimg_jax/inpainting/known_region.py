@@ -11,6 +11,10 @@ import jax.numpy as jnp
 
 from sciimg_jax.core.diffusion import schedules
 
+# The condition channels of the inpainting slice models (in any order): the voided image and
+# the mask of the unknown region.
+CONDITIONS = ("t1n-voided", "mask")
+
 
 def known_region_replacement(schedule, known, mask):
   """post_step_fn(x_prev, i, key) that fixes the region where `mask` == 0 to `known`."""

@@ -29,8 +29,8 @@ from sciimg_jax.core import sharding
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import inpaint_job
 from sciimg_jax.inpainting import scoring_job
-from sciimg_jax.inpainting import volume_inpainter
 from sciimg_jax.inpainting import slice_inputs
+from sciimg_jax.inpainting import volume_inpainter
 
 COLUMNS = (("ssim", "SSIM"), ("psnr", "PSNR"), ("mse", "MSE"), ("discontinuity_mean", "discont."),
            ("texture", "texture"), ("seconds", "s/volume"))

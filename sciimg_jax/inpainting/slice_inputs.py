@@ -21,13 +21,10 @@ import numpy as np
 from data_pipelines import input_pipeline
 from data_pipelines import sources as data_sources
 from sciimg_jax.core import figures
-from sciimg_jax.core import reports
 from sciimg_jax.core import slice_task
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import known_region
-
-# The conditioning channels of the slice models, in any order.
-CONDITIONS = ("t1n-voided", "mask")
+from sciimg_jax.inpainting.known_region import CONDITIONS
 
 
 def known_and_mask(conditions, cond):
@@ -86,7 +83,7 @@ class InpaintingSlices:
     workdir = pathlib.Path(workdir)
     splits = data_sources.source_dirs(config.data, workdir)
     return input_pipeline.slice_sources(config.data, splits,
-                                        reports.cache_dir(config.data, workdir))
+                                        data_sources.cache_dir(config.data, workdir))
 
   def train_iterator(self, config, source, batch_size):
     return input_pipeline.make_train_iterator(config.data, source, seed=config.seed,

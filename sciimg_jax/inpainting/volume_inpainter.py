@@ -5,25 +5,26 @@ The method (`pipeline.method = 'hierarchical'`):
   stage 2  the stage-1 volume is noised to level `sampling.stage2.t0` (SDEdit) and the coronal model
            denoises it, the known region fixed at every step.
 Baselines are other configurations of the same sampler (`METHODS`): one model
-alone ('axial', 'coronal'), TPDM-style alternation of the two from step to step
-('tpdm'), and their average ('average').
+alone ('axial', 'coronal') or any combinator of the core volume sampler in one stage:
+TPDM-style alternation of the two from step to step ('tpdm') and their average
+('average').
 
 Every stage is one `sampler.sample` call: a volume denoiser of the core
-`volume_sampler.VolumeSampler` (only on slices that meet the dilated mask), the
-known region replaced by a q(x_t | x0) sample after every step
-(`known_region.known_region_replacement`), and RePaint resampling with a per-region
-loop count (`pipeline.resampling.mode`):
-
-Posterior mean: `sampling.num_samples = N` draws N samples in one jitted call (the
-sampler vmapped over N keys, so every network call takes N times the slices) and
-the inpainter returns them stacked, (N, X, Y, Z); sample i uses `fold_in(key, i)`, so
-sample 0 is the one-sample result. The job writes their mean (and std).
+`volume_sampler.VolumeSampler` (with `pipeline.slice_restriction`, only on the slices
+that meet the mask dilated by `pipeline.mask_dilation`), the known region replaced by a
+q(x_t | x0) sample after every step (`known_region.known_region_replacement`), and
+RePaint resampling with a per-region loop count (`pipeline.resampling.mode`):
 
   none      no resampling;
   fixed     every voxel takes `max_loops` loops at every anchor step (RePaint);
   adaptive  loop counts per mask region and step (`adaptive_resampling`): more
             loops while the noise is high, for large holes with little context, and
             where the two views disagree; none where there is no mask.
+
+Posterior mean: `sampling.num_samples = N` draws N samples in one jitted call (the
+sampler vmapped over N keys, so every network call takes the slices of all samples) and
+the inpainter returns them stacked, (N, X, Y, Z); sample i uses `fold_in(key, i)`, so
+sample 0 is the one-sample result. The job writes their mean (and std).
 """
 
 import dataclasses
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sciimg_jax.core import sharding
 from sciimg_jax.core import trained_models
 from sciimg_jax.core.diffusion import sampler
 from sciimg_jax.core.diffusion import sampling_config
@@ -42,7 +44,7 @@ from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import adaptive_resampling
 from sciimg_jax.inpainting import classical
 from sciimg_jax.inpainting import known_region
-from sciimg_jax.inpainting.slice_inputs import CONDITIONS
+from sciimg_jax.inpainting.known_region import CONDITIONS
 
 MODELS = ("axial", "coronal")
 
@@ -64,13 +66,9 @@ def single(name):
   return lambda s: [Stage(name, sampling_config.stage(s), 1.0, False)]
 
 
-METHODS = {
-    "hierarchical": hierarchical,
-    "axial": single("axial"),
-    "coronal": single("coronal"),
-    "tpdm": single("tpdm"),
-    "average": single("average"),
-}
+# One stage with one model or one of the core sampler's combinators, or the two stages.
+METHODS = {"hierarchical": hierarchical,
+           **{name: single(name) for name in MODELS + tuple(volume_sampler.COMBINATORS)}}
 RESAMPLING_MODES = ("none", "fixed", "adaptive")
 
 
@@ -104,11 +102,16 @@ def check_config(config):
         f"must be >= 1, got {p.classical_margin!r}")
 
 
+def check_conditions(config, name):
+  """Stops unless the `name` model of training config `config` sees `CONDITIONS`."""
+  if sorted(config.data.conditions) != sorted(CONDITIONS):
+    raise InputError("pipeline", f"the {name} model is conditioned on "
+                     f"{list(config.data.conditions)}; inpainting needs {list(CONDITIONS)}")
+
+
 def as_slice_model(trained, name):
   """The inpainting model `name` of a trained run: its own chain, channels of `CONDITIONS`."""
-  if sorted(trained.config.data.conditions) != sorted(CONDITIONS):
-    raise InputError("pipeline", f"the {name} model is conditioned on "
-                     f"{list(trained.config.data.conditions)}; inpainting needs {list(CONDITIONS)}")
+  check_conditions(trained.config, name)
   return slice_models.from_trained(trained, CONDITIONS, name=name)
 
 
@@ -143,6 +146,7 @@ class VolumeInpainter:
                        "inpaint_job.build_inpainter builds every method")
     self.config = config
     self.name = f"{p.method}/{p.resampling.mode}"
+    mesh = mesh or sharding.make_mesh()
     models = models or {}
     models = [models[name] if name in models
               else load_slice_model(p[f"{name}_workdir"], name, mesh) for name in MODELS]
@@ -153,6 +157,7 @@ class VolumeInpainter:
     self.volume_shape = (axial.image_size[0], axial.image_size[1], coronal.image_size[1])
     d = axial.config.diffusion
     for m in models:
+      check_conditions(m.config, m.name)
       for key in ("schedule", "num_timesteps", "beta_start", "beta_end", "parameterization"):
         if m.config.diffusion[key] != d[key]:
           raise InputError("pipeline", f"the axial and coronal models differ in diffusion.{key}")

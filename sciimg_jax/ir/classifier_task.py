@@ -27,10 +27,10 @@ import optax
 from flax import nnx
 
 from data_pipelines import ir_tfds
+from data_pipelines import sources as data_sources
 from data_pipelines import synthetic_ir
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import models
-from sciimg_jax.core import reports
 from sciimg_jax.core import trainer
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ir import classifiers  # noqa: F401  (registers the classifiers)
@@ -44,7 +44,7 @@ def source_splits(data, workdir):
   """{'train': (folder, side), 'test': (folder, side)} for `ir_tfds.build`."""
   if not data.train_dir:
     s = data.synthetic
-    dirs = synthetic_ir.generate(reports.cache_dir(data, workdir),
+    dirs = synthetic_ir.generate(data_sources.cache_dir(data, workdir),
                                  num_train=s.num_train, num_test=s.num_test, size=s.size,
                                  seed=s.seed)
     return {"train": (dirs["train"], "all"), "test": (dirs["test"], "all")}
@@ -101,7 +101,7 @@ class PatchClassifierTask:
         classes=tuple(d.classes), patch_size=d.patch_size, per_class=d.per_class,
         block=d.block, test_fraction=d.test_fraction, seed=d.patch_seed)
     builder = ir_tfds.build(source_splits(d, workdir), self.options,
-                            reports.cache_dir(d, self.workdir))
+                            data_sources.cache_dir(d, self.workdir))
     self.wavenumbers = np.asarray(builder.info.metadata["wavenumbers"], np.float32)
     self.sources = {s: builder.as_data_source(s) for s in ("train", "test")}
     pixels = training_pixels(self.sources["train"], d.modality)

@@ -17,6 +17,7 @@ import pathlib
 
 import ml_collections
 
+from data_pipelines import sources as data_sources
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import figures
 from sciimg_jax.core import reports
@@ -95,12 +96,12 @@ def run_study(config, workdir):
     for seed in config.seeds:
       c = ml_collections.ConfigDict(run.to_dict())
       c.seed = int(seed)
-      c.data.cache_dir = str(reports.cache_dir(c.data, workdir))  # one dataset for all runs
+      c.data.cache_dir = str(data_sources.cache_dir(c.data, workdir))  # one dataset for all runs
       rows.append(train_or_reuse(c, workdir / f"{name}-seed{seed}"))
     results[name], summary[name] = rows, mean_std(rows)
   for modality in baseline_modalities if config.baselines else ():
     first = ml_collections.ConfigDict(next(iter(config.runs.values())).to_dict())
-    first.data.cache_dir = str(reports.cache_dir(first.data, workdir))
+    first.data.cache_dir = str(data_sources.cache_dir(first.data, workdir))
     first.data.modality, first.data.spectral_transform = modality, "none"
     task = classifier_task.PatchClassifierTask(first, workdir / "baselines")
     (tx, ty), (vx, vy) = task.arrays("train", raw=True), task.arrays("test", raw=True)

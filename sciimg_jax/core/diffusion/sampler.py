@@ -91,7 +91,7 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
     x at index -1, i.e. the sample.
   """
   if stepper not in STEPPERS:
-    raise InputError("diffusion.stepper",
+    raise InputError("sampling.stepper",
                      f"unknown stepper {stepper!r}; expected one of {sorted(STEPPERS)}")
   schedules.check_parameterization(parameterization)
   step_fn = STEPPERS[stepper]

@@ -101,14 +101,14 @@ def respace(schedule, num_steps, spacing="uniform"):
   """
   size = schedule.betas.shape[0]
   if not 1 <= num_steps <= size:
-    raise InputError("diffusion.sample_steps",
+    raise InputError("sampling.steps",
                      f"must be in [1, {size}], got {num_steps}")
   if spacing == "uniform":
     keep = np.arange(num_steps) * (size // num_steps)
   elif spacing == "linspace":
     keep = np.round(np.linspace(0, size - 1, num_steps)).astype(np.int64)
   else:
-    raise InputError("diffusion.spacing",
+    raise InputError("sampling.spacing",
                      f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
   alphas_cumprod = np.asarray(schedule.alphas_cumprod)[keep]
   prev = np.concatenate([[1.0], alphas_cumprod[:-1].astype(np.float64)])
