@@ -36,6 +36,9 @@ SETTINGS = {
     "ddim 25 no-clip": {"steps": 25, "clip_x0": 0.0},
     "ddpm 10": {"steps": 10, "stepper": "ddpm"},
     "ddpm 25": {"steps": 25, "stepper": "ddpm"},
+    "dpm++2m 5": {"steps": 5, "stepper": "dpm++2m"},
+    "dpm++2m 10": {"steps": 10, "stepper": "dpm++2m"},
+    "dpm++2m 25": {"steps": 25, "stepper": "dpm++2m"},
 }
 
 

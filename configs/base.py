@@ -97,7 +97,7 @@ def sampling_block(**overrides):
   """The `sampling` block with its defaults (and `overrides`)."""
   s = ml_collections.ConfigDict(dict(
       steps=50,
-      stepper="ddim",            # ddim | ddpm
+      stepper="ddim",            # ddim | ddpm | dpm++2m (DPM-Solver++ 2M; no RePaint loops)
       eta=0.0,                   # DDIM noise scale
       spacing="uniform",         # uniform: 0, T/n, 2T/n, ... | linspace: round(linspace(0, T-1, n))
       clip_x0=1.0,               # clip predicted x0 to [-c, c] at every step; 0 = no clipping

@@ -427,7 +427,8 @@ def test_a_failed_rerun_leaves_no_stale_prediction(tmp_path):
     ("sampling.stage2.t0", 1.5, "(0, 1]"), ("pipeline.resampling.max_loops", -1, ">= 0"),
     ("sampling.chunk_size", 0, ">= 1"), ("pipeline.method", "cubic", "unknown method"),
     ("sampling.num_samples", 0, "whole number >= 1"),
-    ("sampling.clip_x0", -1.0, "0 = no clipping")])
+    ("sampling.clip_x0", -1.0, "0 = no clipping"),
+    ("sampling.stepper", "dpm++2m", "does not run with RePaint loops")])
 def test_pipeline_config_is_checked_before_any_work(key, value, problem):
   from sciimg_jax.inpainting import volume_inpainter  # noqa: PLC0415
   c = inpaint.get_config("tiny")

@@ -39,6 +39,7 @@ from sciimg_jax.core.diffusion import sampler
 from sciimg_jax.core.diffusion import sampling_config
 from sciimg_jax.core.diffusion import schedules
 from sciimg_jax.core.diffusion import slice_models
+from sciimg_jax.core.diffusion import steppers
 from sciimg_jax.core.diffusion import volume_sampler
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import adaptive_resampling
@@ -100,6 +101,12 @@ def check_config(config):
   check("pipeline.mask_dilation", p.mask_dilation >= 0, f"must be >= 0, got {p.mask_dilation!r}")
   check("pipeline.classical_margin", p.classical_margin >= 1,
         f"must be >= 1, got {p.classical_margin!r}")
+  if r.mode != "none" and r.max_loops:
+    for stage, key in ((None, "sampling.stepper"), ("stage2", "sampling.stage2.stepper")):
+      stepper = sampling_config.stage(config.sampling, stage).stepper
+      check(key, stepper not in steppers.MULTISTEP,
+            f"the multistep stepper {stepper!r} does not run with RePaint loops; set "
+            "pipeline.resampling.mode=none or use ddim or ddpm")
 
 
 def check_conditions(config, name):

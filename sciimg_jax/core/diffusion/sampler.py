@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sciimg_jax.core.diffusion import schedules
+from sciimg_jax.core.diffusion.steppers import MULTISTEP
 from sciimg_jax.core.diffusion.steppers import STEPPERS
 from sciimg_jax.core.errors import InputError
 
@@ -75,7 +76,8 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
     x_init: x at index `start_index`, e.g. standard normal noise.
     key: the step at index i uses `jax.random.fold_in(key, i)`.
     parameterization: how to read model_out: eps | x0 | v.
-    stepper: a key of STEPPERS.
+    stepper: a key of STEPPERS (a multistep one, `MULTISTEP`, carries its previous x0
+      estimate and runs without RePaint loops).
     eta: DDIM noise scale.
     start_index: the first index to denoise; may be traced unless `resampling`.
     post_step_fn: optional (x_prev, i, key_i) -> x_prev applied after each
@@ -108,12 +110,38 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
       x_prev = post_step_fn(x_prev, i, jax.random.fold_in(key_i, POST_STEP_STREAM))
     return x_prev, model_out
 
-  if resampling is None or not resampling.max_loops:
+  looping = resampling is not None and resampling.max_loops
+  if stepper in MULTISTEP:
+    if looping:
+      raise InputError("sampling.stepper", f"the multistep stepper {stepper!r} does not run "
+                       "with RePaint loops; use ddim or ddpm, or no resampling")
+    return _multistep_walk(model_fn, schedule, parameterization, x_init, key, step_fn,
+                           start_index, post_step_fn, clip_x0)
+  if not looping:
     def body(n, x):
       i = start_index - n
       return down(x, i, jax.random.fold_in(key, i))[0]
     return jax.lax.fori_loop(0, start_index + 1, body, x_init)
   return _repaint_walk(down, schedule, parameterization, x_init, key, int(start_index), resampling)
+
+
+def _multistep_walk(model_fn, schedule, parameterization, x_init, key, step_fn, start_index,
+                    post_step_fn, clip_x0):
+  """The plain walk of a multistep stepper: the loop carries the previous x0 estimate."""
+  def body(n, carry):
+    x, prev_x0 = carry
+    i = start_index - n
+    key_i = jax.random.fold_in(key, i)
+    model_out = model_fn(x, jnp.full((x.shape[0],), schedule.timesteps[i], jnp.int32))
+    first, _ = step_fn(schedule, parameterization, x, i, model_out, key_i, clip_x0=clip_x0)
+    second, x0 = step_fn(schedule, parameterization, x, i, model_out, key_i, clip_x0=clip_x0,
+                         prev_x0=prev_x0)
+    x_prev = jnp.where(n == 0, first, second)   # no estimate before the walk's first step
+    if post_step_fn is not None:
+      x_prev = post_step_fn(x_prev, i, jax.random.fold_in(key_i, POST_STEP_STREAM))
+    return x_prev, x0
+
+  return jax.lax.fori_loop(0, start_index + 1, body, (x_init, jnp.zeros_like(x_init)))[0]
 
 
 def _repaint_walk(down, schedule, parameterization, x_init, key, start_index, resampling):

@@ -1,7 +1,7 @@
 """The one `sampling` config block: how every job walks a diffusion chain.
 
   sampling.steps        respaced chain length
-  sampling.stepper      a key of `steppers.STEPPERS` (ddim | ddpm)
+  sampling.stepper      a key of `steppers.STEPPERS` (ddim | ddpm | dpm++2m)
   sampling.eta          DDIM noise scale (>= 0)
   sampling.spacing      a key of `schedules.SPACINGS` (uniform | linspace)
   sampling.clip_x0      clip the predicted x0 to [-c, c] at every step; 0 = no clipping

@@ -4,6 +4,14 @@ Every stepper has the signature
   step(schedule, parameterization, x_t, i, model_out, key, *, eta, clip_x0) -> x_{i-1}
 and reads `model_out` in the given parameterization (`schedules`). Single DDPM and
 DDIM steps are tested against MONAI's schedulers.
+
+A multistep stepper (`MULTISTEP`) also takes the x0 estimate of the step before,
+`prev_x0` (None at the walk's first step), and returns (x_{i-1}, its own x0 estimate),
+which the sampler carries to the next step:
+  dpm++2m  DPM-Solver++(2M) (Lu et al. 2022), the second-order multistep solver of the
+           probability-flow ODE in its data-prediction form: deterministic, exact in
+           log-SNR steps for a linear x0 estimate, first order (= DDIM, eta 0) at the
+           first step and at the last two.
 """
 
 import jax
@@ -67,4 +75,41 @@ def ddim_step(schedule, parameterization, x_t, i, model_out, key, eta=0.0,
   return jnp.sqrt(abar_prev) * x0 + direction * eps + sigma * noise
 
 
-STEPPERS = {"ddpm": ddpm_step, "ddim": ddim_step}
+def _log_snr_half(abar):
+  """lambda = log(alpha / sigma) = log(abar / (1 - abar)) / 2."""
+  return 0.5 * (jnp.log(abar) - jnp.log1p(-abar))
+
+
+def dpmpp_2m_step(schedule, parameterization, x_t, i, model_out, key, eta=0.0, clip_x0=None,
+                  *, prev_x0=None):
+  """One DPM-Solver++(2M) step x_i -> x_{i-1}; returns (x_{i-1}, x0 estimate at i).
+
+  With h = lambda_{i-1} - lambda_i and the data estimate D,
+  x_{i-1} = (sigma_{i-1} / sigma_i) x_i + alpha_{i-1} (1 - exp(-h)) D, where D is the x0
+  estimate at i (first order: DDIM with eta 0) at the first step (`prev_x0` None) and at
+  indices 1 and 0 (the lower-order final steps of DPM-Solver: into t = 0 the log-SNR step
+  is many times the one before, and the extrapolation would blow up), else (1 + 1/(2r)) x0_i - 1/(2r) x0_{i+1} with r = h_{i+1} / h, h_{i+1} the
+  log-SNR step before. `key` and `eta` are unused (the solver is deterministic).
+  """
+  del key, eta
+  x0, _ = _predict(schedule, parameterization, x_t, i, model_out, clip_x0)
+  abar, abar_prev = schedule.alphas_cumprod[i], _abar_prev(schedule, i)
+  if prev_x0 is None:
+    d = x0
+  else:
+    abar_next = schedule.alphas_cumprod[jnp.minimum(i + 1, schedule.betas.shape[0] - 1)]
+    lam, lam_prev = _log_snr_half(abar), _log_snr_half(jnp.maximum(abar_prev, abar))
+    h = lam_prev - lam
+    r = (lam - _log_snr_half(abar_next)) / jnp.where(h > 0, h, 1.0)
+    second = (1.0 + 0.5 / r) * x0 - (0.5 / r) * prev_x0
+    d = jnp.where(i > 1, second, x0)
+  # (sigma_prev / sigma) x + alpha_prev (1 - exp(-h)) D, with exp(-h) written out:
+  # exp(-h) = alpha sigma_prev / (sigma alpha_prev); at index 0 sigma_prev = 0: x_{-1} = D.
+  sigma, sigma_prev = jnp.sqrt(1.0 - abar), jnp.sqrt(1.0 - abar_prev)
+  coef_d = jnp.sqrt(abar_prev) - jnp.sqrt(abar) * sigma_prev / sigma
+  x_prev = (sigma_prev / sigma) * x_t + coef_d * d
+  return x_prev, x0
+
+
+STEPPERS = {"ddpm": ddpm_step, "ddim": ddim_step, "dpm++2m": dpmpp_2m_step}
+MULTISTEP = ("dpm++2m",)
