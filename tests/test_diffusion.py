@@ -125,7 +125,7 @@ def test_q_sample_mean_and_variance():
   np.testing.assert_array_less(np.abs(np.var(x_t, axis=1) - var), 5 * var * np.sqrt(2 / n))
 
 
-@pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
+@pytest.mark.parametrize("parameterization", ["eps", "x0", "v", "edm"])
 def test_target_and_prediction_round_trip(parameterization):
   s = schedules.make_schedule("cosine", 1000)
   k1, k2 = jax.random.split(KEY)
@@ -170,12 +170,31 @@ def _oracle(full, x0, parameterization):
   def model_fn(x_t, t_model):
     abar = full.alphas_cumprod[t_model][:, None, None, None]
     eps = (x_t - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
+    c_skip, c_out = schedules.edm_coefficients(abar)
     return {"eps": eps, "x0": x0,
-            "v": jnp.sqrt(abar) * eps - jnp.sqrt(1.0 - abar) * x0}[parameterization]
+            "v": jnp.sqrt(abar) * eps - jnp.sqrt(1.0 - abar) * x0,
+            "edm": (x0 - c_skip * x_t) / c_out}[parameterization]
   return model_fn
 
 
-@pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
+def test_edm_preconditioning_has_no_floor_at_either_end():
+  """x0 = c_skip x_t + c_out F: the estimate tends to x_t as the noise vanishes (whatever F
+  says) and to SIGMA_DATA * F as it grows (whatever x_t is); in between c_skip x_t is the
+  posterior mean of zero-mean data of std SIGMA_DATA, so F = 0 is the best linear guess."""
+  sd = schedules.SIGMA_DATA
+  c_skip, c_out = schedules.edm_coefficients(jnp.asarray([1.0 - 1e-7, 1e-7, 0.5]))
+  np.testing.assert_allclose(c_skip[:2], [1.0, 0.0], atol=1e-3)
+  np.testing.assert_allclose(c_out[:2], [0.0, sd], atol=1e-3)
+  a, s = np.sqrt(0.5), np.sqrt(0.5)  # abar = 0.5: Gaussian posterior mean a sd^2 / (a^2 sd^2 + s^2)
+  np.testing.assert_allclose(c_skip[2], a * sd**2 / (a**2 * sd**2 + s**2), rtol=1e-6)
+  full = schedules.make_schedule("linear", 1000)
+  x_t, out = jnp.full((2, 1), 0.7), jnp.full((2, 1), -1.3)
+  x0, _ = schedules.predict_x0_eps(full, "edm", x_t, jnp.asarray([0, 999]), out)
+  assert abs(float(x0[0, 0]) - 0.7 / np.sqrt(float(full.alphas_cumprod[0]))) < 0.02  # ~ x_t
+  assert abs(float(x0[1, 0]) - sd * -1.3) < 0.02                                    # ~ sd F
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "x0", "v", "edm"])
 @pytest.mark.parametrize("stepper", ["ddim", "ddpm", "dpm++2m"])
 def test_sample_with_oracle_recovers_x0(parameterization, stepper):
   # DDIM with eta=0 keeps x_i on the line through x0 and the true noise; DDPM's

@@ -6,9 +6,15 @@ timestep at that index, which is what the network is told. A freshly made
 schedule has `timesteps == arange(K)`; `respace` keeps a subset of them for fast
 sampling (improved DDPM, Nichol & Dhariwal 2021).
 
-Network outputs are read in one of three parameterizations:
+Network outputs are read in one of four parameterizations:
   eps: the noise,  x0: the clean image,
-  v:   sqrt(abar) * eps - sqrt(1 - abar) * x0   (Salimans & Ho 2022).
+  v:   sqrt(abar) * eps - sqrt(1 - abar) * x0   (Salimans & Ho 2022),
+  edm: F in x0 = c_skip x_t + c_out F, the preconditioning of Karras et al. 2022 written
+       for this variance-preserving chain (`edm_coefficients`): c_skip x_t is the best
+       linear estimate of x0 for data of standard deviation `SIGMA_DATA`, so the estimate
+       tends to x_t as the noise vanishes and to SIGMA_DATA * F as it grows, and the
+       network's target has unit scale at every noise level. Neither end has a floor: an
+       eps network's x0 is noisy at high noise, an x0 network's error stays at low noise.
 
 Steppers (`steppers`) and the sampler (`sampler`) build on these; nothing here
 knows about networks, denoisers or inpainting.
@@ -23,7 +29,8 @@ import numpy as np
 
 from sciimg_jax.core.errors import InputError
 
-PARAMETERIZATIONS = ("eps", "x0", "v")
+PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
+SIGMA_DATA = 0.5   # the data's standard deviation the edm preconditioning assumes ([-1, 1] images)
 SPACINGS = ("uniform", "linspace")
 
 
@@ -160,6 +167,18 @@ def q_sample(schedule, x0, t, noise):
   return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
 
 
+def edm_coefficients(abar, sigma_data=SIGMA_DATA):
+  """(c_skip, c_out) of x0 = c_skip x_t + c_out F at cumulative alpha `abar`.
+
+  With a = sqrt(abar), s = sqrt(1 - abar) and n = sqrt(s^2 + a^2 sigma_data^2) (the std of
+  x_t): c_skip = a sigma_data^2 / n^2, c_out = s sigma_data / n. These are Karras et al.'s
+  c_skip / a and c_out for sigma = s / a, the same preconditioning on this chain's scale.
+  """
+  a, s = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
+  n2 = s * s + a * a * sigma_data**2
+  return a * sigma_data**2 / n2, s * sigma_data / jnp.sqrt(n2)
+
+
 def predict_x0_eps(schedule, parameterization, x_t, t, model_out):
   """Converts a network output into the predicted (x0, eps) pair."""
   check_parameterization(parameterization)
@@ -169,6 +188,10 @@ def predict_x0_eps(schedule, parameterization, x_t, t, model_out):
     return (x_t - s * model_out) / a, model_out
   if parameterization == "x0":
     return model_out, (x_t - a * model_out) / s
+  if parameterization == "edm":
+    c_skip, c_out = edm_coefficients(abar)
+    x0 = c_skip * x_t + c_out * model_out
+    return x0, (x_t - a * x0) / s
   return a * x_t - s * model_out, a * model_out + s * x_t  # v
 
 
@@ -180,6 +203,10 @@ def training_target(schedule, parameterization, x0, noise, t):
   if parameterization == "x0":
     return x0
   abar = _at(schedule.alphas_cumprod, t, x0.ndim)
+  if parameterization == "edm":
+    c_skip, c_out = edm_coefficients(abar)
+    x_t = jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
+    return (x0 - c_skip * x_t) / c_out
   return jnp.sqrt(abar) * noise - jnp.sqrt(1.0 - abar) * x0  # v
 
 
