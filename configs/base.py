@@ -49,7 +49,7 @@ def get_base_config():
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_start = 1e-4
   c.diffusion.beta_end = 0.02
-  c.diffusion.parameterization = "eps"  # eps | x0 | v
+  c.diffusion.parameterization = "eps"  # eps | x0 | v | edm (schedules.edm_coefficients)
 
   # How every job samples (and a training job's evaluation): see
   # sciimg_jax/core/diffusion/sampling_config.py.
