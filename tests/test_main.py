@@ -101,3 +101,24 @@ def test_ctrl_c_during_inpainting_stops_cleanly(tmp_path, data_cache, slice_mode
   assert status == 130, stderr[-2000:]
   assert "finished cases kept" in stderr
   assert not [p for p in workdir.rglob(".*")]  # no temporary files
+
+
+def test_every_config_file_names_a_job():
+  """Each config file with `get_config` (and its `tiny` variant, where it has one) runs a job
+  of `sciimg_jax.jobs.JOBS`."""
+  import importlib  # noqa: PLC0415
+  from sciimg_jax import jobs  # noqa: PLC0415
+  files = sorted((ROOT / "configs").rglob("*.py"))
+  checked = []
+  for path in files:
+    module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    if not hasattr(module, "get_config"):
+      continue
+    for variant in ("", "tiny"):
+      try:
+        config = module.get_config(variant)
+      except ValueError:  # no such variant
+        continue
+      assert config.job in jobs.JOBS, f"{path}:{variant} names job {config.job!r}"
+    checked.append(path.name)
+  assert {"quickstart.py", "study.py", "evaluate.py", "inpaint.py"} <= set(checked)
