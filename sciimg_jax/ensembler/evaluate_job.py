@@ -1,4 +1,5 @@
-"""The evaluation job of Diff-Ensembler: super-resolve or translate a folder of volumes with every method.
+"""The evaluation job of Diff-Ensembler: super-resolve or translate a folder of volumes with
+every method.
 
   python main.py --config=configs/ensembler/evaluate.py --workdir=runs/sr-eval \
       --config.evaluate.members='("runs/sr/axial","runs/sr/coronal","runs/sr/sagittal")' \

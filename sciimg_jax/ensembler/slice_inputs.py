@@ -81,13 +81,14 @@ class VolumeSlices:
   def evaluate(self, config, batch, prediction, step, workdir):
     cond, target = batch["cond"], batch["target"]
     path = pathlib.Path(workdir) / "samples" / f"step_{step:07d}.png"
-    columns = {"condition": cond[..., 0], "prediction": to_image(config, prediction, cond)[..., 0],
-               "ground truth": to_image(config, target, cond)[..., 0]}
+    image, truth = to_image(config, prediction, cond), to_image(config, target, cond)
+    columns = {"condition": cond[..., 0], "prediction": image[..., 0],
+               "ground truth": truth[..., 0]}
     if slice_task.objective_of(config).labels:
       figures.save_image_grid(path, columns, {"prediction": (0, 1), "ground truth": (0, 1)})
       return {"eval_dice": evaluation.dice(prediction, target)}
     figures.save_image_grid(path, columns)
-    mse = np.mean(((to_image(config, prediction, cond) - to_image(config, target, cond)) / 2.0) ** 2)
+    mse = np.mean(((image - truth) / 2.0) ** 2)
     return {"eval_psnr": float(-10.0 * np.log10(max(mse, 1e-12)))}
 
 

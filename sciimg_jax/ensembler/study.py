@@ -92,7 +92,8 @@ def train(train_fn, config, workdir, what):
 def run_study(config, workdir):
   workdir = pathlib.Path(workdir)
   config = _copy(config)
-  config.data.cache_dir = str(data_sources.cache_dir(config.data, workdir))  # one copy for every run
+  # every run shares one copy of the data
+  config.data.cache_dir = str(data_sources.cache_dir(config.data, workdir))
   atomic_files.write_json(workdir / "config.json", config.to_dict())
   s = config.study
   member_dirs = []

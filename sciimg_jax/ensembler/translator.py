@@ -125,17 +125,20 @@ class VolumeTranslator:
       return to_image(self.data, x, cond)
     return sample
 
-  def compile(self, method, cond):
-    """Compiles `method` for volumes shaped like `cond` (ahead of the call, so that timing a
-    call measures sampling, not compilation)."""
+  def _check_sampler_method(self, method):
     if method not in self.names:
       self.check_method(method)  # a baseline is not compiled: the message names them all
       raise InputError("evaluate.methods", f"{method!r} is a baseline, not a sampler")
+
+  def compile(self, method, cond):
+    """Compiles `method` for volumes shaped like `cond` (ahead of the call, so that timing a
+    call measures sampling, not compilation)."""
+    self._check_sampler_method(method)
     return self.sampler.compile(method, self._walk(method), self.params(), jnp.asarray(cond))
 
   def __call__(self, method, cond, key):
     """(N, X, Y, Z) samples of the target in [-1, 1] for cond (X, Y, Z, C)."""
-    self.compile(method, cond)
+    self._check_sampler_method(method)
     return self.sampler.run(method, self._walk(method), self.params(), jnp.asarray(cond), key)
 
   def image(self, method, cond, key):

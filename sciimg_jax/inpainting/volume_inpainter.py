@@ -39,7 +39,6 @@ from sciimg_jax.core.diffusion import sampler
 from sciimg_jax.core.diffusion import sampling_config
 from sciimg_jax.core.diffusion import schedules
 from sciimg_jax.core.diffusion import slice_models
-from sciimg_jax.core.diffusion import steppers
 from sciimg_jax.core.diffusion import volume_sampler
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import adaptive_resampling
@@ -103,10 +102,7 @@ def check_config(config):
         f"must be >= 1, got {p.classical_margin!r}")
   if r.mode != "none" and r.max_loops:
     for stage, key in ((None, "sampling.stepper"), ("stage2", "sampling.stage2.stepper")):
-      stepper = sampling_config.stage(config.sampling, stage).stepper
-      check(key, stepper not in steppers.MULTISTEP,
-            f"the multistep stepper {stepper!r} does not run with RePaint loops; set "
-            "pipeline.resampling.mode=none or use ddim or ddpm")
+      sampler.check_stepper_loops(sampling_config.stage(config.sampling, stage).stepper, key)
 
 
 def check_conditions(config, name):

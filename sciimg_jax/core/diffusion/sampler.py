@@ -63,6 +63,14 @@ def resampling_ops(start_index, resampling):
   return np.asarray(rows, np.int32)
 
 
+def check_stepper_loops(stepper, key="sampling.stepper"):
+  """Stops unless `stepper` can run with RePaint loops (a multistep stepper cannot: a loop
+  goes back up the chain, and its previous x0 estimate would belong to another level)."""
+  if stepper in MULTISTEP:
+    raise InputError(key, f"the multistep stepper {stepper!r} does not run with RePaint "
+                     "loops; use ddim or ddpm, or pipeline.resampling.mode=none")
+
+
 def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
            stepper="ddim", eta=0.0, start_index=None, post_step_fn=None,
            clip_x0=None, resampling=None):
@@ -75,7 +83,7 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
     schedule: the (usually respaced) chain to walk.
     x_init: x at index `start_index`, e.g. standard normal noise.
     key: the step at index i uses `jax.random.fold_in(key, i)`.
-    parameterization: how to read model_out: eps | x0 | v.
+    parameterization: how to read model_out: eps | x0 | v | edm.
     stepper: a key of STEPPERS (a multistep one, `MULTISTEP`, carries its previous x0
       estimate and runs without RePaint loops).
     eta: DDIM noise scale.
@@ -111,10 +119,9 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
     return x_prev, model_out
 
   looping = resampling is not None and resampling.max_loops
+  if looping:
+    check_stepper_loops(stepper)
   if stepper in MULTISTEP:
-    if looping:
-      raise InputError("sampling.stepper", f"the multistep stepper {stepper!r} does not run "
-                       "with RePaint loops; use ddim or ddpm, or no resampling")
     return _multistep_walk(model_fn, schedule, parameterization, x_init, key, step_fn,
                            start_index, post_step_fn, clip_x0)
   if not looping:
@@ -133,10 +140,8 @@ def _multistep_walk(model_fn, schedule, parameterization, x_init, key, step_fn, 
     i = start_index - n
     key_i = jax.random.fold_in(key, i)
     model_out = model_fn(x, jnp.full((x.shape[0],), schedule.timesteps[i], jnp.int32))
-    first, _ = step_fn(schedule, parameterization, x, i, model_out, key_i, clip_x0=clip_x0)
-    second, x0 = step_fn(schedule, parameterization, x, i, model_out, key_i, clip_x0=clip_x0,
-                         prev_x0=prev_x0)
-    x_prev = jnp.where(n == 0, first, second)   # no estimate before the walk's first step
+    x_prev, x0 = step_fn(schedule, parameterization, x, i, model_out, key_i, clip_x0=clip_x0,
+                         prev_x0=prev_x0, has_prev=n > 0)  # no estimate before the first step
     if post_step_fn is not None:
       x_prev = post_step_fn(x_prev, i, jax.random.fold_in(key_i, POST_STEP_STREAM))
     return x_prev, x0

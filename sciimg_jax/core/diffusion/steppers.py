@@ -81,15 +81,17 @@ def _log_snr_half(abar):
 
 
 def dpmpp_2m_step(schedule, parameterization, x_t, i, model_out, key, eta=0.0, clip_x0=None,
-                  *, prev_x0=None):
+                  *, prev_x0=None, has_prev=True):
   """One DPM-Solver++(2M) step x_i -> x_{i-1}; returns (x_{i-1}, x0 estimate at i).
 
   With h = lambda_{i-1} - lambda_i and the data estimate D,
   x_{i-1} = (sigma_{i-1} / sigma_i) x_i + alpha_{i-1} (1 - exp(-h)) D, where D is the x0
-  estimate at i (first order: DDIM with eta 0) at the first step (`prev_x0` None) and at
-  indices 1 and 0 (the lower-order final steps of DPM-Solver: into t = 0 the log-SNR step
-  is many times the one before, and the extrapolation would blow up), else (1 + 1/(2r)) x0_i - 1/(2r) x0_{i+1} with r = h_{i+1} / h, h_{i+1} the
-  log-SNR step before. `key` and `eta` are unused (the solver is deterministic).
+  estimate at i (first order: DDIM with eta 0) at the first step (`prev_x0` None, or
+  `has_prev` false: a traced flag for the sampler's loop) and at indices 1 and 0 (the
+  lower-order final steps of DPM-Solver: into t = 0 the log-SNR step is many times the one
+  before, and the extrapolation would blow up), else (1 + 1/(2r)) x0_i - 1/(2r) x0_{i+1}
+  with r = h_{i+1} / h, h_{i+1} the log-SNR step before. `key` and `eta` are unused (the
+  solver is deterministic).
   """
   del key, eta
   x0, _ = _predict(schedule, parameterization, x_t, i, model_out, clip_x0)
@@ -102,7 +104,7 @@ def dpmpp_2m_step(schedule, parameterization, x_t, i, model_out, key, eta=0.0, c
     h = lam_prev - lam
     r = (lam - _log_snr_half(abar_next)) / jnp.where(h > 0, h, 1.0)
     second = (1.0 + 0.5 / r) * x0 - (0.5 / r) * prev_x0
-    d = jnp.where(i > 1, second, x0)
+    d = jnp.where((i > 1) & has_prev, second, x0)
   # (sigma_prev / sigma) x + alpha_prev (1 - exp(-h)) D, with exp(-h) written out:
   # exp(-h) = alpha sigma_prev / (sigma alpha_prev); at index 0 sigma_prev = 0: x_{-1} = D.
   sigma, sigma_prev = jnp.sqrt(1.0 - abar), jnp.sqrt(1.0 - abar_prev)

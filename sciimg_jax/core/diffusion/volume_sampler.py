@@ -131,9 +131,8 @@ class VolumeSampler:
   def compile(self, name, walk, params, case):
     """`walk(params, case, key)` vmapped over the samples' keys, jitted and compiled for
     the shapes of `case` (once per `name` and shapes)."""
-    shapes = jax.tree_util.tree_map(lambda a: (np.shape(a), str(np.asarray(a).dtype)
-                                               if not hasattr(a, "dtype") else str(a.dtype)),
-                                    case)
+    shapes = jax.tree_util.tree_map(
+        lambda a: (np.shape(a), str(getattr(a, "dtype", type(a).__name__))), case)
     cache_key = (name, jax.tree_util.tree_structure(case), str(shapes))
     if cache_key not in self._compiled:
       run = jax.jit(jax.vmap(walk, in_axes=(None, None, 0), axis_name=SAMPLES_AXIS))
