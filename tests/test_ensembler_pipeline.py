@@ -4,6 +4,7 @@ import csv
 import json
 
 import jax
+import ml_collections
 import nibabel as nib
 import numpy as np
 import pytest
@@ -167,3 +168,23 @@ def test_the_study_reuses_finished_runs_only(member_dirs, tmp_path):
   assert reports.run_is_finished(member_dirs[0], 4)
   assert not reports.run_is_finished(member_dirs[0], 5)
   assert not reports.run_is_finished(tmp_path, 1)
+
+
+def test_a_method_without_what_it_needs_stops_before_any_case(translation):
+  """`evaluate.methods` are checked against what each needs: a fusion, a regressor, a pooled
+  condition of the target (`translator.REQUIREMENTS`)."""
+  config, translator = translation
+  bare = translator_lib.VolumeTranslator(config, translator.members, None, translator.mesh)
+  for method in ("axial", "average", "tpdm", "cubic"):
+    bare.check_method(method)
+  with pytest.raises(InputError, match="evaluate.fusion: method 'fused' needs a trained fusion"):
+    bare.check_method("fused")
+  with pytest.raises(InputError, match="evaluate.regressor: method 'regressor' needs a trained"):
+    bare.check_method("regressor")
+  no_pool = ml_collections.ConfigDict(config.to_dict())
+  no_pool.data.conditions = ("t1n",)
+  unpooled = translator_lib.VolumeTranslator(no_pool, translator.members, None, translator.mesh)
+  with pytest.raises(InputError, match="evaluate.methods: 'cubic' needs a pooled condition"):
+    unpooled.check_method("cubic")
+  with pytest.raises(InputError, match="unknown method 'bicubic'"):
+    bare.check_method("bicubic")
