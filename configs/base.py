@@ -26,6 +26,16 @@ def get_base_config():
       probability=0.0, radius_fraction=(0.03, 0.12), max_blobs=3))
   c.data.target = "t1n"
   c.data.conditions = ("t1n-voided", "mask")
+  # Slice models: the k slices on each side of chosen condition channels (2.5D;
+  # sciimg_jax/core/slice_context.py).
+  c.data.context = 0
+  c.data.residual = False        # learn the target minus a reference (the method's), halved
+  # Inpainting slice models (sciimg_jax/inpainting/training_volumes.py): where training
+  # slices come from (slices: the TFDS slice dataset; volumes: whole volumes, needed for
+  # context and the prior), and a classical fill of the voided volume as one more channel.
+  c.data.source = "slices"
+  c.data.prior = ""              # '' | biharmonic | harmonic
+  c.data.prior_margin = 4        # voxels around each hole's box that the fill sees
   c.data.image_size = (64, 64)   # slices are centre-padded/cropped to this
   c.data.batch_size = 16
   c.data.num_workers = 0         # grain worker processes; 0 = in-process

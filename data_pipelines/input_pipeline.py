@@ -119,6 +119,40 @@ def lesion_mask(shape, region, rng, *, radius_range, max_blobs):
   return mask & region
 
 
+def lesion_mask_3d(shape, region, centre, rng, *, radius_range, max_blobs):
+  """A random lesion-shaped 3D mask around voxel `centre`, inside `region` (bool `shape`).
+
+  The 3D kin of `lesion_mask`: the union of 1..`max_blobs` lumpy ellipsoids, each with a
+  radius from `radius_range` (voxels), axis ratios in [0.6, 1], a random orientation and a
+  boundary R (1 + sum_j a_j cos(2 pi f_j (n . d_j) + phi_j)) over three random directions
+  d_j (n the unit direction from the blob's centre, f_j in {1, 2}, a_j <= 0.15); the first
+  blob is centred on `centre`, the others within its radius; cut to `region`. It crosses
+  the neighbouring slices of any axis, as a real lesion does.
+  """
+  grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+  mask = np.zeros(shape, bool)
+  centre = np.asarray(centre, np.float64)
+  first_radius = None
+  for _ in range(int(rng.integers(1, max_blobs + 1))):
+    radius = rng.uniform(*radius_range)
+    if first_radius is None:
+      first_radius, here = radius, centre
+    else:
+      here = centre + rng.uniform(-first_radius, first_radius, 3)
+    rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    local = (grid - here) @ rotation / np.array([1.0, *rng.uniform(0.6, 1.0, 2)])
+    r = np.linalg.norm(local, axis=-1)
+    direction = local / np.maximum(r, 1e-9)[..., None]
+    edge = np.ones(shape)
+    for _ in range(3):
+      d = rng.standard_normal(3)
+      edge += rng.uniform(0, 0.15) * np.cos(
+          2 * np.pi * rng.integers(1, 3) * (direction @ (d / np.linalg.norm(d)))
+          + rng.uniform(0, 2 * np.pi))
+    mask |= r <= radius * edge
+  return mask & region
+
+
 class RandomLesionMasks(grain.transforms.RandomMap):
   """Training examples with random lesion-shaped holes, as BraTS inpainting entries train.
 

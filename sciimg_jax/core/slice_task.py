@@ -27,6 +27,7 @@ import optax
 
 from sciimg_jax.core import models
 from sciimg_jax.core import sharding
+from sciimg_jax.core import slice_context
 from sciimg_jax.core import trainer
 from sciimg_jax.core.diffusion import sampler
 from sciimg_jax.core.diffusion import sampling_config
@@ -125,6 +126,7 @@ def check_config(config, inputs):
   """Stops on an objective, channel count or sampling setting the task cannot train with."""
   objective = objective_of(config)
   schedules.check_parameterization(config.diffusion.parameterization)
+  slice_context.check(config.data.get("context", 0), None)
   inputs.check_config(config)
   names = tuple(inputs.channel_names(config))
   expected = int(objective.noisy_input) + len(names)

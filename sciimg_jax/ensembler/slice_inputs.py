@@ -51,6 +51,9 @@ class VolumeSlices:
     """Stops on a target or data setting the objective cannot train with."""
     learns_labels = slice_task.objective_of(config).labels
     volume_cases.check_data_config(config.data)
+    if config.data.get("context", 0):
+      raise InputError("data.context", "the ensembler's 2D models take no through-plane "
+                       "context yet; set it to 0")
     if (config.data.target in brats_layout.MASK_KEYS) != learns_labels:
       raise InputError("data.target", f"{config.data.target!r} does not suit objective "
                        f"{config.train.objective!r} (segmentation learns a mask key, the "

@@ -11,6 +11,11 @@ region replaced at every step; it writes `samples/step_<n>.png` (voided | mask |
 inpainted | ground truth) and logs `sample_mse_in_mask`, the mean squared error inside
 the mask on the [0, 1] scale.
 
+Where the slices come from is `data.source` (`SOURCES`): 'slices', the TFDS slice dataset
+(one slice, 2D holes), or 'volumes', slices of whole prepared volumes
+(`training_volumes`: 3D holes, the through-plane context `data.context`, the classical
+prior `data.prior` and the residual target `data.residual`).
+
   python main.py --config=configs/inpainting/axial.py --workdir=runs/axial
 """
 
@@ -21,9 +26,12 @@ import numpy as np
 from data_pipelines import input_pipeline
 from data_pipelines import sources as data_sources
 from sciimg_jax.core import figures
+from sciimg_jax.core import slice_context
 from sciimg_jax.core import slice_task
 from sciimg_jax.core.errors import InputError
+from sciimg_jax.inpainting import classical
 from sciimg_jax.inpainting import known_region
+from sciimg_jax.inpainting import training_volumes
 from sciimg_jax.inpainting.known_region import CONDITIONS
 
 
@@ -59,12 +67,85 @@ def save_inpainting_grid(path, *, voided, mask, result, target=None):
   return figures.save_image_grid(path, columns, {"mask": (0.0, 1.0)})
 
 
+def prior_of(config, cond):
+  """The prior channel of condition channels `cond` (it follows `data.conditions`)."""
+  p = len(config.data.conditions)
+  return cond[..., p:p + 1]
+
+
+def to_image(config, x, cond):
+  """A prediction or target in the image space: 2 x + prior with `data.residual`, else x."""
+  return 2.0 * x + prior_of(config, cond) if config.data.get("residual") else x
+
+
+class _TfdsSlices:
+  """The TFDS slice dataset (`brats_slices`): one slice, 2D random holes."""
+
+  def sources(self, config, splits, cache):
+    return input_pipeline.slice_sources(config.data, splits, cache)
+
+  def train_iterator(self, config, source, batch_size):
+    return input_pipeline.make_train_iterator(config.data, source, seed=config.seed,
+                                              batch_size_per_process=batch_size)
+
+  def eval_batch(self, config, source):
+    return input_pipeline.make_batch(config.data, source, sample_indices(config, source))
+
+
+class _VolumeSlabs:
+  """Slices of whole prepared volumes (`training_volumes`): 3D holes, context, prior."""
+
+  def sources(self, config, splits, cache):
+    return training_volumes.sources(config.data, splits, cache)
+
+  def train_iterator(self, config, source, batch_size):
+    return training_volumes.train_iterator(config.data, source, seed=config.seed,
+                                           batch_size=batch_size)
+
+  def eval_batch(self, config, source):
+    with_mask = source.with_mask()
+    if not with_mask:
+      raise InputError("data.eval_root", "no held-out slice meets a mask; nothing to evaluate")
+    picks = np.linspace(0, len(with_mask) - 1, config.train.num_sample_images).round()
+    return training_volumes.batch(source, [with_mask[int(i)] for i in picks])
+
+
+SOURCES = {"slices": _TfdsSlices(), "volumes": _VolumeSlabs()}
+
+
+def check_data_config(data):
+  """Stops on a `data.source`, context, prior or residual setting that cannot work."""
+  source = data.get("source", "slices")
+  if source not in SOURCES:
+    raise InputError("data.source", f"unknown source {source!r}; known: {', '.join(SOURCES)}")
+  slice_context.check(data.get("context", 0), None)
+  prior, residual = data.get("prior", ""), bool(data.get("residual", False))
+  if prior and prior not in classical.FILLS:
+    raise InputError("data.prior", f"unknown fill {prior!r}; known: {', '.join(classical.FILLS)}")
+  if residual and not prior:
+    raise InputError("data.residual", "a residual target (target - prior) / 2 needs data.prior")
+  if source == "slices":
+    for key, on in (("context", data.get("context", 0)), ("prior", prior)):
+      if on:
+        raise InputError(f"data.{key}", "needs data.source = 'volumes' (the TFDS slice "
+                         "dataset holds one slice and no prior)")
+  else:
+    if sorted(data.conditions) != sorted(CONDITIONS):
+      raise InputError("data.conditions", f"data.source 'volumes' serves {list(CONDITIONS)}, "
+                       f"not {list(data.conditions)}")
+    if data.random_masks.probability:
+      input_pipeline.check_random_masks(data)
+  if prior and int(data.get("prior_margin", 0)) < 1:
+    raise InputError("data.prior_margin", f"must be >= 1, got {data.get('prior_margin')!r}")
+
+
 class InpaintingSlices:
   """`slice_task.SliceInputs` of the inpainting slice models."""
 
   def check_config(self, config):
     if config.train.get("objective", "diffusion") != "diffusion":
       raise InputError("train.objective", "inpainting slice models learn 'diffusion'")
+    check_data_config(config.data)
     w = config.train.get("loss_weight_in_mask", 1.0)
     if w != 1.0 and "mask" not in config.data.conditions:
       raise InputError("train.loss_weight_in_mask", "needs 'mask' among data.conditions")
@@ -77,17 +158,19 @@ class InpaintingSlices:
                          f"{tuple(config.data.conditions)}")
 
   def channel_names(self, config):
-    return tuple(config.data.conditions)
+    return training_volumes.channel_names(config.data)
+
+  def source(self, config):
+    return SOURCES[config.data.get("source", "slices")]
 
   def sources(self, config, workdir):
     workdir = pathlib.Path(workdir)
     splits = data_sources.source_dirs(config.data, workdir)
-    return input_pipeline.slice_sources(config.data, splits,
-                                        data_sources.cache_dir(config.data, workdir))
+    return self.source(config).sources(config, splits,
+                                       data_sources.cache_dir(config.data, workdir))
 
   def train_iterator(self, config, source, batch_size):
-    return input_pipeline.make_train_iterator(config.data, source, seed=config.seed,
-                                              batch_size_per_process=batch_size)
+    return self.source(config).train_iterator(config, source, batch_size)
 
   def loss_weights(self, config, batch):
     """Unknown (mask) pixels weigh `train.loss_weight_in_mask` x the others; None if 1."""
@@ -98,18 +181,22 @@ class InpaintingSlices:
     return 1.0 + (w - 1.0) * mask
 
   def eval_batch(self, config, source):
-    return input_pipeline.make_batch(config.data, source, sample_indices(config, source))
+    return self.source(config).eval_batch(config, source)
 
   def constraint(self, config, cond, schedule):
-    """The known region replaced at every step, and the known pixels put back at the end."""
+    """The known region replaced at every step, and the known pixels put back at the end
+    (in the image space: with a residual target, 2 x0 + prior)."""
     known, mask = known_and_mask(config.data.conditions, cond)
-    finish = lambda x0: mask * x0 + (1.0 - mask) * known
-    return known_region.known_region_replacement(schedule, known, mask), finish
+    chain_known = known
+    if config.data.get("residual"):
+      chain_known = (known - prior_of(config, cond)) / 2.0  # 0 outside the mask
+    finish = lambda x0: mask * to_image(config, x0, cond) + (1.0 - mask) * known
+    return known_region.known_region_replacement(schedule, chain_known, mask), finish
 
   def evaluate(self, config, batch, prediction, step, workdir):
     """Saves the figure and returns the error inside the mask."""
     voided, mask = known_and_mask(config.data.conditions, batch["cond"])
-    target = batch["target"]
+    target = to_image(config, batch["target"], batch["cond"])
     save_inpainting_grid(pathlib.Path(workdir) / "samples" / f"step_{step:07d}.png",
                          voided=voided[..., 0], mask=mask[..., 0],
                          result=prediction[..., 0], target=target[..., 0])

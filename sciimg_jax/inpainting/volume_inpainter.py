@@ -21,6 +21,14 @@ RePaint resampling with a per-region loop count (`pipeline.resampling.mode`):
             loops while the noise is high, for large holes with little context, and
             where the two views disagree; none where there is no mask.
 
+Models trained on slices of volumes (`training_volumes`) may see more: the classical
+prior (the chain's third channel, the `data.prior` fill of the voided volume, computed
+once per case) and the through-plane context of `data.context` slices on each side (added
+by the core sampler). Models with a residual target (`data.residual`) put the chain in
+the space of (image - prior) / 2, where the known region is zero; the result is
+2 x + prior. Everything is read from the checkpoints' configs; the two models must agree
+on the residual and on the prior's fill.
+
 Posterior mean: `sampling.num_samples = N` draws N samples in one jitted call (the
 sampler vmapped over N keys, so every network call takes the slices of all samples) and
 the inpainter returns them stacked, (N, X, Y, Z); sample i uses `fold_in(key, i)`, so
@@ -34,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sciimg_jax.core import sharding
+from sciimg_jax.core import slice_context
 from sciimg_jax.core import trained_models
 from sciimg_jax.core.diffusion import sampler
 from sciimg_jax.core.diffusion import sampling_config
@@ -44,9 +53,11 @@ from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import adaptive_resampling
 from sciimg_jax.inpainting import classical
 from sciimg_jax.inpainting import known_region
+from sciimg_jax.inpainting import training_volumes
 from sciimg_jax.inpainting.known_region import CONDITIONS
 
 MODELS = ("axial", "coronal")
+CHAIN_CHANNELS = CONDITIONS + (training_volumes.PRIOR_CHANNEL,)  # known, mask, prior
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +124,30 @@ def check_conditions(config, name):
 
 
 def as_slice_model(trained, name):
-  """The inpainting model `name` of a trained run: its own chain, channels of `CONDITIONS`."""
+  """The inpainting model `name` of a trained run: its own chain on `CHAIN_CHANNELS`."""
   check_conditions(trained.config, name)
-  return slice_models.from_trained(trained, CONDITIONS, name=name)
+  data = trained.config.data
+  return slice_models.from_trained(trained, CHAIN_CHANNELS, name=name,
+                                   own_channels=training_volumes.channel_names(data),
+                                   context_fills=training_volumes.CONTEXT_FILLS)
+
+
+def prior_settings(models):
+  """(the `data` block whose prior the chain's prior channel holds or None, residual?).
+
+  Stops when the models disagree on the residual or the fill."""
+  datas = [m.config.data for m in models]
+  residual = {m.name: bool(d.get("residual")) for m, d in zip(models, datas)}
+  if len(set(residual.values())) > 1:
+    raise InputError("pipeline", f"the models disagree on data.residual ({residual}): one "
+                     "chain cannot hold a residual and an image")
+  priors = {m.name: (d.prior, int(d.prior_margin)) for m, d in zip(models, datas)
+            if d.get("prior")}
+  if len(set(priors.values())) > 1:
+    raise InputError("pipeline", f"the models were trained with different priors {priors} "
+                     "(data.prior, data.prior_margin); the chain holds one")
+  with_prior = [d for d in datas if d.get("prior")]
+  return (with_prior[0] if with_prior else None), any(residual.values())
 
 
 def fresh_slice_model(config, name, mesh):
@@ -158,6 +190,10 @@ class VolumeInpainter:
       raise InputError("pipeline", f"axial slices {axial.image_size} and coronal slices "
                        f"{coronal.image_size} must share their first (X) size")
     self.volume_shape = (axial.image_size[0], axial.image_size[1], coronal.image_size[1])
+    for m in models:
+      slice_context.check(m.context, self.volume_shape[m.axis], where="pipeline",
+                          key=f"the {m.name} model's data.context")
+    self.prior, self.residual = prior_settings(models)
     d = axial.config.diffusion
     for m in models:
       check_conditions(m.config, m.name)
@@ -185,8 +221,10 @@ class VolumeInpainter:
 
   def _sample(self, params, case, key):
     r = self.config.pipeline.resampling
-    known, mask = case["known"], case["mask"]
-    cond = jnp.stack([known, mask], axis=-1)  # the channels of CONDITIONS
+    known, mask, prior = case["known"], case["mask"], case["prior"]
+    cond = jnp.stack([known, mask, prior], axis=-1)  # the channels of CHAIN_CHANNELS
+    if self.residual:
+      known = (known - prior) / 2.0  # 0 outside the mask
     x = None
     for n, (stage, schedule, start) in enumerate(zip(self.stages, self.schedules, self.starts)):
       stage_key = jax.random.fold_in(key, n)
@@ -209,12 +247,15 @@ class VolumeInpainter:
           stepper=stage.walk.stepper, eta=stage.walk.eta, start_index=start,
           clip_x0=stage.walk.clip, resampling=resampling,
           post_step_fn=known_region.known_region_replacement(schedule, known, mask))
-    return mask * x + (1.0 - mask) * known
+    image = 2.0 * x + prior if self.residual else x
+    return mask * image + (1.0 - mask) * case["known"]
 
   def prepare(self, voided, mask):
     """Host-side, per case: slices to evaluate and mask regions."""
     p = self.config.pipeline
     case = {"known": np.asarray(voided, np.float32), "mask": np.asarray(mask > 0, np.float32)}
+    case["prior"] = (training_volumes.prior_volume(case["known"], case["mask"], self.prior)
+                     if self.prior is not None else case["known"])
     if p.slice_restriction:
       case["slices"] = self.sampler.restricted_slices(mask, p.mask_dilation)
     if p.resampling.mode == "adaptive" and p.resampling.max_loops:  # only adaptive loops use them

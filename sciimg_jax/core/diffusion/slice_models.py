@@ -6,7 +6,8 @@ axis, its condition channels, its training schedule and its parameterization. It
 `output` takes the chain's x_t slice, all of the chain's condition channels and the
 chain's timestep, and
 
-  * picks the channels the model was trained on, by name (`channels`);
+  * picks the channels the model was trained on, by name (`channels`), after adding the
+    through-plane context of a 2.5D model (`with_context`, `slice_context`);
   * tells the model the timestep of its own schedule at the chain's noise level
     (`timesteps`, from `schedules.equivalent_timesteps`; None when the chain is the
     model's own schedule): a model trained with 2000 steps under a 1000-step chain is
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sciimg_jax.core import slice_context
 from sciimg_jax.core import trained_models
 from sciimg_jax.core import volumes
 from sciimg_jax.core.diffusion import schedules
@@ -43,6 +45,9 @@ class SliceModel:
   timesteps: np.ndarray = None        # chain timestep -> the model's timestep; None: same
   chain: schedules.Schedule = None    # the chain's training schedule (for `shift`)
   shift: tuple = None                 # (chain condition index, model condition index)
+  context: int = 0                    # k slices on each side (`slice_context`)
+  context_of: tuple = ()              # the chain channels they are taken of
+  context_fills: tuple = ()           # and their background values
 
   @property
   def params(self):
@@ -61,8 +66,17 @@ class SliceModel:
     """Width of the model's last decoder features (`output(..., features=True)`)."""
     return self.config.model.channels[0]
 
+  def with_context(self, cond, xp=jnp, batch_dims=0):
+    """The chain's condition volume(s) (..., X, Y, Z, C) with the model's context channels
+    appended along its axis (unchanged without context): what `output`'s `cond` indexes."""
+    return slice_context.expand(cond, self.axis + batch_dims, self.context, self.context_of,
+                                self.context_fills, xp=xp)
+
   def output(self, params, x_t, cond, t, *, to=None, features=False):
-    """The model's prediction for the chain's x_t (B, H, W, 1), cond (B, H, W, C), t (B,).
+    """The model's prediction for the chain's x_t (B, H, W, 1), cond (B, H, W, C'), t (B,).
+
+    `cond` holds the chain's channels and, for a model with context, the context channels
+    (slices of `with_context`).
 
     `to`: None for the model's own parameterization, or 'eps' / 'x0' (converted with the
     model's own schedule). With `features`, (B, H, W, 1 + feature_channels): the
@@ -92,7 +106,7 @@ class SliceModel:
 
 
 def from_trained(trained, chain_channels, *, own_channels=None, chain_config=None, name=None,
-                 shift=None):
+                 shift=None, context_fills=None):
   """A `SliceModel` of a trained run, on a chain with channels named `chain_channels`.
 
   Args:
@@ -104,10 +118,19 @@ def from_trained(trained, chain_channels, *, own_channels=None, chain_config=Non
       schedule (no timestep mapping).
     name: default the model's axis.
     shift: (chain condition index, model condition index) of a residual shift, or None.
+    context_fills: {chain channel name: background value} of the channels a model trained
+      with `data.context` = k > 0 sees on its neighbour slices (`slice_context`).
   """
   config = trained.config
   own_channels = tuple(config.data.conditions) if own_channels is None else tuple(own_channels)
   names = list(chain_channels)
+  k = int(config.data.get("context", 0))
+  context_fills = dict(context_fills or {}) if k else {}
+  missing = [c for c in context_fills if c not in names]
+  if missing:
+    raise InputError("data.conditions", f"the context channels {missing} are not among the "
+                     f"chain's channels {tuple(names)}")
+  names += slice_context.names(tuple(context_fills), k)
   missing = [c for c in own_channels if c not in names]
   if missing:
     raise InputError("data.conditions", f"the {name or config.data.axis} model takes "
@@ -120,7 +143,9 @@ def from_trained(trained, chain_channels, *, own_channels=None, chain_config=Non
   return SliceModel(name=name or config.data.axis, axis=volumes.AXES[config.data.axis],
                     config=config, trained=trained,
                     channels=np.asarray([names.index(c) for c in own_channels]),
-                    timesteps=timesteps, chain=chain, shift=shift)
+                    timesteps=timesteps, chain=chain, shift=shift, context=k,
+                    context_of=tuple(chain_channels.index(c) for c in context_fills),
+                    context_fills=tuple(context_fills.values()))
 
 
 def along_axis(model, params, x_t, cond, t, *, to=None, features=False):
@@ -130,6 +155,7 @@ def along_axis(model, params, x_t, cond, t, *, to=None, features=False):
   (B, X, Y, Z, 1 + feature_channels).
   """
   a = model.axis + 1
+  cond = model.with_context(cond, batch_dims=1)  # beyond the crop: background
   moved_x, moved_c = jnp.moveaxis(x_t, a, 1), jnp.moveaxis(cond, a, 1)
   b, s = moved_x.shape[:2]
   flat = lambda v: v.reshape((b * s,) + v.shape[2:])

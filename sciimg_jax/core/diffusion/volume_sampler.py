@@ -94,12 +94,13 @@ class VolumeSampler:
     `features` (X, Y, Z, 1 + F): the output and the model's decoder features.
 
     `slices` is None (every slice) or {model name: slice indices} (`restricted_slices`).
+    A 2.5D model's context channels are added to `cond` here, once per case.
     """
     model = self.models[name]
     apply = lambda x, c, t: model.output(params[name], x, c, t, to=self.parameterization,
                                          features=features)
     return volume_denoisers.slicewise(
-        apply, cond, model.axis, None if slices is None else slices[name],
+        apply, model.with_context(cond), model.axis, None if slices is None else slices[name],
         chunk_size=self.chunk_size, mesh=self.mesh, multiple=self.devices,
         channels=1 + model.feature_channels if features else None)
 
