@@ -119,10 +119,11 @@ torch.set_num_threads(a["threads"])
 torch.manual_seed(0)
 case = np.load(a["case"])
 voided, mask = torch.from_numpy(case["voided"]), torch.from_numpy(case["mask"])
+net = a.get("net", dict(channels=[32, 64, 128], attention_levels=[False, False, True],
+                       num_res_blocks=2, num_head_channels=32, norm_num_groups=8, in_channels=3))
 def network():
-  return DiffusionModelUNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64, 128),
-                            attention_levels=(False, False, True), num_res_blocks=2,
-                            num_head_channels=32, norm_num_groups=8).eval()
+  kw = {k: tuple(v) if isinstance(v, list) else v for k, v in net.items()}
+  return DiffusionModelUNet(spatial_dims=2, out_channels=1, **kw).eval()
 nets = {s["axis"]: network() for s in a["stages"]}
 def inpaint(stages):
   x = None
@@ -135,7 +136,10 @@ def inpaint(stages):
     noise = torch.randn(voided.shape)
     x = noise if x is None else ab[steps[0]].sqrt() * x + (1 - ab[steps[0]]).sqrt() * noise
     net, axis, idx = nets[s["axis"]], s["axis"], s["slices"]
-    cond = torch.stack([voided, mask]).movedim(axis + 1, 1)  # (2, slices, H, W)
+    if f"cond_{axis}" in case:  # (X, Y, Z, C): the model's own channels, context included
+      cond = torch.from_numpy(case[f"cond_{axis}"]).movedim(axis, 0).permute(3, 0, 1, 2)
+    else:
+      cond = torch.stack([voided, mask]).movedim(axis + 1, 1)  # (2, slices, H, W)
     for t in steps:
       moved = x.movedim(axis, 0)
       eps = torch.zeros_like(moved)

@@ -192,11 +192,17 @@ def prepare(root, data, cache_dir, *, with_target=True, split="cases"):
   if not cases:
     brats_layout.find_cases(root, keys)  # raises: no case folders
   out = pathlib.Path(cache_dir) / f"volumes-{_fingerprint(root, cases, data, with_target)}" / split
+  return cached_cases(cases, out, lambda case_dir: prepare_case(case_dir, data, with_target))
+
+
+def cached_cases(cases, out, make):
+  """[PreparedCase] of the case folders `cases`: `make(case_dir) -> (array, metadata)` is
+  written once per case into `out` (`<case>.npy`, `<case>.json`, atomically) and reused."""
   prepared = []
   for case_dir in cases:
     path, meta_path = out / f"{case_dir.name}.npy", out / f"{case_dir.name}.json"
     if not (path.is_file() and meta_path.is_file()):
-      array, meta = prepare_case(case_dir, data, with_target)
+      array, meta = make(case_dir)
       with atomic_files.atomic_path(path) as tmp:
         np.save(tmp, array)
       atomic_files.write_json(meta_path, meta)

@@ -7,10 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.inpainting import inpaint
 from configs import quickstart
+from configs.inpainting import inpaint
+from configs.inpainting import study
 from data_pipelines import sources
 from sciimg_jax.core import slice_context
+from sciimg_jax.core import slice_task
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import classical
 from sciimg_jax.inpainting import slice_inputs
@@ -173,3 +175,10 @@ def test_training_on_volumes_runs_and_the_checkpoint_carries_context(data_cache,
   model = volume_inpainter.load_slice_model(tmp_path / "axial", "axial", mesh)
   assert model.context == CONTEXT and model.config.data.prior == "biharmonic"
   assert (tmp_path / "axial" / "samples" / "step_0000002.png").is_file()
+
+
+@pytest.mark.parametrize("lever", sorted(study.LEVERS))
+def test_every_study_lever_makes_valid_slice_models(lever):
+  c = study.get_config(f"tiny+{lever}")
+  for name in volume_inpainter.MODELS:
+    slice_task.check_config(c[name], slice_inputs.InpaintingSlices())

@@ -1,16 +1,28 @@
 """The inpainting study (job `inpaint_study`): the quickstart's steps at the study's size.
 
-96 training subjects (an x0 model over-fits 24 within 1000 steps), 1000 training steps per
+128 training subjects (an x0 model over-fits 24 within 1000 steps), 1000 training steps per
 slice model, 8 held-out subjects, every method as one sample and as the mean of 4 (the
 paper's comparisons first), 25 sampling steps; the table of docs/inpainting.md.
 
+Variants change one lever of the slice models at a time (docs/inpainting.md, "Levers"):
+
+  volumes   slices of whole volumes with 3D holes (`data.source = 'volumes'`), nothing else
+  context   + the voided image and mask of 2 slices on each side (2.5D)
+  prior     + the 3D biharmonic fill of the voided volume as a channel
+  residual  + the prior, and the target (t1n - prior) / 2 (an untrained model returns the fill)
+  short     only the biharmonic fill, axial and hierarchical/fixed (one sample and mean of 4):
+            the rows of each lever's run
+  best      the best combination (context, prior, residual)
+
   python main.py --config=configs/inpainting/study.py --workdir=runs/inpaint_study
+  python main.py --config=configs/inpainting/study.py:residual --workdir=runs/study-residual
+  python main.py --config=configs/inpainting/study.py:context+prior --workdir=runs/study-cp
 """
 
 from configs import base
 from configs import quickstart
 
-SLICE_MODEL = {"data.synthetic.num_train": 96, "train.num_steps": 1000,
+SLICE_MODEL = {"data.synthetic.num_train": 128, "train.num_steps": 1000,
                "optim.warmup_steps": 100, "train.eval_every": 250,
                "train.checkpoint_every": 500, "train.num_sample_images": 32,
                "data.synthetic.num_eval": 8,
@@ -25,8 +37,30 @@ STUDY = {
 }
 
 
+def slice_levers(context=0, prior="", residual=False, **extra):
+  """The slice models' keys of one set of levers (both views), input channels included."""
+  keys = {"data.source": "volumes", "data.context": context, "data.prior": prior,
+          "data.residual": residual,
+          "model.in_channels": 3 + bool(prior) + 4 * context, **extra}
+  return {f"{name}.{k}": v for name in ("axial", "coronal") for k, v in keys.items()}
+
+
+LEVERS = {
+    "volumes": slice_levers(),
+    "context": slice_levers(context=2),
+    "prior": slice_levers(prior="biharmonic"),
+    "residual": slice_levers(prior="biharmonic", residual=True),
+    "short": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/fixed/mean4")},
+    "best": slice_levers(context=2, prior="biharmonic", residual=True),
+}
+
+
+VARIANTS = {**quickstart.VARIANTS, **LEVERS}
+
+
 def get_config(variant=""):
-  """The study; `tiny` shrinks it to the quickstart's test size."""
+  """The study; a lever's variant changes the slice models, `tiny` shrinks it to the
+  quickstart's test size ('tiny+residual' both)."""
   c = base.set_keys(quickstart.get_config(), STUDY)
   c.job = "inpaint_study"
-  return base.apply_variant(c, variant, quickstart.VARIANTS)
+  return base.apply_variant(c, variant, VARIANTS)

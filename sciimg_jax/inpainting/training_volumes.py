@@ -42,7 +42,6 @@ import numpy as np
 from data_pipelines import brats_layout
 from data_pipelines import input_pipeline
 from data_pipelines import volume_cases
-from sciimg_jax.core import atomic_files
 from sciimg_jax.core import intensity
 from sciimg_jax.core import slice_context
 from sciimg_jax.core import volumes as vol
@@ -114,17 +113,7 @@ def prepare(root, data, cache_dir, split):
   if not cases:
     brats_layout.find_cases(root, KEYS)  # raises: no case folders
   out = pathlib.Path(cache_dir) / f"inpainting-volumes-{_fingerprint(root, cases, data)}" / split
-  prepared = []
-  for case_dir in cases:
-    path, meta_path = out / f"{case_dir.name}.npy", out / f"{case_dir.name}.json"
-    if not (path.is_file() and meta_path.is_file()):
-      array, meta = prepare_case(case_dir, data)
-      with atomic_files.atomic_path(path) as tmp:
-        np.save(tmp, array)
-      atomic_files.write_json(meta_path, meta)
-    prepared.append(volume_cases.PreparedCase(case_dir.name, path,
-                                              json.loads(meta_path.read_text())))
-  return prepared
+  return volume_cases.cached_cases(cases, out, lambda case_dir: prepare_case(case_dir, data))
 
 
 class SlabSource(grain.sources.RandomAccessDataSource):

@@ -1,0 +1,167 @@
+"""Seconds per volume at equal quality: the fewest sampling steps, ours against a MONAI loop.
+
+  python bench/inpaint_steps.py --workdir=runs/study-best --cases=4 \
+      --peer-python=/tmp/peer/bin/python
+
+For the trained axial and coronal models in `<workdir>/axial` and `<workdir>/coronal`
+(the study's, `configs/inpainting/study.py`), on the first `--cases` held-out subjects of
+their data, the hierarchical sampler without resampling loops (`resampling.mode = none`,
+the same walk for every stepper) is run at each of `--steps` with each of `--steppers`
+(DDIM, DPM-Solver++ 2M). It prints the mean BraTS PSNR and SSIM in the healthy mask and
+the seconds per volume (after one warm-up call per setting, so without compilation;
+the classical prior, when the models take one, is included). The reference is DDIM at
+the largest step count; a setting keeps the quality when its PSNR is within 0.1 dB of it.
+
+The peer (`--peer-python`, a Python with torch and MONAI) runs the same workload the way
+a PyTorch user writes it (`inpaint_volume.PEER_MONAI`): MONAI's `DiffusionModelUNet` of
+the same size and inputs (random weights: time does not depend on them), its
+`DDIMScheduler`, a Python loop over steps and chunks of mask slices, known-region
+replacement after every step, with as many torch threads as cores, at DDIM's own fewest
+steps that keep the quality (the trained models' DDIM, measured here: the peer would
+sample the same network with the same scheduler). The last line is the ratio of seconds
+per volume at equal quality.
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+from sciimg_jax.core import xla_flags
+
+xla_flags.set_cpu_flags()  # before JAX starts
+
+import jax  # noqa: E402
+import numpy as np
+
+import inpaint_volume  # bench/inpaint_volume.py, beside this script
+import peer
+from configs.inpainting import inpaint
+from data_pipelines import brats_layout
+from data_pipelines import sources
+from sciimg_jax.core import intensity
+from sciimg_jax.core import reports
+from sciimg_jax.core import sharding
+from sciimg_jax.core import volumes
+from sciimg_jax.core.diffusion import volume_denoisers
+from sciimg_jax.inpainting import brats_metrics
+from sciimg_jax.inpainting import volume_inpainter
+
+
+def load_cases(data, workdir, num, shape):
+  """[(name, normalised voided, mask, (lo, hi), raw case)] of the first `num` held-out cases."""
+  eval_dir = sources.source_dirs(data, workdir)["eval"]
+  keys = ("t1n", "t1n-voided", "mask", "mask-healthy")
+  out = []
+  for case_dir in brats_layout.find_cases(eval_dir, keys)[:num]:
+    case = brats_layout.load_case(case_dir, keys=keys)
+    voided, mask = case.volumes["t1n-voided"], case.volumes["mask"]
+    lo, hi = intensity.percentile_range(voided)
+    x = volumes.center_pad_crop(intensity.normalize(voided, lo, hi), shape, -1.0)
+    m = volumes.center_pad_crop(mask, shape, 0.0)
+    out.append((case.name, np.where(m > 0, -1.0, x).astype(np.float32), m, (lo, hi), case))
+  return out
+
+
+def run_setting(inpainter, cases):
+  """(mean PSNR, mean SSIM, seconds per volume) of `inpainter` on the cases."""
+  name, x, m, _, _ = cases[0]
+  inpainter(x, m, jax.random.key(0))  # warm-up: compilation
+  psnr, ssim, seconds = [], [], []
+  for name, x, m, (lo, hi), case in cases:
+    t0 = time.perf_counter()
+    out = np.asarray(inpainter(x, m, reports.case_key(jax.random.key(0), name)))
+    seconds.append(time.perf_counter() - t0)
+    raw = intensity.denormalize(volumes.center_pad_crop(np.clip(out, -1, 1), case.shape, -1.0),
+                                lo, hi)
+    v = case.volumes
+    pred = np.where(v["mask"] > 0, raw, v["t1n-voided"])
+    s = brats_metrics.official_scores(pred, v["t1n"], v["t1n-voided"], v["mask-healthy"])
+    psnr.append(s["psnr"])
+    ssim.append(s["ssim"])
+  return float(np.mean(psnr)), float(np.mean(ssim)), float(np.mean(seconds))
+
+
+def peer_seconds(args, inpainter, models, cases, steps):
+  """Seconds per volume of the MONAI loop at DDIM `steps` on the same cases' shapes."""
+  c = models["axial"].config.model
+  net = dict(channels=list(c.channels), attention_levels=list(c.attention_levels),
+             num_res_blocks=c.num_res_blocks, num_head_channels=c.num_head_channels,
+             norm_num_groups=c.num_groups, in_channels=c.in_channels)
+  totals = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for name, x, m, _, _ in cases:
+      case = inpainter.prepare(x, m)
+      cond = np.stack([case["known"], case["mask"], case["prior"]], -1)
+      stages, arrays = [], dict(voided=x, mask=m)
+      for stage, schedule, start in zip(inpainter.stages, inpainter.schedules, inpainter.starts):
+        model = inpainter.models[stage.denoiser]
+        arrays[f"cond_{model.axis}"] = np.asarray(model.with_context(cond, xp=np))[
+            ..., np.asarray(model.channels)]
+        slices = volume_denoisers.active_slices(
+            m, model.axis, dilation=inpainter.config.pipeline.mask_dilation)
+        stages.append(dict(axis=model.axis, steps=steps,
+                           start_t=int(np.asarray(schedule.timesteps)[start]),
+                           slices=[int(k) for k in slices]))
+      path = os.path.join(tmp, f"{name}.npz")
+      np.savez(path, **arrays)
+      result = peer.run(args.peer_python, inpaint_volume.PEER_MONAI,
+                        dict(case=path, stages=stages, chunk_size=args.chunk_size,
+                             threads=os.cpu_count(), net=net))
+      if result is None:
+        return None
+      totals.append(result["total"])
+  return float(np.mean(totals))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="holds axial/ and coronal/ training runs")
+  parser.add_argument("--cases", type=int, default=4)
+  parser.add_argument("--steps", default="25,10,5,3")
+  parser.add_argument("--steppers", default="ddim,dpm++2m")
+  parser.add_argument("--chunk_size", type=int, default=16)
+  parser.add_argument("--peer-python", default="", help="python with torch and monai")
+  args = parser.parse_args()
+  workdir = pathlib.Path(args.workdir)
+  mesh = sharding.make_mesh()
+  models = {name: volume_inpainter.load_slice_model(workdir / name, name, mesh)
+            for name in volume_inpainter.MODELS}
+
+  def inpainter(stepper, steps):
+    c = inpaint.get_config()
+    c.pipeline.resampling.mode = "none"
+    c.sampling.update(dict(steps=steps, stepper=stepper, chunk_size=args.chunk_size))
+    c.sampling.stage2.update(dict(steps=steps, stepper=stepper))
+    return volume_inpainter.VolumeInpainter(c, models=models, mesh=mesh)
+
+  probe = inpainter("ddim", 1)
+  cases = load_cases(models["axial"].config.data, workdir / "axial", args.cases,
+                     probe.volume_shape)
+  steps = sorted((int(s) for s in args.steps.split(",")), reverse=True)
+  print(f"JAX {jax.__version__} on {jax.device_count()} {jax.devices()[0].device_kind}; "
+        f"{len(cases)} held-out cases of {workdir}; hierarchical, no resampling loops")
+  print(f"{'stepper':<10}{'steps':>6}{'PSNR':>9}{'SSIM':>9}{'s/volume':>10}")
+  results = {}
+  for stepper in args.steppers.split(","):
+    for n in steps:
+      results[stepper, n] = run_setting(inpainter(stepper, n), cases)
+      psnr, ssim, sec = results[stepper, n]
+      print(f"{stepper:<10}{n:>6}{psnr:>9.3f}{ssim:>9.4f}{sec:>10.2f}", flush=True)
+  reference = results["ddim", steps[0]][0]
+  keeps = {k: v for k, v in results.items() if v[0] >= reference - 0.1}
+  ours = min(keeps.items(), key=lambda kv: kv[1][2])
+  ddim_steps = min(n for (s, n) in keeps if s == "ddim")
+  print(f"equal quality (PSNR >= {reference - 0.1:.3f} dB): ours {ours[0][0]} {ours[0][1]} "
+        f"steps, {ours[1][2]:.2f} s/volume; DDIM's fewest steps: {ddim_steps}")
+  if args.peer_python:
+    monai = peer_seconds(args, inpainter("ddim", ddim_steps), models, cases, ddim_steps)
+    if monai is not None:
+      print(f"monai-loop DDIM {ddim_steps} steps: {monai:.2f} s/volume (sampler only); "
+            f"monai / ours = {monai / ours[1][2]:.2f}")
+
+
+if __name__ == "__main__":
+  sys.exit(main())
