@@ -182,3 +182,27 @@ def test_every_study_lever_makes_valid_slice_models(lever):
   c = study.get_config(f"tiny+{lever}")
   for name in volume_inpainter.MODELS:
     slice_task.check_config(c[name], slice_inputs.InpaintingSlices())
+
+
+def test_the_tumour_is_left_out_of_the_loss(data_cache):
+  c = volume_config(data_cache, loss_exclude="mask-unhealthy")
+  splits = sources.source_dirs(c.data, data_cache)
+  source = training_volumes.sources(c.data, {"eval": splits["eval"]}, data_cache)["eval"]
+  tumour = [r for r, (i, k) in enumerate(source.index)
+            if np.take(source.cases[i].array[..., training_volumes.UNSCORED], k, axis=2).any()]
+  assert tumour
+  example = source.example(tumour[len(tumour) // 2])
+  batch = {k: v[None] for k, v in example.items()}
+  weights = slice_inputs.InpaintingSlices().loss_weights(c, batch)
+  unscored = example["scored"][..., 0] == 0
+  assert unscored.any() and np.all(weights[0][..., 0][unscored] == 0)
+  mask = example["cond"][..., list(source.names).index("mask")]
+  assert np.all(mask[unscored] == 1)  # the tumour is inside the mask
+  np.testing.assert_array_equal(weights[0][..., 0][~unscored],
+                                1 + (c.train.loss_weight_in_mask - 1) * mask[~unscored])
+
+
+def test_the_study_config_counts_the_channels_of_the_data():
+  for variant in ("", "context", "prior+context", "best"):
+    c = study.get_config(variant).axial
+    assert c.model.in_channels == 1 + len(training_volumes.channel_names(c.data))

@@ -10,9 +10,10 @@ Variants change one lever of the slice models at a time (docs/inpainting.md, "Le
   context   + the voided image and mask of 2 slices on each side (2.5D)
   prior     + the 3D biharmonic fill of the voided volume as a channel
   residual  + the prior, and the target (t1n - prior) / 2 (an untrained model returns the fill)
+  healthy   the tumour (mask-unhealthy) left out of the loss: the model learns healthy tissue
   short     only the biharmonic fill, axial and hierarchical/fixed (one sample and mean of 4):
             the rows of each lever's run
-  best      the best combination (context, prior, residual)
+  best      the best combination (context, prior, residual, healthy)
 
   python main.py --config=configs/inpainting/study.py --workdir=runs/inpaint_study
   python main.py --config=configs/inpainting/study.py:residual --workdir=runs/study-residual
@@ -37,23 +38,30 @@ STUDY = {
 }
 
 
-def slice_levers(context=0, prior="", residual=False, **extra):
-  """The slice models' keys of one set of levers (both views), input channels included."""
-  keys = {"data.source": "volumes", "data.context": context, "data.prior": prior,
-          "data.residual": residual,
-          "model.in_channels": 3 + bool(prior) + 4 * context, **extra}
-  return {f"{name}.{k}": v for name in ("axial", "coronal") for k, v in keys.items()}
+def in_channels(data):
+  """x_t, the conditions, the prior and the context (voided and mask of 2k slices): the
+  channels of `sciimg_jax/inpainting/training_volumes.channel_names` plus x_t."""
+  return 1 + len(data.conditions) + bool(data.prior) + 2 * 2 * data.context
 
 
+def slice_levers(**data):
+  """Slices of whole volumes (`data.source = 'volumes'`) and the given `data` keys, for
+  both views (`get_config` sets the input channels)."""
+  keys = {"source": "volumes", **data}
+  return {f"{name}.data.{k}": v for name in ("axial", "coronal") for k, v in keys.items()}
+
+
+# Composable: 'context+prior+residual' applies the three.
 LEVERS = {
     "volumes": slice_levers(),
     "context": slice_levers(context=2),
     "prior": slice_levers(prior="biharmonic"),
     "residual": slice_levers(prior="biharmonic", residual=True),
+    "healthy": slice_levers(loss_exclude="mask-unhealthy"),
+    "best": slice_levers(context=2, prior="biharmonic", residual=True,
+                         loss_exclude="mask-unhealthy"),
     "short": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/fixed/mean4")},
-    "best": slice_levers(context=2, prior="biharmonic", residual=True),
 }
-
 
 VARIANTS = {**quickstart.VARIANTS, **LEVERS}
 
@@ -63,4 +71,7 @@ def get_config(variant=""):
   quickstart's test size ('tiny+residual' both)."""
   c = base.set_keys(quickstart.get_config(), STUDY)
   c.job = "inpaint_study"
-  return base.apply_variant(c, variant, VARIANTS)
+  c = base.apply_variant(c, variant, VARIANTS)
+  for name in ("axial", "coronal"):
+    c[name].model.in_channels = in_channels(c[name].data)
+  return c

@@ -23,6 +23,7 @@ import pathlib
 
 import numpy as np
 
+from data_pipelines import brats_layout
 from data_pipelines import input_pipeline
 from data_pipelines import sources as data_sources
 from sciimg_jax.core import figures
@@ -125,7 +126,8 @@ def check_data_config(data):
   if residual and not prior:
     raise InputError("data.residual", "a residual target (target - prior) / 2 needs data.prior")
   if source == "slices":
-    for key, on in (("context", data.get("context", 0)), ("prior", prior)):
+    for key, on in (("context", data.get("context", 0)), ("prior", prior),
+                    ("loss_exclude", data.get("loss_exclude", ""))):
       if on:
         raise InputError(f"data.{key}", "needs data.source = 'volumes' (the TFDS slice "
                          "dataset holds one slice and no prior)")
@@ -135,6 +137,10 @@ def check_data_config(data):
                        f"not {list(data.conditions)}")
     if data.random_masks.probability:
       input_pipeline.check_random_masks(data)
+  exclude = data.get("loss_exclude", "")
+  if exclude and exclude not in brats_layout.MASK_KEYS:
+    raise InputError("data.loss_exclude", f"{exclude!r} is not a mask key; known: "
+                     f"{', '.join(brats_layout.MASK_KEYS)}")
   if prior and int(data.get("prior_margin", 0)) < 1:
     raise InputError("data.prior_margin", f"must be >= 1, got {data.get('prior_margin')!r}")
 
@@ -173,12 +179,14 @@ class InpaintingSlices:
     return self.source(config).train_iterator(config, source, batch_size)
 
   def loss_weights(self, config, batch):
-    """Unknown (mask) pixels weigh `train.loss_weight_in_mask` x the others; None if 1."""
+    """Unknown (mask) pixels weigh `train.loss_weight_in_mask` x the others, and the
+    pixels left out of the loss (`data.loss_exclude`) 0; None if all weigh 1."""
     w = config.train.get("loss_weight_in_mask", 1.0)
-    if w == 1.0:
-      return None
     _, mask = known_and_mask(config.data.conditions, batch["cond"])
-    return 1.0 + (w - 1.0) * mask
+    weights = None if w == 1.0 else 1.0 + (w - 1.0) * mask
+    if config.data.get("loss_exclude"):
+      weights = batch["scored"] if weights is None else weights * batch["scored"]
+    return weights
 
   def eval_batch(self, config, source):
     return self.source(config).eval_batch(config, source)
@@ -200,6 +208,7 @@ class InpaintingSlices:
     save_inpainting_grid(pathlib.Path(workdir) / "samples" / f"step_{step:07d}.png",
                          voided=voided[..., 0], mask=mask[..., 0],
                          result=prediction[..., 0], target=target[..., 0])
+    mask = mask * batch.get("scored", 1.0)  # the healthy part of the mask
     err = ((prediction - target) / 2.0) ** 2 * mask  # on the [0, 1] scale
     return {"sample_mse_in_mask": float(err.sum() / max(mask.sum(), 1.0))}
 

@@ -13,12 +13,15 @@ instead of the TFDS slice dataset, which is what these options need:
 
 Each case is prepared once,
 
-    <cache_dir>/inpainting-volumes-<fingerprint>/<split>/<case>.npy   (X, Y, Z, 4) float32
+    <cache_dir>/inpainting-volumes-<fingerprint>/<split>/<case>.npy   (X, Y, Z, 5) float32
                                                       .json  normalisation range
 
-with the channels target t1n, voided t1n, mask, and the prior (the fill inside the mask,
-the voided image elsewhere; the voided image without `data.prior`): images normalised
-with the voided volume's 0.5/99.5 percentiles, as the inpainting job normalises.
+with the channels target t1n, voided t1n, mask, the prior (the fill inside the mask, the
+voided image elsewhere; the voided image without `data.prior`) and the voxels left out
+of the loss (`data.loss_exclude`, e.g. 'mask-unhealthy': the tumour, whose t1n is not the
+healthy tissue a pseudo-healthy model must learn; zero for a case without that file):
+images normalised with the voided volume's 0.5/99.5 percentiles, as the inpainting job
+normalises. Every example carries 'scored' (H, W, 1): 0 on the left-out voxels.
 
 A record is one slice along `data.axis` (every brain slice, or with `data.slices = 'mask'`
 those that meet the mask). `RandomHoles` gives it, with probability
@@ -48,10 +51,10 @@ from sciimg_jax.core import volumes as vol
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import classical
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 KEYS = ("t1n", "t1n-voided", "mask")
-TARGET, VOIDED, MASK, PRIOR = range(4)
-FILLS = (-1.0, -1.0, 0.0, -1.0)        # background of each prepared channel
+TARGET, VOIDED, MASK, PRIOR, UNSCORED = range(5)
+FILLS = (-1.0, -1.0, 0.0, -1.0)        # background of each prepared image channel
 CONDITION_CHANNELS = {"t1n-voided": VOIDED, "mask": MASK}
 CONTEXT_FILLS = {"t1n-voided": -1.0, "mask": 0.0}  # the channels a 2.5D model sees around it
 PRIOR_CHANNEL = "prior"
@@ -81,24 +84,30 @@ def prior_volume(voided, mask, data, where="mask"):
 
 def prepare_case(case_dir, data):
   """(array (X, Y, Z, 4), metadata) of one case folder (see the module docstring)."""
-  case = brats_layout.load_case(case_dir, keys=KEYS)
+  exclude = data.get("loss_exclude", "")
+  case = brats_layout.load_case(case_dir, keys=KEYS, optional=(exclude,) if exclude else ())
   voided_path = brats_layout.case_file(case_dir, "t1n-voided")
   lo, hi = intensity.percentile_range(case.volumes["t1n-voided"], where=voided_path)
   mask = (case.volumes["mask"] > 0).astype(np.float32)
   voided = intensity.normalize(case.volumes["t1n-voided"], lo, hi)
   target = intensity.normalize(case.volumes["t1n"], lo, hi)
   prior = prior_volume(voided, mask, data, where=brats_layout.case_file(case_dir, "mask"))
-  array = np.stack([target, voided, mask, prior], axis=-1).astype(np.float32)
+  unscored = (case.volumes[exclude] > 0) if exclude in case.volumes else np.zeros_like(mask)
+  array = np.stack([target, voided, mask, prior, unscored], axis=-1).astype(np.float32)
   return array, {"case": case.name, "lo": float(lo), "hi": float(hi)}
 
 
 def _fingerprint(root, cases, data):
   h = hashlib.sha256(json.dumps({"v": _FORMAT_VERSION, "prior": data.get("prior", ""),
-                                 "margin": int(data.get("prior_margin", 0))}).encode())
+                                 "margin": int(data.get("prior_margin", 0)),
+                                 "exclude": data.get("loss_exclude", "")}).encode())
   h.update(str(pathlib.Path(root).resolve()).encode())
   for case_dir in cases:
-    for key in KEYS:
-      st = brats_layout.case_file(case_dir, key).stat()
+    for key in KEYS + ((data.loss_exclude,) if data.get("loss_exclude") else ()):
+      path = brats_layout.case_file(case_dir, key)
+      if not path.is_file():
+        continue
+      st = path.stat()
       h.update(f"\n{case_dir.name}/{key}:{st.st_size}:{st.st_mtime_ns}".encode())
   return h.hexdigest()[:16]
 
@@ -207,7 +216,9 @@ class SlabSource(grain.sources.RandomAccessDataSource):
     if self.data.get("residual"):
       p = len(own)  # the prior channel
       target = (target - cond[..., p:p + 1]) / 2.0
-    return {"target": target.astype(np.float32), "cond": cond.astype(np.float32)}
+    scored = 1.0 - vol.center_pad_crop(here[..., UNSCORED:UNSCORED + 1], size, 0.0)
+    return {"target": target.astype(np.float32), "cond": cond.astype(np.float32),
+            "scored": scored.astype(np.float32)}
 
 
 class RandomHoles(grain.transforms.RandomMap):
