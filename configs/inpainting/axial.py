@@ -15,6 +15,13 @@ from configs import base
 VARIANTS = {"tiny": base.TINY}
 
 
+def in_channels(data):
+  """The network's inputs for `data`: x_t, the conditions, the prior and the context (the
+  voided image and mask of 2k slices): `sciimg_jax/inpainting/training_volumes.py`'s
+  `channel_names` plus x_t."""
+  return 1 + len(data.conditions) + bool(data.prior) + 2 * 2 * data.context
+
+
 def get_config(variant=""):
   c = base.get_base_config()
   c.job = "inpaint_train"

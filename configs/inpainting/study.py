@@ -11,8 +11,8 @@ Variants change one lever of the slice models at a time (docs/inpainting.md, "Le
   prior     + the 3D biharmonic fill of the voided volume as a channel
   residual  + the prior, and the target (t1n - prior) / 2 (an untrained model returns the fill)
   healthy   the tumour (mask-unhealthy) left out of the loss: the model learns healthy tissue
-  short     only the biharmonic fill, axial and hierarchical/fixed (one sample and mean of 4):
-            the rows of each lever's run
+  short     only the biharmonic fill, axial and hierarchical (without resampling: one sample
+            and the mean of 4; fixed resampling: one sample)
   best      the best combination (context, prior, residual, healthy)
 
   python main.py --config=configs/inpainting/study.py --workdir=runs/inpaint_study
@@ -22,6 +22,7 @@ Variants change one lever of the slice models at a time (docs/inpainting.md, "Le
 
 from configs import base
 from configs import quickstart
+from configs.inpainting import axial
 
 SLICE_MODEL = {"data.synthetic.num_train": 128, "train.num_steps": 1000,
                "optim.warmup_steps": 100, "train.eval_every": 250,
@@ -36,12 +37,6 @@ STUDY = {
     "compare": COMPARE,
     "sampling.steps": 25,
 }
-
-
-def in_channels(data):
-  """x_t, the conditions, the prior and the context (voided and mask of 2k slices): the
-  channels of `sciimg_jax/inpainting/training_volumes.channel_names` plus x_t."""
-  return 1 + len(data.conditions) + bool(data.prior) + 2 * 2 * data.context
 
 
 def slice_levers(**data):
@@ -60,7 +55,8 @@ LEVERS = {
     "healthy": slice_levers(loss_exclude="mask-unhealthy"),
     "best": slice_levers(context=2, prior="biharmonic", residual=True,
                          loss_exclude="mask-unhealthy"),
-    "short": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/fixed/mean4")},
+    "short": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/none/mean4",
+                          "hierarchical/fixed")},
 }
 
 VARIANTS = {**quickstart.VARIANTS, **LEVERS}
@@ -73,5 +69,5 @@ def get_config(variant=""):
   c.job = "inpaint_study"
   c = base.apply_variant(c, variant, VARIANTS)
   for name in ("axial", "coronal"):
-    c[name].model.in_channels = in_channels(c[name].data)
+    c[name].model.in_channels = axial.in_channels(c[name].data)
   return c
