@@ -39,6 +39,7 @@ import numpy as np
 from data_pipelines import brats_layout
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import intensity
+from sciimg_jax.core import slice_context
 from sciimg_jax.core import volumes as vol
 from sciimg_jax.core.errors import InputError
 
@@ -60,8 +61,20 @@ def parse_condition(spec):
 
 
 def channel_names(data):
-  """The channels of `cond` in every example: conditions, position, mask."""
+  """The channels of a case (a chain's `cond`): conditions, position, mask."""
   return tuple(data.conditions) + POSITION + ("mask",)
+
+
+def slice_channel_names(data):
+  """The channels of a 2D example: the case's, then the conditions of the `data.context`
+  slices on each side (`slice_context`; background -1 beyond the volume)."""
+  return channel_names(data) + slice_context.names(tuple(data.conditions),
+                                                   int(data.get("context", 0)))
+
+
+def context_fills(data):
+  """{condition: background} of the channels a 2.5D model sees around its slice."""
+  return {c: -1.0 for c in data.conditions}
 
 
 def channel_indices(data, own, what="model"):
@@ -255,7 +268,15 @@ class SliceSource(grain.sources.RandomAccessDataSource):
   def __getitem__(self, record):
     i, k = self.index[record]
     array = np.take(self.cases[i].array, k, axis=self.axis)
-    return example(self.data, np.asarray(array), np.take(self.position, k, axis=self.axis))
+    out = example(self.data, np.asarray(array), np.take(self.position, k, axis=self.axis))
+    context = int(self.data.get("context", 0))
+    if context:  # the raw conditions (channels 1..) of the neighbouring slices
+      moved = np.moveaxis(self.cases[i].array, self.axis, 0)
+      conditions = range(1, 1 + len(self.data.conditions))
+      extra = slice_context.at_slice(moved, k, context, conditions,
+                                     list(context_fills(self.data).values()))
+      out["cond"] = np.concatenate([out["cond"], extra], axis=-1)
+    return out
 
 
 class CropSource(grain.sources.RandomAccessDataSource):

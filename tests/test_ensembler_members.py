@@ -95,3 +95,36 @@ def test_a_model_that_cannot_join_is_named(change, message):
   change(own)
   with pytest.raises(InputError, match=message):
     members.check_member(own, ensemble.data, "runs/x")
+
+
+def test_a_member_with_context_sees_the_neighbours_the_slice_source_gave_it(tmp_path):
+  """2.5D members: the context channels the volume sampler gives slice k
+  (`SliceModel.with_context`, then the model's channels) are the training example's
+  (`volume_cases.SliceSource`)."""
+  from data_pipelines import volume_cases
+  ensemble = member_config("sr")
+  own = member_config("sr")
+  own.data.context = 1
+  seen = {}
+
+  def net(params, x, t):
+    seen["cond"] = np.asarray(x[..., 1:])
+    return jnp.zeros(x.shape[:-1] + (1,))
+
+  m = fake_member(own, ensemble, ensemble, net)
+  shape = tuple(ensemble.data.volume_shape)
+  rng = np.random.default_rng(0)
+  array = rng.normal(size=shape + (3,)).astype(np.float32)  # target, t2f:pool4, brain
+  array[..., -1] = 1.0
+  np.save(tmp_path / "c.npy", array)
+  case = volume_cases.PreparedCase("c", tmp_path / "c.npy", {})
+  source = volume_cases.SliceSource([case], own.data, own.data.axis)
+  cond = np.concatenate([array[..., 1:2], volume_cases.vol.position_embedding(shape),
+                         array[..., 2:]], axis=-1)
+  expanded = m.with_context(jnp.asarray(cond))
+  for k in (0, shape[m.axis] // 2, shape[m.axis] - 1):
+    example = source[k]["cond"]
+    assert example.shape[-1] == len(volume_cases.slice_channel_names(own.data)) == 7
+    here = jnp.take(expanded, k, axis=m.axis)[None]
+    m.output(None, jnp.zeros(here.shape[:-1] + (1,)), here, jnp.asarray([10]))
+    np.testing.assert_array_equal(seen["cond"][0], example)

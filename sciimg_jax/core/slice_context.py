@@ -63,15 +63,13 @@ def expand(cond, axis, k, indices, fills, xp=np):
 def at_slice(volume, index, k, indices, fills):
   """The context channels of slice `index` of `volume` (S, H, W, C), sliced along axis 0.
 
+  Reads only the 2k slices it needs (`volume` may be a memory-mapped or moved view).
   Returns (H, W, 2k len(indices)) float32, in the order of `names`.
   """
-  picked = np.asarray(volume)[..., list(indices)]
-  n = picked.shape[0]
-  out = []
-  for o in offsets(k):
-    s = index + o
-    out.append(picked[s] if 0 <= s < n else np.broadcast_to(
-        np.asarray(fills, np.float32), picked.shape[1:]))
+  n, fill = volume.shape[0], np.asarray(fills, np.float32)
+  out = [np.asarray(volume[s])[..., list(indices)] if 0 <= s < n
+         else np.broadcast_to(fill, volume.shape[1:-1] + fill.shape)
+         for s in (index + o for o in offsets(k))]
   if not out:
-    return np.zeros(picked.shape[1:-1] + (0,), np.float32)
+    return np.zeros(volume.shape[1:-1] + (0,), np.float32)
   return np.concatenate(out, axis=-1).astype(np.float32)

@@ -44,8 +44,9 @@ def make_member(trained, data, chain_config, name=None):
   if data.get("residual") and config.data.conditions[0] != data.conditions[0]:
     shift = (0, names.index(config.data.conditions[0]))
   return slice_models.from_trained(trained, names,
-                                   own_channels=volume_cases.channel_names(config.data),
-                                   chain_config=chain_config, name=name, shift=shift)
+                                   own_channels=volume_cases.slice_channel_names(config.data),
+                                   chain_config=chain_config, name=name, shift=shift,
+                                   context_fills=volume_cases.context_fills(config.data))
 
 
 def load_members(workdirs, data, chain_config, mesh):

@@ -25,6 +25,8 @@ from data_pipelines import brats_layout
 from data_pipelines import sources as data_sources
 from data_pipelines import volume_cases
 from sciimg_jax.core import figures
+from sciimg_jax.core import slice_context
+from sciimg_jax.core import volumes
 from sciimg_jax.core import slice_task
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ensembler import evaluation
@@ -51,16 +53,15 @@ class VolumeSlices:
     """Stops on a target or data setting the objective cannot train with."""
     learns_labels = slice_task.objective_of(config).labels
     volume_cases.check_data_config(config.data)
-    if config.data.get("context", 0):
-      raise InputError("data.context", "the ensembler's 2D models take no through-plane "
-                       "context yet; set it to 0")
+    slice_context.check(config.data.get("context", 0),
+                        tuple(config.data.volume_shape)[volumes.AXES[config.data.axis]])
     if (config.data.target in brats_layout.MASK_KEYS) != learns_labels:
       raise InputError("data.target", f"{config.data.target!r} does not suit objective "
                        f"{config.train.objective!r} (segmentation learns a mask key, the "
                        "others an image)")
 
   def channel_names(self, config):
-    return volume_cases.channel_names(config.data)
+    return volume_cases.slice_channel_names(config.data)
 
   def sources(self, config, workdir):
     return {name: volume_cases.SliceSource(cases, config.data, config.data.axis)

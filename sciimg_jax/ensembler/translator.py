@@ -35,6 +35,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from data_pipelines import volume_cases
+from sciimg_jax.core import slice_context
 from sciimg_jax.core import slice_task
 from sciimg_jax.core import volumes
 from sciimg_jax.core.diffusion import sampler
@@ -206,11 +207,15 @@ def slicewise_network(trained, data, cond, chunk_size, mesh):
   config = trained.config
   channels = volume_cases.channel_indices(data, config.data, what=config.data.axis + " network")
   own = jnp.asarray(cond)[..., channels]
+  axis, k = volumes.AXES[config.data.axis], int(config.data.get("context", 0))
+  with_context = slice_context.expand(own, axis, k, range(len(config.data.conditions)),
+                                      list(volume_cases.context_fills(config.data).values()),
+                                      xp=jnp)
 
   predict = slice_task.objective_of(config).predictor(config, trained.net, None)
   apply = lambda x, c, t: predict(trained.params, c, None)
 
-  denoise = volume_denoisers.slicewise(apply, own, volumes.AXES[config.data.axis],
+  denoise = volume_denoisers.slicewise(apply, with_context, axis,
                                        chunk_size=chunk_size, mesh=mesh,
                                        multiple=mesh.devices.size)
   out = np.asarray(jax.jit(denoise)(jnp.zeros(cond.shape[:3]), jnp.zeros((), jnp.int32)))
