@@ -24,7 +24,11 @@ from configs import base
 from configs import quickstart
 from configs.inpainting import axial
 
-SLICE_MODEL = {"data.synthetic.num_train": 128, "train.num_steps": 1000,
+# The study starts from the recipe before the levers (x0 on the TFDS slices, 2D holes):
+# every lever is one change against it.
+BEFORE_LEVERS = {"data.source": "slices", "data.context": 0, "data.prior": "",
+                 "data.residual": False, "data.loss_exclude": ""}
+SLICE_MODEL = {**BEFORE_LEVERS, "data.synthetic.num_train": 128, "train.num_steps": 1000,
                "optim.warmup_steps": 100, "train.eval_every": 250,
                "train.checkpoint_every": 500, "train.num_sample_images": 32,
                "data.synthetic.num_eval": 8,
