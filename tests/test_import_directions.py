@@ -18,7 +18,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # One sub-package per method; add new ones here.
 METHODS = ("sciimg_jax.inpainting", "sciimg_jax.ir", "sciimg_jax.ensembler")
 DATA_MAY_USE = ("sciimg_jax.core.errors", "sciimg_jax.core.nifti", "sciimg_jax.core.intensity",
-                "sciimg_jax.core.atomic_files", "sciimg_jax.core.volumes")
+                "sciimg_jax.core.atomic_files", "sciimg_jax.core.volumes",
+                "sciimg_jax.core.slice_context")
 OWN = ("sciimg_jax", "data_pipelines", "configs")
 
 
