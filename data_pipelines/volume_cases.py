@@ -180,16 +180,17 @@ class PreparedCase:
     return pathlib.Path(self.meta["directory"])
 
 
-def _fingerprint(root, cases, data, with_target):
-  h = hashlib.sha256()
-  h.update(json.dumps({"v": _FORMAT_VERSION, "target": data.target if with_target else "",
-                       "conditions": list(data.conditions),
-                       "shape": list(data.volume_shape)}).encode())
+def fingerprint(root, cases, keys, settings):
+  """16 hex digits that change with `settings` (a JSON-able dict), the folder `root` and
+  the size and time of each case's files of `keys` (a key a case lacks is skipped)."""
+  h = hashlib.sha256(json.dumps(settings).encode())
   h.update(str(pathlib.Path(root).resolve()).encode())
   for case_dir in cases:
-    for key in required_keys(data, with_target):
-      st = brats_layout.case_file(case_dir, key).stat()
-      h.update(f"\n{case_dir.name}/{key}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for key in keys:
+      path = brats_layout.case_file(case_dir, key)
+      if path.is_file():
+        st = path.stat()
+        h.update(f"\n{case_dir.name}/{key}:{st.st_size}:{st.st_mtime_ns}".encode())
   return h.hexdigest()[:16]
 
 
@@ -204,7 +205,9 @@ def prepare(root, data, cache_dir, *, with_target=True, split="cases"):
                      f"{len(incomplete)} incomplete case folder(s) in {root}")
   if not cases:
     brats_layout.find_cases(root, keys)  # raises: no case folders
-  out = pathlib.Path(cache_dir) / f"volumes-{_fingerprint(root, cases, data, with_target)}" / split
+  settings = {"v": _FORMAT_VERSION, "target": data.target if with_target else "",
+              "conditions": list(data.conditions), "shape": list(data.volume_shape)}
+  out = pathlib.Path(cache_dir) / f"volumes-{fingerprint(root, cases, keys, settings)}" / split
   return cached_cases(cases, out, lambda case_dir: prepare_case(case_dir, data, with_target))
 
 

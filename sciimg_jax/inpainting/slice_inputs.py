@@ -51,10 +51,14 @@ def sample_indices(config, source, num=None):
   """
   m = list(config.data.conditions).index("mask")
   with_mask = [i for i in range(len(source)) if np.any(source[i]["cond"][..., m] > 0)]
-  if not with_mask:
+  return spread_over(with_mask, config.train.num_sample_images if num is None else num)
+
+
+def spread_over(records, num):
+  """`num` of `records` (those that meet the mask), evenly spread; stops if there are none."""
+  if not records:
     raise InputError("data.eval_root", "no held-out slice meets a mask; nothing to evaluate")
-  num = config.train.num_sample_images if num is None else num
-  return np.asarray(with_mask)[np.linspace(0, len(with_mask) - 1, num).round().astype(int)]
+  return np.asarray(records)[np.linspace(0, len(records) - 1, num).round().astype(int)]
 
 
 def save_inpainting_grid(path, *, voided, mask, result, target=None):
@@ -76,7 +80,8 @@ def prior_of(config, cond):
 
 def to_image(config, x, cond):
   """A prediction or target in the image space: 2 x + prior with `data.residual`, else x."""
-  return 2.0 * x + prior_of(config, cond) if config.data.get("residual") else x
+  return (training_volumes.from_residual(x, prior_of(config, cond))
+          if config.data.get("residual") else x)
 
 
 class _TfdsSlices:
@@ -104,11 +109,8 @@ class _VolumeSlabs:
                                            batch_size=batch_size)
 
   def eval_batch(self, config, source):
-    with_mask = source.with_mask()
-    if not with_mask:
-      raise InputError("data.eval_root", "no held-out slice meets a mask; nothing to evaluate")
-    picks = np.linspace(0, len(with_mask) - 1, config.train.num_sample_images).round()
-    return training_volumes.batch(source, [with_mask[int(i)] for i in picks])
+    return training_volumes.batch(
+        source, spread_over(source.with_mask(), config.train.num_sample_images))
 
 
 SOURCES = {"slices": _TfdsSlices(), "volumes": _VolumeSlabs()}
@@ -197,7 +199,7 @@ class InpaintingSlices:
     known, mask = known_and_mask(config.data.conditions, cond)
     chain_known = known
     if config.data.get("residual"):
-      chain_known = (known - prior_of(config, cond)) / 2.0  # 0 outside the mask
+      chain_known = training_volumes.to_residual(known, prior_of(config, cond))  # 0 if unmasked
     finish = lambda x0: mask * to_image(config, x0, cond) + (1.0 - mask) * known
     return known_region.known_region_replacement(schedule, chain_known, mask), finish
 

@@ -35,8 +35,6 @@ seeds the hole per record and epoch: fresh holes every epoch, and resumed runs d
 Slices are centre padded/cropped to `data.image_size`.
 """
 
-import hashlib
-import json
 import pathlib
 
 import grain
@@ -58,6 +56,16 @@ FILLS = (-1.0, -1.0, 0.0, -1.0)        # background of each prepared image chann
 CONDITION_CHANNELS = {"t1n-voided": VOIDED, "mask": MASK}
 CONTEXT_FILLS = {"t1n-voided": -1.0, "mask": 0.0}  # the channels a 2.5D model sees around it
 PRIOR_CHANNEL = "prior"
+
+
+def to_residual(image, prior):
+  """The residual target of `data.residual`: (image - prior) / 2."""
+  return (image - prior) / 2.0
+
+
+def from_residual(x, prior):
+  """The image of a residual `x`: 2 x + prior (the inverse of `to_residual`)."""
+  return 2.0 * x + prior
 
 
 def channel_names(data):
@@ -97,21 +105,6 @@ def prepare_case(case_dir, data):
   return array, {"case": case.name, "lo": float(lo), "hi": float(hi)}
 
 
-def _fingerprint(root, cases, data):
-  h = hashlib.sha256(json.dumps({"v": _FORMAT_VERSION, "prior": data.get("prior", ""),
-                                 "margin": int(data.get("prior_margin", 0)),
-                                 "exclude": data.get("loss_exclude", "")}).encode())
-  h.update(str(pathlib.Path(root).resolve()).encode())
-  for case_dir in cases:
-    for key in KEYS + ((data.loss_exclude,) if data.get("loss_exclude") else ()):
-      path = brats_layout.case_file(case_dir, key)
-      if not path.is_file():
-        continue
-      st = path.stat()
-      h.update(f"\n{case_dir.name}/{key}:{st.st_size}:{st.st_mtime_ns}".encode())
-  return h.hexdigest()[:16]
-
-
 def prepare(root, data, cache_dir, split):
   """The prepared cases of a BraTS-layout folder (written once into `cache_dir`, atomically)."""
   cases, incomplete = brats_layout.scan_cases(root, KEYS)
@@ -121,7 +114,11 @@ def prepare(root, data, cache_dir, split):
                      f"{len(incomplete)} incomplete case folder(s) in {root}")
   if not cases:
     brats_layout.find_cases(root, KEYS)  # raises: no case folders
-  out = pathlib.Path(cache_dir) / f"inpainting-volumes-{_fingerprint(root, cases, data)}" / split
+  settings = {"v": _FORMAT_VERSION, "prior": data.get("prior", ""),
+              "margin": int(data.get("prior_margin", 0)), "exclude": data.get("loss_exclude", "")}
+  keys = KEYS + ((data.loss_exclude,) if data.get("loss_exclude") else ())
+  fingerprint = volume_cases.fingerprint(root, cases, keys, settings)
+  out = pathlib.Path(cache_dir) / f"inpainting-volumes-{fingerprint}" / split
   return volume_cases.cached_cases(cases, out, lambda case_dir: prepare_case(case_dir, data))
 
 
@@ -215,7 +212,7 @@ class SlabSource(grain.sources.RandomAccessDataSource):
     target = vol.center_pad_crop(here[..., TARGET:TARGET + 1], size, -1.0)
     if self.data.get("residual"):
       p = len(own)  # the prior channel
-      target = (target - cond[..., p:p + 1]) / 2.0
+      target = to_residual(target, cond[..., p:p + 1])
     scored = 1.0 - vol.center_pad_crop(here[..., UNSCORED:UNSCORED + 1], size, 0.0)
     return {"target": target.astype(np.float32), "cond": cond.astype(np.float32),
             "scored": scored.astype(np.float32)}

@@ -224,7 +224,7 @@ class VolumeInpainter:
     known, mask, prior = case["known"], case["mask"], case["prior"]
     cond = jnp.stack([known, mask, prior], axis=-1)  # the channels of CHAIN_CHANNELS
     if self.residual:
-      known = (known - prior) / 2.0  # 0 outside the mask
+      known = training_volumes.to_residual(known, prior)  # 0 outside the mask
     x = None
     for n, (stage, schedule, start) in enumerate(zip(self.stages, self.schedules, self.starts)):
       stage_key = jax.random.fold_in(key, n)
@@ -247,7 +247,7 @@ class VolumeInpainter:
           stepper=stage.walk.stepper, eta=stage.walk.eta, start_index=start,
           clip_x0=stage.walk.clip, resampling=resampling,
           post_step_fn=known_region.known_region_replacement(schedule, known, mask))
-    image = 2.0 * x + prior if self.residual else x
+    image = training_volumes.from_residual(x, prior) if self.residual else x
     return mask * image + (1.0 - mask) * case["known"]
 
   def prepare(self, voided, mask):
