@@ -10,16 +10,27 @@ strictly monotonic, one value a band):
     with arrays `cube` and `wavenumbers`,
   * MATLAB `.mat` (scipy.io, v5/v7): variables `cube` (or the only 3D array) and `wavenumbers`,
 
-and a table of single spectra is a CSV with one spectrum a row, the wavenumbers as column
-names and a label column. RGB images (PNG/TIFF) and label maps (PNG/TIFF/.npy of class
-indices) are read with scikit-image's imageio plugin. Every reader raises `InputError`
-naming the file and the problem: a missing file, a header without a needed key, a file
-shorter than its header claims, a non-monotonic wavenumber axis, a missing label column.
+and a table of single spectra (`read_spectra_table`) is
+
+  * a CSV (or tab-separated `.tab`/`.tsv`) with one spectrum a row, the wavenumbers as
+    column names and a label column; or Orange's format, the same with two more header
+    rows: variable types (`c`/`continuous`, `d`/`discrete`, `s`/`string`, ...) and flags
+    (`class`, `meta`, `ignore`, ...; the label column is the one flagged `class`),
+  * NumPy `.npz` with arrays `X` (spectra, N x bands), `y` (labels) and `wavenumbers`;
+
+a table may be read in place from inside a zip archive or wheel, named as if the archive
+were a folder (`pkg-1.0-py3-none-any.whl/pkg/data/table.csv`). RGB images (PNG/TIFF) and
+label maps (PNG/TIFF/.npy of class indices) are read with scikit-image's imageio plugin.
+Every reader raises `InputError` naming the file and the problem: a missing file, a header
+without a needed key, a file shorter than its header claims, a non-monotonic wavenumber
+axis, a missing label column, a spectrum with a missing (NaN) or non-numeric value.
 Writers write to a temporary name and rename, so no half-written file is left.
 """
 
 import csv
+import io
 import pathlib
+import zipfile
 
 import numpy as np
 
@@ -205,46 +216,152 @@ def read_cube(path):
 
 # --- spectra tables, RGB images, label maps ------------------------------------------------
 
-def read_spectra_csv(path, label_column="label"):
-  """(spectra (N, bands) float32, wavenumbers, labels (N,) str) from a CSV table.
+ARCHIVE_SUFFIXES = (".whl", ".zip")
+TABLE_SUFFIXES = (".csv", ".tab", ".tsv", ".txt", ".npz")
+# Orange's second and third header rows: variable types and column flags (Orange.data.io_base).
+ORANGE_TYPES = ("", "c", "continuous", "n", "numeric", "d", "discrete", "categorical", "s",
+                "string", "text", "t", "time")
+ORANGE_FLAGS = ("class", "c", "meta", "m", "ignore", "i", "weight", "w")
+MISSING = ("", "?", "~", "nan", "na", "n/a")  # cells that stand for a missing value
 
-  Columns: the label column (by name) and one column a wavenumber (its name a number);
-  other columns (an id, coordinates) are ignored.
+
+def in_archive(path):
+  """(archive, member) when `path` runs through a zip or wheel file, else None."""
+  path = pathlib.Path(path)
+  for parent in path.parents:
+    if parent.suffix in ARCHIVE_SUFFIXES and parent.is_file():
+      return parent, path.relative_to(parent).as_posix()
+  return None
+
+
+def read_bytes(path):
+  """The bytes of a file, or of a member of a zip archive named as if it were a folder."""
+  inside = in_archive(path)
+  if inside is None:
+    return _exists(path).read_bytes()
+  archive, member = inside
+  try:
+    with zipfile.ZipFile(archive) as z:
+      return z.read(member)
+  except KeyError:
+    raise InputError(path, f"no such file in {archive.name}") from None
+  except zipfile.BadZipFile:
+    raise InputError(archive, "is not a zip archive") from None
+
+
+def _orange_header(rows):
+  """(types, flags) per column when rows 2 and 3 are Orange's type and flag rows, else None."""
+  if len(rows) < 3:
+    return None
+  is_type = lambda cell: cell.strip() in ORANGE_TYPES or len(cell.split()) > 1  # or d's values
+  is_flags = lambda cell: all(f in ORANGE_FLAGS or "=" in f for f in cell.split())
+  if not (all(map(is_type, rows[1])) and all(map(is_flags, rows[2]))):
+    return None
+  pad = lambda row: [c.strip() for c in row] + [""] * (len(rows[0]) - len(row))
+  return pad(rows[1]), [set(c.split()) for c in pad(rows[2])]
+
+
+def _value(cell, n, w, path):
+  """A band's value from its cell; InputError for a missing or non-numeric one."""
+  try:
+    v = float(cell)
+  except ValueError:
+    v = None
+  if cell.strip().lower() in MISSING or (v is not None and not np.isfinite(v)):
+    raise InputError(path, f"line {n}: the spectrum has no value (NaN) at {w:g} cm^-1; "
+                     "every spectrum must be complete")
+  if v is None:
+    raise InputError(path, f"line {n}: {cell.strip()!r} at {w:g} cm^-1 is not a number")
+  return v
+
+
+def read_spectra_csv(path, label_column=None):
+  """(spectra (N, bands) float32, wavenumbers, labels (N,) str) from a CSV or Orange table.
+
+  Columns: the label column and one column a wavenumber (its name a number); other columns
+  (an id, coordinates, Orange `meta` or `ignore` columns) are ignored. `label_column=None`
+  takes Orange's `class` column, or `label`. Tab-separated for `.tab`/`.tsv`/`.txt`.
   """
-  path = _exists(path)
-  with open(path, newline="") as f:
-    rows = list(csv.reader(f))
+  try:
+    text = read_bytes(path).decode("utf-8-sig")
+  except UnicodeDecodeError:
+    raise InputError(path, "is not UTF-8 text") from None
+  delimiter = "\t" if pathlib.Path(path).suffix in (".tab", ".tsv", ".txt") else ","
+  rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
   if not rows:
     raise InputError(path, "is empty")
   header = [h.strip() for h in rows[0]]
+  orange = _orange_header(rows)
+  types, flags = orange or ([""] * len(header), [set()] * len(header))
+  if label_column is None and orange:
+    marked = [h for h, f in zip(header, flags) if f & {"class", "c"}]
+    if len(marked) != 1:
+      raise InputError(path, f"its Orange header flags {len(marked)} columns as 'class' "
+                       f"({', '.join(marked)}); name the label column (data.label_column)")
+    label_column = marked[0]
+  label_column = label_column or "label"
   if label_column not in header:
     raise InputError(path, f"has no label column '{label_column}' (columns: "
                      f"{', '.join(header[:5])}{', ...' if len(header) > 5 else ''})")
   numeric = []
-  for i, h in enumerate(header):
+  for i, (h, t, f) in enumerate(zip(header, types, flags)):
     try:
-      numeric.append((i, float(h)))
+      w = float(h)
     except ValueError:
-      pass
+      continue
+    if h != label_column and t in ("", "c", "continuous", "n", "numeric") and not f:
+      numeric.append((i, w))
   if not numeric:
     raise InputError(path, "no column is named by a wavenumber")
   cols, w = zip(*numeric)
   li = header.index(label_column)
   spectra, labels = [], []
-  for n, row in enumerate(rows[1:], start=2):
+  first = 4 if orange else 2
+  for n, row in enumerate(rows[first - 1:], start=first):
     if not any(cell.strip() for cell in row):
       continue
     if len(row) != len(header):
       raise InputError(path, f"line {n} has {len(row)} fields; the header has {len(header)}")
-    try:
-      spectra.append([float(row[i]) if row[i].strip() else np.nan for i in cols])
-    except ValueError:
-      raise InputError(path, f"line {n} holds a value that is not a number") from None
+    spectra.append([_value(row[i], n, wn, path) for i, wn in zip(cols, w)])
+    if not row[li].strip():
+      raise InputError(path, f"line {n} has no label ('{label_column}' is empty)")
     labels.append(row[li].strip())
   if not spectra:
     raise InputError(path, "holds a header but no spectra")
   return (np.asarray(spectra, np.float32), check_wavenumbers(w, len(w), path),
           np.asarray(labels))
+
+
+def read_spectra_npz(path, label_column=None):
+  """(spectra, wavenumbers, labels) from `.npz` arrays X, y (or `label_column`), wavenumbers."""
+  label_column = label_column or "y"
+  try:
+    z = np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise InputError(path, f"cannot read as .npz ({e})") from None
+  missing = [k for k in ("X", label_column, "wavenumbers") if k not in z.files]
+  if missing:
+    raise InputError(path, f"has no array {missing}; it holds {z.files}")
+  x, labels = np.asarray(z["X"], np.float32), np.asarray(z[label_column]).astype(str)
+  if x.ndim != 2 or labels.shape != (len(x),):
+    raise InputError(path, f"X is {x.shape} and {label_column} {labels.shape}; expected "
+                     "(spectra, bands) and (spectra,)")
+  wn = check_wavenumbers(z["wavenumbers"], x.shape[1], path)
+  bad = np.argwhere(~np.isfinite(x))
+  if len(bad):
+    raise InputError(path, f"spectrum {bad[0][0]} (X[{bad[0][0]}]) has no value (NaN) at "
+                     f"{wn[bad[0][1]]:g} cm^-1; every spectrum must be complete")
+  return x, wn, labels
+
+
+def read_spectra_table(path, label_column=None):
+  """(spectra, wavenumbers, labels) by suffix: CSV or Orange (.csv .tab .tsv .txt), or .npz."""
+  suffix = pathlib.Path(path).suffix
+  if suffix not in TABLE_SUFFIXES:
+    raise InputError(path, f"unknown spectra table format {suffix!r}; known: "
+                     f"{', '.join(TABLE_SUFFIXES)}")
+  reader = read_spectra_npz if suffix == ".npz" else read_spectra_csv
+  return reader(path, label_column)
 
 
 def write_spectra_csv(path, spectra, wavenumbers, labels, label_column="label"):

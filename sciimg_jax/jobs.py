@@ -15,6 +15,7 @@ from sciimg_jax.inpainting import scoring_job
 from sciimg_jax.inpainting import slice_inputs as inpainting_slices
 from sciimg_jax.ir import classifier_task
 from sciimg_jax.ir import diagnose_job as ir_diagnose
+from sciimg_jax.ir import spectra_job as ir_spectra
 from sciimg_jax.ir import study as ir_study
 
 JOBS = {
@@ -26,6 +27,7 @@ JOBS = {
     "ir_train": classifier_task.train_classifier,
     "ir_study": ir_study.run_study,
     "ir_diagnose": ir_diagnose.run_diagnose,
+    "ir_spectra": ir_spectra.run_spectra,
     "ensembler_train": ensembler_slices.train_slice_model,
     "ensembler_fusion": fusion_task.train_fusion,
     "ensembler_evaluate": ensembler_evaluate.evaluate_folder,

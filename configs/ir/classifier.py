@@ -49,11 +49,15 @@ def get_config(variant=""):
   c.train.eval_every = 100
   c.train.checkpoint_every = 100
   c.train.label_smoothing = 0.0
-  # Robustness strategies (sciimg_jax/ir/robustness.py); 0 = off.
-  c.train.robust = ml_collections.ConfigDict(dict(
+  c.train.robust = robustness_off()
+  return base.apply_variant(c, variant, VARIANTS)
+
+
+def robustness_off():
+  """The `train.robust` block: every robustness strategy (sciimg_jax/ir/robustness.py) off."""
+  return ml_collections.ConfigDict(dict(
       mixup_alpha=0.0, cutmix_alpha=0.0, noise_std=0.0, band_dropout=0.0, sam_rho=0.0,
       adversarial_eps=0.0, adversarial_mix=0.5, rank_weight=0.0))
-  return base.apply_variant(c, variant, VARIANTS)
 
 
 VARIANTS = {

@@ -44,6 +44,6 @@ def centre_spectra(x):
 
 def evaluate(name, train_x, train_y, test_x, test_y, *, n_components=20, seed=0):
   """Fits baseline `name` on the training patches' centre spectra; its held-out scores."""
-  model = make(name, n_components=min(n_components, train_x.shape[-1]), seed=seed)
+  model = make(name, n_components=min(n_components, train_x.shape[-1], len(train_x)), seed=seed)
   model.fit(centre_spectra(train_x), train_y)
   return diagnostics.classification_scores(test_y, model.predict(centre_spectra(test_x)))

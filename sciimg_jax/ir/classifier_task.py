@@ -1,5 +1,8 @@
 """Training of the IR and RGB patch classifiers: a task of the shared trainer.
 
+`ClassifierTask` trains and evaluates a classifier on given sources of patches (`spectra_job`
+gives it spectra as 1x1 patches); `PatchClassifierTask` builds its sources as below.
+
 Data: the embedded paired IR/RGB regions (`data_pipelines.synthetic_ir`, written once under
 the cache folder) or a user's folders of regions (`data.train_dir`, `data.test_dir`; with no
 `test_dir`, the blocks of a spatial split of `train_dir`). Patches come from the TFDS builder
@@ -73,50 +76,44 @@ def training_pixels(source, modality, max_examples=2048):
   return x.reshape(-1, x.shape[-1])
 
 
-def spectral_transform(data, pixels):
+def spectral_transform(data, pixels, modality="ir"):
   """The `data.spectral_transform` of IR spectra, fitted on training pixels if it needs to be."""
   name = data.spectral_transform
   if name not in robustness.SPECTRAL_TRANSFORMS:
     raise InputError("data.spectral_transform", f"unknown transform {name!r}; known: "
                      f"{', '.join(robustness.SPECTRAL_TRANSFORMS)}")
-  if name != "none" and data.modality != "ir":
+  if name != "none" and modality != "ir":
     raise InputError("data.spectral_transform", f"{name!r} transforms IR spectra; "
-                     f"data.modality is {data.modality!r}")
+                     f"data.modality is {modality!r}")
   if name == "pca_whiten":
     return robustness.PcaWhitener(pixels, data.pca_components)
   return {"none": lambda x: x, "snv": robustness.snv, "derivative": robustness.derivative}[name]
 
 
-class PatchClassifierTask:
-  """`trainer.Task`: a patch classifier on one modality."""
+class ClassifierTask:
+  """`trainer.Task`: a classifier of the patches (p, p, C) of `sources` {'train', 'test'}.
 
-  def __init__(self, config, workdir):
-    d = config.data
-    if d.modality not in MODALITIES:
-      raise InputError("data.modality", f"unknown modality {d.modality!r}; known: "
-                       f"{', '.join(MODALITIES)}")
+  A source's examples are dicts with the patch under the modality's key and `label`; the
+  spectra-table job gives spectra as 1x1 patches of modality 'ir'.
+  """
+
+  def __init__(self, config, workdir, sources, *, num_classes, patch_size, modality="ir"):
     self.config = config
     self.workdir = pathlib.Path(workdir)
-    self.options = ir_tfds.PatchOptions(
-        classes=tuple(d.classes), patch_size=d.patch_size, per_class=d.per_class,
-        block=d.block, test_fraction=d.test_fraction, seed=d.patch_seed)
-    builder = ir_tfds.build(source_splits(d, workdir), self.options,
-                            data_sources.cache_dir(d, self.workdir))
-    self.wavenumbers = np.asarray(builder.info.metadata["wavenumbers"], np.float32)
-    self.sources = {s: builder.as_data_source(s) for s in ("train", "test")}
-    pixels = training_pixels(self.sources["train"], d.modality)
-    transform = spectral_transform(d, pixels)
+    self.sources = sources
+    self.num_classes, self.patch_size, self.modality = num_classes, patch_size, modality
+    pixels = training_pixels(self.sources["train"], modality)
+    transform = spectral_transform(config.data, pixels, modality)
     pixels = transform(pixels)
     mean, std = pixels.mean(0), np.maximum(pixels.std(0), 1e-6)
-    self.transform = Standardize(d.modality, transform, mean, std)
+    self.transform = Standardize(modality, transform, mean, std)
     self.in_channels = int(np.size(mean))
     self._test = self._embed = None
 
   def create_model(self, rngs, dtype):
     return models.create_model(self.config.model, rngs=rngs, dtype=dtype,
-                               in_channels=self.in_channels,
-                               num_classes=len(self.config.data.classes),
-                               patch_size=self.config.data.patch_size)
+                               in_channels=self.in_channels, num_classes=self.num_classes,
+                               patch_size=self.patch_size)
 
   def frozen_params(self, mesh):
     return None
@@ -135,7 +132,7 @@ class PatchClassifierTask:
     """Cross-entropy with the `train.robust` strategies (see `robustness`) switched on."""
     del frozen
     r = self.config.train.robust
-    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], len(self.config.data.classes)),
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes),
                                   self.config.train.label_smoothing)
     x, targets = robustness.augment_inputs(jax.random.fold_in(key, 1), batch["x"], targets, r)
 
@@ -166,7 +163,7 @@ class PatchClassifierTask:
     source = self.sources[split]
     idx = range(len(source)) if limit is None else np.linspace(
         0, len(source) - 1, min(limit, len(source))).round().astype(int)
-    modality = self.config.data.modality
+    modality = self.modality
     prepare = ((lambda e: {"x": np.asarray(e[modality], np.float32), "label": e["label"]})
                if raw else self.transform.map)
     examples = [prepare(source[int(i)]) for i in idx]
@@ -184,6 +181,24 @@ class PatchClassifierTask:
     if self._embed is None:
       self._embed = jax.jit(lambda p, x: logits_and_features(net, p, x))
     return evaluate_classifier(self, net, params, self._embed)
+
+
+class PatchClassifierTask(ClassifierTask):
+  """`trainer.Task`: a patch classifier on one modality, on the patches of `ir_tfds`."""
+
+  def __init__(self, config, workdir):
+    d = config.data
+    if d.modality not in MODALITIES:
+      raise InputError("data.modality", f"unknown modality {d.modality!r}; known: "
+                       f"{', '.join(MODALITIES)}")
+    self.options = ir_tfds.PatchOptions(
+        classes=tuple(d.classes), patch_size=d.patch_size, per_class=d.per_class,
+        block=d.block, test_fraction=d.test_fraction, seed=d.patch_seed)
+    builder = ir_tfds.build(source_splits(d, workdir), self.options,
+                            data_sources.cache_dir(d, workdir))
+    self.wavenumbers = np.asarray(builder.info.metadata["wavenumbers"], np.float32)
+    super().__init__(config, workdir, {s: builder.as_data_source(s) for s in ("train", "test")},
+                     num_classes=len(d.classes), patch_size=d.patch_size, modality=d.modality)
 
 
 def logits_and_features(net, params, x):
@@ -218,10 +233,16 @@ def train_classifier(config, workdir, *, stop_at_step=None):
   At the end it evaluates the EMA parameters once more and writes `final_metrics.json`.
   Returns those metrics.
   """
-  task = PatchClassifierTask(config, workdir)
+  return train_task(PatchClassifierTask(config, workdir), config, workdir,
+                    stop_at_step=stop_at_step, modality=config.data.modality)
+
+
+def train_task(task, config, workdir, *, stop_at_step=None, **extra):
+  """Trains `task` with the shared trainer, evaluates the EMA parameters once more and writes
+  `final_metrics.json` (with the `extra` entries). Returns those metrics."""
   state = trainer.train(task, config, workdir, stop_at_step=stop_at_step)
   net, _ = models.Network.split(task.create_model(nnx.Rngs(0), trainer.compute_dtype(config)))
-  result = dict(step=int(state.step), modality=config.data.modality, model=config.model.name,
+  result = dict(step=int(state.step), **extra, model=config.model.name,
                 **task.evaluate(net, state.ema_params, None, int(state.step), None, workdir))
   atomic_files.write_json(pathlib.Path(workdir) / "final_metrics.json", result)
   return result

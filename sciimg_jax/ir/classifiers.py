@@ -9,6 +9,10 @@ of the centre pixel. `embed` gives the penultimate features the diagnostics look
                     spatial trunk over the patch
   spatial           the spatial trunk on the input channels as they are (RGB, or IR bands
                     fed straight to 3x3 convolutions)
+  spectral_cnn      a 1D CNN over the band axis of the centre pixel's spectrum: convolution
+                    blocks along the bands (stride 2, GroupNorm, GELU), the map flattened
+                    (where along the axis a band is, is its chemistry: no pooling), a dense
+                    layer (the features); the patch context is ignored
 
 The spatial trunk is 3x3 convolution blocks (GroupNorm, GELU), one stride-2 block per
 level after the first, and a dense layer over the flattened map (the penultimate features),
@@ -100,6 +104,42 @@ class PatchClassifier(nnx.Module):
     return self.head(self.embed(x))
 
 
+class SpectralCNN(nnx.Module):
+  """A 1D CNN over the bands of the centre pixel's spectrum (module docstring)."""
+
+  def __init__(self, in_channels, num_classes, *, widths=(16, 32, 64), kernel_size=7,
+               features=64, num_groups=8, rngs, dtype=jnp.float32):
+    self.convs, self.norms = nnx.List(), nnx.List()
+    prev, length = 1, in_channels
+    for width in widths:
+      self.convs.append(nnx.Conv(prev, width, (kernel_size,), strides=(2,), dtype=dtype,
+                                 rngs=rngs))
+      self.norms.append(nnx.GroupNorm(width, num_groups=_groups(width, num_groups), dtype=dtype,
+                                      rngs=rngs))
+      prev, length = width, -(-length // 2)
+    self.dense = nnx.Linear(prev * length, features, dtype=dtype, rngs=rngs)
+    self.out_features = features
+    self.head = nnx.Linear(features, num_classes, dtype=dtype, rngs=rngs)
+
+  def embed(self, x):
+    """(N, features) of patches (N, p, p, bands): of the centre pixel's spectrum only."""
+    p = x.shape[1] // 2
+    x = x[:, p, p, :, None]  # (N, bands, 1): the bands are the convolution's axis
+    for conv, norm in zip(self.convs, self.norms):
+      x = nnx.gelu(norm(conv(x)))
+    return nnx.gelu(self.dense(x.reshape(x.shape[0], -1)))
+
+  def __call__(self, x):
+    return self.head(self.embed(x))
+
+
+def spectral_cnn(*, in_channels, num_classes, patch_size=None, widths=(16, 32, 64), kernel_size=7,
+                 features=64, num_groups=8, rngs, dtype=jnp.float32):
+  del patch_size  # the centre pixel only
+  return SpectralCNN(in_channels, num_classes, widths=widths, kernel_size=kernel_size,
+                     features=features, num_groups=num_groups, rngs=rngs, dtype=dtype)
+
+
 def spectral_pixel(*, in_channels, num_classes, patch_size=None, spectral_widths=(128, 64), rngs,
                    dtype=jnp.float32):
   del patch_size  # the centre pixel only
@@ -122,5 +162,5 @@ def spatial(*, in_channels, num_classes, patch_size, trunk_widths=(32, 64), feat
 
 
 for _name, _fn in (("spectral_pixel", spectral_pixel), ("spectral_spatial", spectral_spatial),
-                   ("spatial", spatial)):
+                   ("spatial", spatial), ("spectral_cnn", spectral_cnn)):
   models.register(_name, _fn)

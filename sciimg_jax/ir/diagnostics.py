@@ -66,7 +66,7 @@ def gradient_matrix(logits_fn, x):
     logits = logits_fn(xi[None])[0]
     return logits[jnp.argmax(jax.lax.stop_gradient(logits))]
 
-  grads = jax.vmap(jax.grad(top_logit))(jnp.asarray(x))
+  grads = jax.jit(jax.vmap(jax.grad(top_logit)))(jnp.asarray(x))
   return np.asarray(grads.reshape(grads.shape[0], -1, grads.shape[-1]).sum(axis=1))
 
 

@@ -30,16 +30,19 @@ COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "features_effective_rank
 TABLE = (reports.Column("run", "run"),) + tuple(reports.Column.mean_std(k, k, 3) for k in COLUMNS)
 
 
-def train_or_reuse(c, workdir):
+def train_or_reuse(c, workdir, make_task=None, **extra):
   """The run's final metrics: a finished run's `final_metrics.json`, else it is trained.
 
   A finished run without the file (stopped after its last checkpoint) resumes there: the
-  trainer has no step left, and `train_classifier` evaluates it and writes the file.
+  trainer has no step left, and `train_classifier` evaluates it and writes the file. With
+  `make_task`, the task it returns is trained (`classifier_task.train_task`, with `extra`).
   """
   done = workdir / "final_metrics.json"
   if reports.run_is_finished(workdir, c.train.num_steps) and done.is_file():
     return json.loads(done.read_text())
-  return classifier_task.train_classifier(c, workdir)
+  if make_task is None:
+    return classifier_task.train_classifier(c, workdir)
+  return classifier_task.train_task(make_task(), c, workdir, **extra)
 
 
 def mean_std(rows):

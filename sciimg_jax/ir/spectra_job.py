@@ -1,0 +1,208 @@
+"""The `ir_spectra` job: per-spectrum classifiers and chemometric baselines on a table of
+spectra, with stratified k-fold cross-validation.
+
+The table (`data.table`: CSV, Orange .tab/.csv, or .npz; `data_pipelines.ir_spectra`) is
+split into `data.folds` stratified folds drawn from `seed`, saved as `folds.csv`; every run
+and every baseline is trained on the same k-1 folds and scored on the held-out one. With
+`data.test_table`, there are no folds: everything is trained on `table` and scored on
+`test_table`. Each run of `runs` is a network of `models` (the per-spectrum MLP
+`spectral_pixel`, the 1D CNN `spectral_cnn`), optionally with a spectral transform
+(`mlp-snv`: `data.spectral_transform=snv`), trained by the shared trainer in
+`<workdir>/<run>/<fold>` as a classifier of 1x1 patches (`classifier_task.ClassifierTask`:
+per-band standardisation with the training fold's statistics, the `train.robust`
+strategies, the collapse diagnostics); a finished run is reused, not trained again. The
+baselines (`baselines.NAMES`) are fitted on the raw spectra of the same folds.
+
+Every count of spectra per class (in the table, and used for training and testing in each
+fold) is printed, logged and saved; `data.per_class` > 0 keeps at most that many training
+spectra of each class in each fold, and says so. Bad input (a missing table or label
+column, one class, a class with fewer spectra than folds, a NaN in a spectrum, a test table
+with other bands) stops with one line before anything is written.
+
+Writes `folds.csv`, `results.json` (every fold of every run, the counts), `results.md` (the
+table, mean ± std over folds, and the counts) and `results.csv`.
+
+  python main.py --config=configs/ir/spectra.py:collagen --workdir=runs/collagen
+"""
+
+import hashlib
+import logging
+import pathlib
+
+import ml_collections
+import numpy as np
+import tqdm
+
+from data_pipelines import ir_spectra
+from sciimg_jax.core import atomic_files
+from sciimg_jax.core import models
+from sciimg_jax.core import reports
+from sciimg_jax.core import trainer
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.ir import baselines
+from sciimg_jax.ir import classifier_task
+from sciimg_jax.ir import classifiers  # noqa: F401  (registers the classifiers)
+from sciimg_jax.ir import robustness
+from sciimg_jax.ir import study
+
+
+def say(text):
+  """Printed and logged."""
+  tqdm.tqdm.write(text)
+  logging.info(text)
+
+
+def check_config(config):
+  """[(run, model block, spectral transform)] of `config.runs`; InputError for a bad key."""
+  d = config.data
+  if not d.table:
+    raise InputError("data.table", "no table of spectra given: pass "
+                     "--config.data.table=FILE (.csv, .tab or .npz)")
+  if not d.test_table and (not isinstance(d.folds, int) or d.folds < 2):
+    raise InputError("data.folds", f"must be an integer of 2 or more, got {d.folds!r}")
+  if not isinstance(d.per_class, int) or d.per_class < 0:
+    raise InputError("data.per_class", f"must be 0 (every spectrum) or more, got {d.per_class!r}")
+  unknown = [b for b in config.baselines if b not in baselines.NAMES]
+  if unknown:
+    raise InputError("baselines", f"unknown {unknown}; known: {', '.join(baselines.NAMES)}")
+  runs = []
+  for name in config.runs:
+    model, _, transform = name.partition("-")
+    transform = transform or d.spectral_transform
+    if model not in config.models:
+      raise InputError("runs", f"{name!r}: no model {model!r} in models "
+                       f"({', '.join(config.models)})")
+    if transform not in robustness.SPECTRAL_TRANSFORMS:
+      raise InputError("runs" if "-" in name else "data.spectral_transform",
+                       f"unknown spectral transform {transform!r} (in {name!r}); known: "
+                       f"{', '.join(robustness.SPECTRAL_TRANSFORMS)}")
+    if config.models[model].get("name") not in models.MODELS:
+      raise InputError(f"models.{model}.name", f"unknown model "
+                       f"{config.models[model].get('name')!r}; known: {sorted(models.MODELS)}")
+    runs.append((name, config.models[model], transform))
+  if not runs and not config.baselines:
+    raise InputError("runs", "no run and no baseline: nothing to do")
+  trainer.check_config(config)
+  return runs
+
+
+def run_config(config, model, transform):
+  """The training config of one run: the shared keys, its model block and transform."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.model = ml_collections.ConfigDict(model.to_dict())
+  c.data.spectral_transform = transform
+  return c
+
+
+def make_splits(config, table, test):
+  """(folds or None, [(name, training rows, test rows)]) over the rows of `table`, then `test`.
+
+  Training rows are subsampled to `data.per_class` of each class when it is set.
+  """
+  d = config.data
+  if test is None:
+    fold = ir_spectra.stratified_folds(table.labels, d.folds, config.seed)
+    splits = [(f"fold{k}", np.flatnonzero(fold != k), np.flatnonzero(fold == k))
+              for k in range(d.folds)]
+  else:
+    fold, n = None, len(table.labels)
+    splits = [("test", np.arange(n), n + np.arange(len(test.labels)))]
+  labels = table.labels if test is None else np.concatenate([table.labels, test.labels])
+  splits = [(name, ir_spectra.subsample(train, labels, d.per_class, config.seed + k), held)
+            for k, (name, train, held) in enumerate(splits)]
+  return fold, splits
+
+
+def digest(train, held):
+  """A short fingerprint of a split's rows: every run and baseline of a fold records it."""
+  rows = np.concatenate([np.sort(train), [-1], np.sort(held)]).astype(np.int64)
+  return hashlib.sha1(rows.tobytes()).hexdigest()[:12]
+
+
+def count_table(classes, labels, splits, table_labels):
+  """Rows {class, table, train, test} of spectra per class: in the table, and per split."""
+  per_split = lambda rows, c: " ".join(str(int(np.sum(labels[r] == c))) for r in rows)
+  rows = [{"class": c, "table": int(np.sum(table_labels == c)),
+           "train": per_split([s[1] for s in splits], c),
+           "test": per_split([s[2] for s in splits], c)} for c in classes]
+  rows.append({"class": "all", "table": len(table_labels),
+               "train": " ".join(str(len(s[1])) for s in splits),
+               "test": " ".join(str(len(s[2])) for s in splits)})
+  return rows
+
+
+COUNTS = (reports.Column("class", "class"), reports.Column("in the table", "table"),
+          reports.Column("training (per fold)", "train"), reports.Column("test (per fold)", "test"))
+
+
+def train_network(c, workdir, x, y, split, num_classes):
+  """A run's metrics on one split: trained (or a finished run's, checked to be this split's)."""
+  name, train, held = split
+  rows = digest(train, held)
+
+  def make_task():
+    sources = {"train": ir_spectra.SpectraSource(x[train], y[train]),
+               "test": ir_spectra.SpectraSource(x[held], y[held])}
+    return classifier_task.ClassifierTask(c, workdir, sources, num_classes=num_classes,
+                                          patch_size=1)
+
+  result = study.train_or_reuse(c, workdir, make_task, split=name, rows=rows)
+  if result.get("rows") != rows:
+    raise InputError(workdir / "final_metrics.json", f"was trained on other rows than "
+                     f"{name} of this table; use a fresh workdir")
+  return result
+
+
+def run_spectra(config, workdir):
+  """The `ir_spectra` job (module docstring). Returns {run: {column: (mean, std)}}."""
+  workdir = pathlib.Path(workdir)
+  runs = check_config(config)
+  d = config.data
+  table = ir_spectra.load(d.table, d.label_column, d.pip_package)
+  test = ir_spectra.load(d.test_table, d.label_column, d.pip_package) if d.test_table else None
+  classes = ir_spectra.check_classes(table, None if test else d.folds)
+  if test is not None:
+    ir_spectra.check_test_table(table, test, classes)
+  fold, splits = make_splits(config, table, test)
+  if fold is not None:
+    ir_spectra.check_folds(workdir / "folds.csv", table.labels, fold)
+  x = table.spectra if test is None else np.concatenate([table.spectra, test.spectra])
+  labels = table.labels if test is None else np.concatenate([table.labels, test.labels])
+  y = np.searchsorted(np.array(classes), labels).astype(np.int32)
+
+  say(f"Table {table.describe()}; classes {', '.join(classes)}.")
+  if test is not None:
+    say(f"Test table {test.describe()}: every model is trained on the table and scored on it.")
+  else:
+    say(f"{d.folds} stratified folds from seed {config.seed}: {workdir / 'folds.csv'}.")
+  if d.per_class:
+    say(f"Subsampling (data.per_class={d.per_class}): at most {d.per_class} training spectra "
+        "of each class in every fold; the counts below are those used.")
+  counts = count_table(classes, labels, splits, table.labels)
+  say("Spectra per class:\n" + reports.format_markdown(counts, COUNTS))
+  if fold is not None:
+    ir_spectra.write_folds(workdir / "folds.csv", table.labels, fold)
+
+  results = {}
+  for name, model, transform in runs:
+    c = run_config(config, model, transform)
+    results[name] = [train_network(c, workdir / name / s[0], x, y, s, len(classes))
+                     for s in splits]
+  for name in config.baselines:
+    results[name] = [dict(split=s, rows=digest(train, held), **baselines.evaluate(
+        name, x[train][:, None, None], y[train], x[held][:, None, None], y[held],
+        seed=config.seed)) for s, train, held in splits]
+  summary = {name: study.mean_std(rows) for name, rows in results.items()}
+
+  over = f"the {len(splits)} folds" if fold is not None else f"the test table {test.path}"
+  table_md = reports.format_markdown(study.table_rows(summary), study.TABLE)
+  atomic_files.write_json(workdir / "results.json", {
+      "table": table.path, "test_table": test.path if test else None, "classes": classes,
+      "folds": None if test else d.folds, "seed": config.seed, "per_class": d.per_class,
+      "counts": counts, "runs": results, "summary": summary})
+  reports.write_table(workdir / "results.csv", study.table_rows(summary), study.TABLE)
+  atomic_files.write_text(workdir / "results.md", (
+      f"{table.describe()}; mean ± std over {over}.\n\n{table_md}\n\nSpectra per class:\n\n"
+      f"{reports.format_markdown(counts, COUNTS)}\n"))
+  say(f"\nMean ± std over {over}:\n{table_md}")
+  return summary

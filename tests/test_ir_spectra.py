@@ -1,0 +1,237 @@
+"""Tables of spectra: the readers (CSV, Orange, .npz, inside a wheel), the bad-input lines,
+the folds, and the `ir_spectra` job end to end on tiny synthetic tables."""
+
+import json
+import re
+import zipfile
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import base
+from configs.ir import spectra as spectra_config
+from data_pipelines import ir_formats
+from data_pipelines import ir_spectra
+from sciimg_jax.core import models
+from sciimg_jax.core.errors import InputError
+from sciimg_jax.ir import spectra_job
+
+WN = np.linspace(1800, 900, 16)
+
+
+def synthetic(counts=(6, 6, 6), seed=0, bands=WN):
+  """(spectra, labels): classes 'a', 'b', ... with `counts` spectra, well apart."""
+  rng = np.random.default_rng(seed)
+  labels = np.repeat([chr(97 + k) for k in range(len(counts))], counts)
+  means = np.random.default_rng(1).normal(size=(len(counts), len(bands)))
+  x = means[np.searchsorted(sorted(set(labels)), labels)] + 0.2 * rng.normal(size=(len(labels),
+                                                                                   len(bands)))
+  return x.astype(np.float32), labels
+
+
+def write_table(path, counts=(6, 6, 6), seed=0, bands=WN):
+  x, labels = synthetic(counts, seed, bands)
+  ir_formats.write_spectra_csv(path, x, bands, labels)
+  return path
+
+
+def tiny(table, **data):
+  c = spectra_config.get_config("tiny")
+  c.data.table = str(table)
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+# --- readers -------------------------------------------------------------------------------
+
+def test_orange_tables_are_read_by_their_header_rows(tmp_path):
+  # Orange's three header rows: names, types, flags; the class column need not come first,
+  # meta and ignored columns are skipped even when named by a number.
+  (tmp_path / "t.tab").write_text(
+      "id\t1000\t1100\t1200\t1300\tmap_x\ttissue\n"
+      "s\tc\tc\tc\tc\tc\td\n"
+      "meta\t\t\t\tignore\tmeta\tclass\n"
+      "r1\t0.1\t0.2\t0.3\t9\t5\tstroma\n"
+      "r2\t0.4\t0.5\t0.6\t9\t6\tepithelium\n")
+  x, wn, labels = ir_formats.read_spectra_table(tmp_path / "t.tab")
+  np.testing.assert_allclose(x, [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
+  np.testing.assert_array_equal(wn, [1000, 1100, 1200])
+  assert list(labels) == ["stroma", "epithelium"]
+  # As collagen.csv writes it: comma-separated, a short third row.
+  (tmp_path / "o.csv").write_text("type,1801.2,1797.4\nd,c,c\nclass\nDNA,0.1,0.2\nlipids,0.3,0.4\n")
+  x, wn, labels = ir_formats.read_spectra_table(tmp_path / "o.csv")
+  assert x.shape == (2, 2) and list(labels) == ["DNA", "lipids"] and wn[0] > wn[1]
+  # A plain CSV with another label column.
+  (tmp_path / "p.csv").write_text("sample,tissue,1000,1100\n1,a,0.1,0.2\n2,b,0.3,0.4\n")
+  _, _, labels = ir_formats.read_spectra_table(tmp_path / "p.csv", "tissue")
+  assert list(labels) == ["a", "b"]
+
+
+def test_npz_tables_and_tables_inside_a_wheel(tmp_path):
+  x, labels = synthetic()
+  np.savez(tmp_path / "t.npz", X=x, y=labels, wavenumbers=WN)
+  back, wn, names = ir_formats.read_spectra_table(tmp_path / "t.npz")
+  np.testing.assert_array_equal(back, x)
+  np.testing.assert_array_equal(names, labels)
+  np.testing.assert_allclose(wn, WN, atol=1e-3)
+  write_table(tmp_path / "t.csv")
+  (tmp_path / "dl").mkdir()
+  with zipfile.ZipFile(tmp_path / "dl" / "pkg-1.0-py3-none-any.whl", "w") as z:
+    z.write(tmp_path / "t.csv", "pkg/datasets/t.csv")
+  table = ir_spectra.load(tmp_path / "dl" / "pkg-*.whl" / "pkg" / "datasets" / "t.csv")
+  assert table.spectra.shape == (18, 16)
+  assert table.path.endswith("pkg-1.0-py3-none-any.whl/pkg/datasets/t.csv")
+  with pytest.raises(InputError, match=r"other\.csv: no such file in pkg-1\.0-py3-none-any\.whl"):
+    ir_spectra.load(tmp_path / "dl" / "pkg-1.0-py3-none-any.whl" / "pkg" / "other.csv")
+
+
+def test_a_missing_wheel_names_the_pip_download_command(tmp_path):
+  c = spectra_config.get_config("collagen+tiny")
+  assert c.data.table.endswith("collagen.csv") and "orange_spectroscopy-*.whl" in c.data.table
+  assert ir_spectra.missing_message(c.data.table, c.data.pip_package).endswith(
+      "`pip download --no-deps orange-spectroscopy -d .whl` (it is read in place, not installed)")
+  c.data.table = str(tmp_path / "dl" / c.data.table.split("/", 1)[1])
+  command = f"pip download --no-deps orange-spectroscopy -d {tmp_path}/dl"
+  with pytest.raises(InputError, match=r"collagen\.csv: no such file; fetch the wheel that holds "
+                     rf"it once with `{re.escape(command)}`"):
+    spectra_job.run_spectra(c, tmp_path / "w")
+
+
+# --- bad input: one line each, nothing written ---------------------------------------------
+
+def nan_in_csv(d):
+  (d / "t.csv").write_text("label,1000,1100\na,0.1,0.2\nb,0.3,\n")
+  return {"table": d / "t.csv"}
+
+
+def nan_in_npz(d):
+  x, labels = synthetic()
+  x[4, 7] = np.nan
+  np.savez(d / "t.npz", X=x, y=labels, wavenumbers=WN)
+  return {"table": d / "t.npz"}
+
+
+def moved_band(d):
+  bands = WN.copy()
+  bands[1] = 1700
+  return {"table": write_table(d / "t.csv"), "test_table": write_table(d / "u.csv", bands=bands)}
+
+
+# Each writes its tables in a folder and returns the `data` keys that name them.
+BAD = {
+    "one class": (lambda d: {"table": write_table(d / "t.csv", counts=(6,))},
+                  r"t\.csv: holds one class \('a'\); a classifier needs two or more"),
+    "few spectra": (lambda d: {"table": write_table(d / "t.csv", counts=(6, 2, 6))},
+                    r"t\.csv: class 'b' \(2\) has fewer spectra than the 3 folds"),
+    "nan": (nan_in_csv, r"t\.csv: line 3: the spectrum has no value \(NaN\) at 1100 cm\^-1"),
+    "nan npz": (nan_in_npz, r"t\.npz: spectrum 4 \(X\[4\]\) has no value \(NaN\) at"),
+    "bands": (moved_band, r"u\.csv: its bands do not match those of the training table t\.csv: "
+              r"band 2 is at 1700 cm\^-1 against 1740"),
+    "band count": (lambda d: {"table": write_table(d / "t.csv"),
+                              "test_table": write_table(d / "u.csv", bands=WN[:15])},
+                   r"u\.csv: its bands do not match those of the training table t\.csv: 15 "
+                   r"bands against 16"),
+    "label column": (lambda d: {"table": write_table(d / "t.csv"), "label_column": "tissue"},
+                     r"t\.csv: has no label column 'tissue' \(columns: label, 1800"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_tables_stop_with_one_line_and_write_nothing(tmp_path, case):
+  make, message = BAD[case]
+  data = {k: str(v) for k, v in make(tmp_path).items()}
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  with pytest.raises(InputError, match=message) as raised:
+    spectra_job.run_spectra(tiny(data.pop("table"), **data), workdir)
+  assert "\n" not in str(raised.value)
+  assert not any(workdir.iterdir())
+
+
+def test_bad_settings_are_named_before_any_work(tmp_path):
+  table = write_table(tmp_path / "t.csv")
+  for key, value, message in (("data.folds", 1, "data.folds: must be an integer of 2 or more"),
+                              ("runs", ("mlp-smooth",), "runs: unknown spectral transform"),
+                              ("runs", ("svm",), "runs: 'svm': no model 'svm' in models"),
+                              ("baselines", ("svm",), "baselines: unknown"),
+                              ("data.table", "", "data.table: no table of spectra given")):
+    c = base.set_keys(tiny(table), {key: value})
+    with pytest.raises(InputError, match=message):
+      spectra_job.run_spectra(c, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+# --- folds ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("counts,folds", [((6, 6, 6), 3), ((7, 11, 5, 23), 5), ((2, 9), 2)])
+def test_folds_are_stratified_disjoint_and_cover_every_row(counts, folds):
+  _, labels = synthetic(counts)
+  fold = ir_spectra.stratified_folds(labels, folds, seed=3)
+  assert fold.shape == labels.shape and set(fold) == set(range(folds))  # each row in one fold
+  for c, n in zip(sorted(set(labels)), counts):
+    per_fold = np.bincount(fold[labels == c], minlength=folds)
+    assert per_fold.max() - per_fold.min() <= 1 and per_fold.sum() == n  # stratified
+  sizes = np.bincount(fold)
+  assert sizes.max() - sizes.min() <= 1
+  np.testing.assert_array_equal(fold, ir_spectra.stratified_folds(labels, folds, seed=3))
+  assert not np.array_equal(fold, ir_spectra.stratified_folds(labels, folds, seed=4))
+
+
+def test_subsampling_keeps_per_class_and_is_said(tmp_path, capsys):
+  labels = np.array(list("aaaaabbbcc"))
+  kept = ir_spectra.subsample(np.arange(10), labels, 2, seed=0)
+  assert sorted(labels[kept]) == list("aabbcc")
+  np.testing.assert_array_equal(ir_spectra.subsample(np.arange(10), labels, 0, seed=0),
+                                np.arange(10))
+  c = tiny(write_table(tmp_path / "t.csv", counts=(9, 6, 6)), per_class=3)
+  c.runs, c.baselines = (), ("pca_lda",)
+  spectra_job.run_spectra(c, tmp_path / "w")
+  out = capsys.readouterr().out
+  assert "Subsampling (data.per_class=3): at most 3 training spectra of each class" in out
+  assert "| a | 9 | 3 3 3 | 3 3 3 |" in out  # used for training, held out, in the table
+  counts = json.loads((tmp_path / "w" / "results.json").read_text())["counts"]
+  assert counts[0] == {"class": "a", "table": 9, "train": "3 3 3", "test": "3 3 3"}
+
+
+# --- models and the job --------------------------------------------------------------------
+
+def test_the_spectral_cnn_sees_only_the_centre_spectrum():
+  c = spectra_config.get_config("tiny")
+  model = models.create_model(c.models.cnn, rngs=nnx.Rngs(0), in_channels=16, num_classes=3,
+                              patch_size=3)
+  x = jax.random.normal(jax.random.key(0), (4, 3, 3, 16))
+  x = x.at[2].set(x[0].at[0, 2].set(5.0)).at[3].set(x[0].at[1, 1, 8].set(5.0))
+  logits, features = jax.jit(lambda x: (model(x), model.embed(x)))(x)
+  assert logits.shape == (4, 3) and features.shape == (4, c.models.cnn.features)
+  np.testing.assert_allclose(logits[2], logits[0], rtol=1e-6)  # a neighbour changed
+  assert not np.allclose(logits[3], logits[0])  # a band of the centre pixel changed
+
+
+def test_every_model_and_baseline_is_scored_on_the_same_saved_folds(tmp_path):
+  # One network (the CNN; the MLP's training is test_ir_classifier's) keeps the test short.
+  table = write_table(tmp_path / "t.csv")
+  c = tiny(table, folds=2)
+  c.runs = ("cnn",)
+  summary = spectra_job.run_spectra(c, tmp_path / "w")
+  assert list(summary) == ["cnn", "pca_lda", "logistic", "random_forest"]
+  assert summary["logistic"]["accuracy"][0] > 0.9  # the classes are far apart
+  assert set(summary["cnn"]) == set(spectra_job.study.COLUMNS)
+  fold = ir_spectra.read_folds(tmp_path / "w" / "folds.csv")
+  _, labels = synthetic()
+  np.testing.assert_array_equal(fold, ir_spectra.stratified_folds(labels, 2, c.seed))
+  expect = [spectra_job.digest(np.flatnonzero(fold != k), np.flatnonzero(fold == k))
+            for k in range(2)]
+  results = json.loads((tmp_path / "w" / "results.json").read_text())
+  for name, rows in results["runs"].items():
+    assert [r["rows"] for r in rows] == expect, name
+    assert [r["split"] for r in rows] == ["fold0", "fold1"], name
+  assert "| cnn |" in (tmp_path / "w" / "results.md").read_text()
+  assert (tmp_path / "w" / "results.csv").read_text().startswith("run,accuracy_mean")
+  # A rerun reads the finished runs; another seed would draw other folds: refused.
+  assert spectra_job.run_spectra(c, tmp_path / "w")["cnn"] == summary["cnn"]
+  c.seed = 1
+  with pytest.raises(InputError, match=r"folds\.csv: holds the folds of another table"):
+    spectra_job.run_spectra(c, tmp_path / "w")
