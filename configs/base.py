@@ -30,6 +30,7 @@ def get_base_config():
   # sciimg_jax/core/slice_context.py).
   c.data.context = 0
   c.data.residual = False        # learn the target minus a reference (the method's), halved
+  c.data.residual_scale = 2.0    # inpainting: the residual target is (target - prior) / this
   # Inpainting slice models (sciimg_jax/inpainting/training_volumes.py): where training
   # slices come from (slices: the TFDS slice dataset; volumes: whole volumes, needed for
   # context and the prior), and a classical fill of the voided volume as one more channel.

@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -138,9 +139,35 @@ def test_models_that_disagree_on_the_residual_are_refused(untrained):
   config = untrained["coronal"].config.copy_and_resolve_references()
   config.data.residual = False
   other = dataclasses.replace(untrained["coronal"], config=config)
-  with pytest.raises(InputError, match="disagree on data.residual"):
+  with pytest.raises(InputError, match=r"disagree on \(data.residual, data.residual_scale\)"):
     volume_inpainter.VolumeInpainter(inpaint.get_config("tiny"),
                                      models={**untrained, "coronal": other})
+
+
+def test_models_that_disagree_on_the_residual_scale_are_refused(untrained):
+  config = untrained["coronal"].config.copy_and_resolve_references()
+  config.data.residual_scale = 0.5
+  other = dataclasses.replace(untrained["coronal"], config=config)
+  with pytest.raises(InputError, match="'coronal': .True, 0.5."):
+    volume_inpainter.VolumeInpainter(inpaint.get_config("tiny"),
+                                     models={**untrained, "coronal": other})
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.5])
+def test_residual_round_trip_and_its_clip_bound(scale):
+  """from_residual inverts to_residual, and chain_clip(1) bounds every residual of images in
+  [-1, 1] (it is 2 / s), so clipping never cuts a reachable value."""
+  rng = np.random.default_rng(1)
+  image, prior = rng.uniform(-1, 1, (2, 1000)).astype(np.float32)
+  image[:2], prior[:2] = (1.0, -1.0), (-1.0, 1.0)  # the extremes
+  data = ml_collections.ConfigDict(dict(residual=True, residual_scale=scale))
+  r = training_volumes.to_residual(image, prior, training_volumes.residual_scale(data))
+  np.testing.assert_allclose(training_volumes.from_residual(r, prior, scale), image, rtol=0,
+                             atol=float32_tolerance(2.0, 3))
+  bound = training_volumes.chain_clip(data, 1.0)
+  assert bound == pytest.approx(2.0 / scale)
+  assert np.abs(r).max() <= bound * (1 + 1e-6) and np.abs(r).max() > 0.99 * bound
+  assert training_volumes.chain_clip(ml_collections.ConfigDict(dict(residual=False)), 1.0) == 1.0
 
 
 def test_prior_without_known_voxels_near_the_mask_is_refused(untrained):

@@ -72,7 +72,7 @@ def _diffusion_predictor(config, net, inputs):
     model_fn = lambda x, t: net(params, jnp.concatenate([x, cond], -1), t).astype(jnp.float32)
     x0 = sampler.sample(model_fn, schedule, x_init, jax.random.fold_in(key, 1),
                         parameterization=d.parameterization, stepper=walk.stepper, eta=walk.eta,
-                        clip_x0=walk.clip, post_step_fn=post_step)
+                        clip_x0=inputs.chain_clip(config, walk.clip), post_step_fn=post_step)
     return finish(x0)
   return predict
 
@@ -119,6 +119,7 @@ class SliceInputs(Protocol):
   def loss_weights(self, config, batch): ...             # None or per-pixel weights
   def eval_batch(self, config, source) -> dict: ...      # {'cond': ..., 'target': ...}
   def constraint(self, config, cond, schedule): ...      # (post_step_fn, finish)
+  def chain_clip(self, config, clip): ...                # sampling.clip_x0 in the chain's units
   def evaluate(self, config, batch, prediction, step, workdir) -> dict: ...
 
 

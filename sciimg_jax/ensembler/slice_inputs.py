@@ -82,6 +82,9 @@ class VolumeSlices:
   def constraint(self, config, cond, schedule):
     return None, lambda x0: x0
 
+  def chain_clip(self, config, clip):
+    return clip
+
   def evaluate(self, config, batch, prediction, step, workdir):
     cond, target = batch["cond"], batch["target"]
     path = pathlib.Path(workdir) / "samples" / f"step_{step:07d}.png"

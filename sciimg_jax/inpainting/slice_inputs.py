@@ -79,8 +79,9 @@ def prior_of(config, cond):
 
 
 def to_image(config, x, cond):
-  """A prediction or target in the image space: 2 x + prior with `data.residual`, else x."""
-  return (training_volumes.from_residual(x, prior_of(config, cond))
+  """A prediction or target in the image space: s x + prior with `data.residual`, else x."""
+  return (training_volumes.from_residual(x, prior_of(config, cond),
+                                         training_volumes.residual_scale(config.data))
           if config.data.get("residual") else x)
 
 
@@ -126,7 +127,9 @@ def check_data_config(data):
   if prior and prior not in classical.FILLS:
     raise InputError("data.prior", f"unknown fill {prior!r}; known: {', '.join(classical.FILLS)}")
   if residual and not prior:
-    raise InputError("data.residual", "a residual target (target - prior) / 2 needs data.prior")
+    raise InputError("data.residual", "a residual target (target - prior) / s needs data.prior")
+  if not training_volumes.residual_scale(data) > 0:
+    raise InputError("data.residual_scale", f"must be > 0, got {data.residual_scale!r}")
   if source == "slices":
     for key, on in (("context", data.get("context", 0)), ("prior", prior),
                     ("loss_exclude", data.get("loss_exclude", ""))):
@@ -199,9 +202,13 @@ class InpaintingSlices:
     known, mask = known_and_mask(config.data.conditions, cond)
     chain_known = known
     if config.data.get("residual"):
-      chain_known = training_volumes.to_residual(known, prior_of(config, cond))  # 0 if unmasked
+      chain_known = training_volumes.to_residual(  # 0 outside the mask
+          known, prior_of(config, cond), training_volumes.residual_scale(config.data))
     finish = lambda x0: mask * to_image(config, x0, cond) + (1.0 - mask) * known
     return known_region.known_region_replacement(schedule, chain_known, mask), finish
+
+  def chain_clip(self, config, clip):
+    return training_volumes.chain_clip(config.data, clip)
 
   def evaluate(self, config, batch, prediction, step, workdir):
     """Saves the figure and returns the error inside the mask."""

@@ -7,9 +7,11 @@ instead of the TFDS slice dataset, which is what these options need:
                       (`core.slice_context`): a 2.5D model;
   data.prior          'biharmonic' or 'harmonic' (`classical.FILLS`): the classical fill of
                       the voided volume, one more condition channel named 'prior';
-  data.residual       the model learns (target - prior) / 2, so an untrained model (its
+  data.residual       the model learns (target - prior) / s, so an untrained model (its
                       output layer starts at zero) with the x0 parameterisation returns the
-                      classical fill exactly.
+                      classical fill exactly; s is `data.residual_scale` (2: the residual
+                      lies in [-1, 1]; smaller s puts its fine detail above more of the
+                      chain's noise levels, `chain_clip` widens the x0 clip to match).
 
 Each case is prepared once,
 
@@ -58,14 +60,28 @@ CONTEXT_FILLS = {"t1n-voided": -1.0, "mask": 0.0}  # the channels a 2.5D model s
 PRIOR_CHANNEL = "prior"
 
 
-def to_residual(image, prior):
-  """The residual target of `data.residual`: (image - prior) / 2."""
-  return (image - prior) / 2.0
+def residual_scale(data):
+  """s of the residual target (image - prior) / s: `data.residual_scale`, 2 if unset."""
+  return float(data.get("residual_scale", 2.0))
 
 
-def from_residual(x, prior):
-  """The image of a residual `x`: 2 x + prior (the inverse of `to_residual`)."""
-  return 2.0 * x + prior
+def to_residual(image, prior, scale=2.0):
+  """The residual target of `data.residual`: (image - prior) / scale."""
+  return (image - prior) / scale
+
+
+def from_residual(x, prior, scale=2.0):
+  """The image of a residual `x`: scale x + prior (the inverse of `to_residual`)."""
+  return scale * x + prior
+
+
+def chain_clip(data, clip):
+  """The x0 clip of a walk on this model's chain: `clip` (`sampling.clip_x0`, None = none) bounds
+  a chain in [-1, 1]; a residual (image - prior) / s of images in [-1, 1] lies in
+  [-2 / s, 2 / s], so the bound grows by 2 / s (unchanged for s = 2)."""
+  if clip is None or not data.get("residual"):
+    return clip
+  return clip * 2.0 / residual_scale(data)
 
 
 def channel_names(data):
@@ -212,7 +228,7 @@ class SlabSource(grain.sources.RandomAccessDataSource):
     target = vol.center_pad_crop(here[..., TARGET:TARGET + 1], size, -1.0)
     if self.data.get("residual"):
       p = len(own)  # the prior channel
-      target = to_residual(target, cond[..., p:p + 1])
+      target = to_residual(target, cond[..., p:p + 1], residual_scale(self.data))
     scored = 1.0 - vol.center_pad_crop(here[..., UNSCORED:UNSCORED + 1], size, 0.0)
     return {"target": target.astype(np.float32), "cond": cond.astype(np.float32),
             "scored": scored.astype(np.float32)}

@@ -25,8 +25,8 @@ Models trained on slices of volumes (`training_volumes`) may see more: the class
 prior (the chain's third channel, the `data.prior` fill of the voided volume, computed
 once per case) and the through-plane context of `data.context` slices on each side (added
 by the core sampler). Models with a residual target (`data.residual`) put the chain in
-the space of (image - prior) / 2, where the known region is zero; the result is
-2 x + prior. Everything is read from the checkpoints' configs; the two models must agree
+the space of (image - prior) / s (`data.residual_scale`), where the known region is zero;
+the result is s x + prior. Everything is read from the checkpoints' configs; the two models must agree
 on the residual and on the prior's fill.
 
 Posterior mean: `sampling.num_samples = N` draws N samples in one jitted call (the
@@ -133,21 +133,25 @@ def as_slice_model(trained, name):
 
 
 def prior_settings(models):
-  """(the `data` block whose prior the chain's prior channel holds or None, residual?).
+  """(the `data` block whose prior the chain's prior channel holds or None, the `data` block
+  of a residual chain or None).
 
   Stops when the models disagree on the residual or the fill."""
   datas = [m.config.data for m in models]
-  residual = {m.name: bool(d.get("residual")) for m, d in zip(models, datas)}
+  residual = {m.name: (bool(d.get("residual")),
+                      training_volumes.residual_scale(d) if d.get("residual") else None)
+              for m, d in zip(models, datas)}
   if len(set(residual.values())) > 1:
-    raise InputError("pipeline", f"the models disagree on data.residual ({residual}): one "
-                     "chain cannot hold a residual and an image")
+    raise InputError("pipeline", f"the models disagree on (data.residual, data.residual_scale) "
+                     f"({residual}): one chain holds one residual or the image")
   priors = {m.name: (d.prior, int(d.prior_margin)) for m, d in zip(models, datas)
             if d.get("prior")}
   if len(set(priors.values())) > 1:
     raise InputError("pipeline", f"the models were trained with different priors {priors} "
                      "(data.prior, data.prior_margin); the chain holds one")
   with_prior = [d for d in datas if d.get("prior")]
-  return (with_prior[0] if with_prior else None), any(residual.values())
+  return ((with_prior[0] if with_prior else None),
+          next((d for d in datas if d.get("residual")), None))
 
 
 def fresh_slice_model(config, name, mesh):
@@ -215,6 +219,10 @@ class VolumeInpainter:
       self.schedules.append(schedule)
       self.starts.append(int(min(max(start, 0), stage.walk.steps - 1)))
 
+  def chain_clip(self, clip):
+    """`sampling.clip_x0` in the chain's units (a residual chain's range is wider)."""
+    return training_volumes.chain_clip(self.residual, clip) if self.residual is not None else clip
+
   @property
   def mesh(self):
     return self.sampler.mesh
@@ -223,8 +231,9 @@ class VolumeInpainter:
     r = self.config.pipeline.resampling
     known, mask, prior = case["known"], case["mask"], case["prior"]
     cond = jnp.stack([known, mask, prior], axis=-1)  # the channels of CHAIN_CHANNELS
-    if self.residual:
-      known = training_volumes.to_residual(known, prior)  # 0 outside the mask
+    if self.residual is not None:
+      known = training_volumes.to_residual(  # 0 outside the mask
+          known, prior, training_volumes.residual_scale(self.residual))
     x = None
     for n, (stage, schedule, start) in enumerate(zip(self.stages, self.schedules, self.starts)):
       stage_key = jax.random.fold_in(key, n)
@@ -245,9 +254,10 @@ class VolumeInpainter:
       x = sampler.sample(
           denoiser, schedule, x_init, stage_key, parameterization=self.parameterization,
           stepper=stage.walk.stepper, eta=stage.walk.eta, start_index=start,
-          clip_x0=stage.walk.clip, resampling=resampling,
+          clip_x0=self.chain_clip(stage.walk.clip), resampling=resampling,
           post_step_fn=known_region.known_region_replacement(schedule, known, mask))
-    image = training_volumes.from_residual(x, prior) if self.residual else x
+    image = (training_volumes.from_residual(x, prior, training_volumes.residual_scale(self.residual))
+             if self.residual is not None else x)
     return mask * image + (1.0 - mask) * case["known"]
 
   def prepare(self, voided, mask):
