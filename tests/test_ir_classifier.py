@@ -63,7 +63,8 @@ def test_training_writes_metrics_and_diagnostics(trained):
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "probe_accuracy",
                 "features_pc1_share", "logits_pc1_share"):
       assert 0.0 <= result[key] <= 1.0, key
-    assert 1.0 <= result["logits_effective_rank"] <= 5.0
+    assert 1.0 <= result["logits_effective_rank"] <= 4.0 + 1e-9  # class-centred, 5 classes
+    assert 0.0 <= result["logits_collapse_index"] <= 1.0
     assert result["gradient_effective_rank"] >= 1.0
     rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert any("features_effective_rank" in r for r in rows)  # logged during training
@@ -120,13 +121,15 @@ def test_study_writes_its_table_and_reuses_finished_runs(tmp_path, data_cache):
     run.data.cache_dir = str(data_cache / "ir")
   summary = study.run_study(c, tmp_path)
   baselines = {"pca_lda", "logistic", "random_forest"}
-  assert set(summary) == {"ir", "rgb"} | baselines | {f"{b}-rgb" for b in baselines}
-  assert set(summary["ir"]) == set(study.COLUMNS)
-  assert set(summary["pca_lda"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
+  assert set(summary) == {"ir", "rgb", "labels"} | baselines | {f"{b}-rgb" for b in baselines}
+  assert set(summary["ir"]) == set(summary["logistic"]) == set(study.COLUMNS)
+  assert "gradient_effective_rank" not in summary["random_forest"]
+  assert summary["labels"]["logits_collapse_index"][0] == 0.0  # the reference itself
   for name in ("study.json", "study.md", "study.csv", "study.png"):
     assert (tmp_path / name).stat().st_size > 0
   assert "| pca_lda |" in (tmp_path / "study.md").read_text()
   assert "| pca_lda-rgb |" in (tmp_path / "study.md").read_text()
+  assert "| labels |" in (tmp_path / "study.md").read_text()
   (tmp_path / "ir-seed0" / "final_metrics.json").write_text('{"accuracy": 0.5, '
       '"balanced_accuracy": 0.5, "macro_f1": 0.5, "features_effective_rank": 2.0, '
       '"logits_pc1_share": 0.9, "gradient_effective_rank": 1.5}')

@@ -196,6 +196,17 @@ def test_subsampling_keeps_per_class_and_is_said(tmp_path, capsys):
   assert counts[0] == {"class": "a", "table": 9, "train": "3 3 3", "test": "3 3 3"}
 
 
+def test_shuffled_labels_keep_the_counts_and_lose_the_spectra():
+  y = np.repeat(np.arange(3), 40)
+  train, held = np.arange(0, 120, 2), np.arange(1, 120, 2)
+  first = spectra_job.shuffled_labels(y, ("fold0", train, held), seed=0)
+  np.testing.assert_array_equal(np.bincount(first), np.bincount(y[train]))
+  assert np.mean(first == y[train]) < 0.6  # about 1/3 agree by chance
+  np.testing.assert_array_equal(first, spectra_job.shuffled_labels(y, ("fold0", train, held), 0))
+  assert not np.array_equal(first, spectra_job.shuffled_labels(y, ("fold0", train, held), 1))
+  assert not np.array_equal(first, spectra_job.shuffled_labels(y, ("fold1", train, held), 0))
+
+
 # --- models and the job --------------------------------------------------------------------
 
 def test_the_spectral_cnn_sees_only_the_centre_spectrum():
@@ -214,11 +225,18 @@ def test_every_model_and_baseline_is_scored_on_the_same_saved_folds(tmp_path):
   # One network (the CNN; the MLP's training is test_ir_classifier's) keeps the test short.
   table = write_table(tmp_path / "t.csv")
   c = tiny(table, folds=2)
-  c.runs = ("cnn",)
+  c.runs, c.shuffled_reference = ("cnn",), True
   summary = spectra_job.run_spectra(c, tmp_path / "w")
-  assert list(summary) == ["cnn", "pca_lda", "logistic", "random_forest"]
+  assert list(summary) == ["cnn", "cnn-shuffled", "pca_lda", "logistic", "random_forest",
+                           "labels"]
   assert summary["logistic"]["accuracy"][0] > 0.9  # the classes are far apart
-  assert set(summary["cnn"]) == set(spectra_job.study.COLUMNS)
+  assert set(summary["cnn"]) == set(summary["cnn-shuffled"]) == set(spectra_job.study.COLUMNS)
+  assert set(summary["logistic"]) == set(spectra_job.study.COLUMNS)  # the linear reference
+  assert set(summary["labels"]) == {"logits_effective_rank", "logits_pc1_share",
+                                    "logits_collapse_index"}
+  assert summary["labels"]["logits_collapse_index"] == (0.0, 0.0)
+  # Three classes of 3 held-out spectra each: the labels' class-centred effective rank is 2.
+  assert summary["labels"]["logits_effective_rank"][0] == pytest.approx(2.0)
   fold = ir_spectra.read_folds(tmp_path / "w" / "folds.csv")
   _, labels = synthetic()
   np.testing.assert_array_equal(fold, ir_spectra.stratified_folds(labels, 2, c.seed))
@@ -228,7 +246,11 @@ def test_every_model_and_baseline_is_scored_on_the_same_saved_folds(tmp_path):
   for name, rows in results["runs"].items():
     assert [r["rows"] for r in rows] == expect, name
     assert [r["split"] for r in rows] == ["fold0", "fold1"], name
-  assert "| cnn |" in (tmp_path / "w" / "results.md").read_text()
+  md = (tmp_path / "w" / "results.md").read_text()
+  assert "| cnn |" in md and "| cnn-shuffled |" in md and "| labels |" in md
+  assert "References of the diagnostics" in md
+  assert [r["labels"] for r in results["runs"]["cnn-shuffled"]] == ["shuffled (seed 0)"] * 2
+  assert [r["labels"] for r in results["runs"]["cnn"]] == ["true"] * 2
   assert (tmp_path / "w" / "results.csv").read_text().startswith("run,accuracy_mean")
   # A rerun reads the finished runs; another seed would draw other folds: refused.
   assert spectra_job.run_spectra(c, tmp_path / "w")["cnn"] == summary["cnn"]

@@ -46,6 +46,9 @@ def get_config(variant=""):
   # `<model>` or `<model>-<spectral transform>` (snv, derivative, pca_whiten): the table's rows.
   c.runs = ("mlp", "cnn")
   c.baselines = ("pca_lda", "logistic", "random_forest")
+  # Reference (c) of the diagnostics: every run trained once more on permuted training labels
+  # (rows `<run>-shuffled`). It doubles the networks' training time; False switches it off.
+  c.shuffled_reference = True
 
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 50
@@ -67,5 +70,5 @@ VARIANTS = {
              "models.mlp.spectral_widths": (16, 8), "models.cnn.widths": (4, 8),
              "models.cnn.features": 8, "models.cnn.num_groups": 4,
              "train.num_steps": 6, "train.log_every": 3, "train.checkpoint_every": 6,
-             "optim.warmup_steps": 1, "train.progress_bar": False},
+             "optim.warmup_steps": 1, "train.progress_bar": False, "shuffled_reference": False},
 }

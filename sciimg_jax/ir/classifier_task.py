@@ -12,9 +12,10 @@ patches' statistics, after the IR spectral transform (`data.spectral_transform`)
 
 Loss: cross-entropy, with `train.label_smoothing`. Evaluation (every `train.eval_every`
 steps and at the end) on the held-out patches, with the EMA parameters: accuracy, balanced
-accuracy, macro F1, and the collapse diagnostics (`diagnostics`) of penultimate features
-and logits: effective rank, participation ratio, PC1 share; the effective rank of the
-input gradient over bands; a linear probe's accuracy on the features.
+accuracy, macro F1, and the collapse diagnostics (`diagnostics`): effective rank (Roy &
+Vetterli) and PC1 share of the penultimate features and of the class-centred logits, the
+logits' collapse index against the held-out labels; the effective rank of the input gradient
+over bands; a linear probe's accuracy on the features.
 
   python main.py --config=configs/ir/classifier.py:ir --workdir=runs/ir
   python main.py --config=configs/ir/classifier.py:rgb --workdir=runs/rgb
@@ -218,7 +219,7 @@ def evaluate_classifier(task, net, params, embed, gradient_examples=256):
   logits, features = batched(embed, params, x)
   out = diagnostics.classification_scores(y, logits.argmax(-1))
   out.update(diagnostics.summary(features, "features"))
-  out.update(diagnostics.summary(logits, "logits"))
+  out.update(diagnostics.logit_summary(logits, y))
   pick = np.linspace(0, len(x) - 1, min(gradient_examples, len(x))).round().astype(int)
   grads = diagnostics.gradient_matrix(lambda b: net(params, b).astype(jnp.float32), x[pick])
   out["gradient_effective_rank"] = diagnostics.effective_rank(grads)

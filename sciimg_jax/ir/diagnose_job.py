@@ -3,10 +3,11 @@
 For every run folder in `config.runs` (a classifier's training workdir), the EMA
 parameters of its latest checkpoint are restored into the network of the config saved with
 it, and the held-out patches of that config are scored (`classifier_task.evaluate_classifier`:
-accuracy, balanced accuracy, macro F1, effective ranks, PC1 shares, gradient rank, probe).
+accuracy, balanced accuracy, macro F1, effective ranks, PC1 shares, the logits' collapse
+index, gradient rank, probe).
 Writes to the job's workdir `diagnose.json` and `diagnose.png`: the normalised singular-value
-spectra of penultimate features and of logits, and the feature effective rank and logit
-PC1 share over training (from each run's metrics.jsonl), runs side by side (IR against RGB).
+spectra of penultimate features and of (class-centred) logits, and the feature effective rank
+and logit PC1 share over training (from each run's metrics.jsonl), runs side by side (IR against RGB).
 
   python main.py --config=configs/ir/diagnose.py --workdir=runs/diagnose \\
       --config.runs='("runs/ir","runs/rgb")'
@@ -55,8 +56,9 @@ def load_run(run_dir):
   return task, net, params, step
 
 
-def spectrum(x):
-  s = diagnostics.singular_values(x)
+def spectrum(x, centre_classes=False):
+  s = diagnostics.singular_values(x, centre_classes)
+  s = s[s > 0]  # class-centred logits have one zero singular value
   return (s / s.sum()).tolist()
 
 
@@ -77,7 +79,8 @@ def diagnose_run(run_dir):
         history.append(row)
   return {"run": str(run_dir), "step": int(step), "modality": task.config.data.modality,
           "model": task.config.model.name, **scores,
-          "feature_spectrum": spectrum(features), "logit_spectrum": spectrum(logits),
+          "feature_spectrum": spectrum(features),
+          "logit_spectrum": spectrum(logits, centre_classes=True),
           "history": history}
 
 
@@ -114,8 +117,9 @@ def run_diagnose(config, workdir):
   atomic_files.write_json(workdir / "diagnose.json", results)
   save_plot(results, workdir / "diagnose.png")
   keys = ("accuracy", "features_effective_rank", "logits_effective_rank", "logits_pc1_share",
-          "gradient_effective_rank", "probe_accuracy")
+          "logits_collapse_index", "gradient_effective_rank", "probe_accuracy")
   print(f"{'run':<28}" + "".join(f"{k:>26}" for k in keys))
   for r in results:
-    print(f"{pathlib.Path(r['run']).name:<28}" + "".join(f"{r[k]:>26.3f}" for k in keys))
+    print(f"{pathlib.Path(r['run']).name:<28}"
+          + "".join(f"{r.get(k, np.nan):>26.3f}" for k in keys))
   return results

@@ -13,6 +13,13 @@ per-band standardisation with the training fold's statistics, the `train.robust`
 strategies, the collapse diagnostics); a finished run is reused, not trained again. The
 baselines (`baselines.NAMES`) are fitted on the raw spectra of the same folds.
 
+Every diagnostic is reported beside three references, computed on the same held-out fold:
+(a) the row `labels`, the diagnostics of the one-hot labels themselves; (b) the row
+`logistic`, a linear model fitted on the same training spectra (`baselines.diagnose`); (c)
+with `shuffled_reference`, a row `<run>-shuffled` for every run: the same network, trained by
+the same code for the same steps on the same spectra, with the training labels of each fold
+permuted (`shuffled_labels`, from `seed`), and scored against the true held-out labels.
+
 Every count of spectra per class (in the table, and used for training and testing in each
 fold) is printed, logged and saved; `data.per_class` > 0 keeps at most that many training
 spectra of each class in each fold, and says so. Bad input (a missing table or label
@@ -42,6 +49,7 @@ from sciimg_jax.core.errors import InputError
 from sciimg_jax.ir import baselines
 from sciimg_jax.ir import classifier_task
 from sciimg_jax.ir import classifiers  # noqa: F401  (registers the classifiers)
+from sciimg_jax.ir import diagnostics
 from sciimg_jax.ir import robustness
 from sciimg_jax.ir import study
 
@@ -62,6 +70,9 @@ def check_config(config):
     raise InputError("data.folds", f"must be an integer of 2 or more, got {d.folds!r}")
   if not isinstance(d.per_class, int) or d.per_class < 0:
     raise InputError("data.per_class", f"must be 0 (every spectrum) or more, got {d.per_class!r}")
+  if not isinstance(config.shuffled_reference, bool):
+    raise InputError("shuffled_reference", f"must be True or False, got "
+                     f"{config.shuffled_reference!r}")
   unknown = [b for b in config.baselines if b not in baselines.NAMES]
   if unknown:
     raise InputError("baselines", f"unknown {unknown}; known: {', '.join(baselines.NAMES)}")
@@ -131,25 +142,44 @@ def count_table(classes, labels, splits, table_labels):
   return rows
 
 
+REFERENCES = (
+    "References of the diagnostics, on the same held-out spectra: `labels`, the one-hot labels "
+    "(collapse index 0 by definition); `logistic`, a linear model on the same training "
+    "spectra; `<run>-shuffled`, the same network trained on permuted labels. Collapse index: "
+    "0 = as spread as the labels, 1 = a rank-one prediction (sciimg_jax/ir/diagnostics.py).")
+
 COUNTS = (reports.Column("class", "class"), reports.Column("in the table", "table"),
           reports.Column("training (per fold)", "train"), reports.Column("test (per fold)", "test"))
 
 
-def train_network(c, workdir, x, y, split, num_classes):
-  """A run's metrics on one split: trained (or a finished run's, checked to be this split's)."""
+def shuffled_labels(y, split, seed):
+  """The labels of a split's training rows, permuted among them (reference (c)): the same
+  class counts, no relation to the spectra. Drawn from `seed` and the split's name."""
+  name, train, _ = split
+  rng = np.random.default_rng([seed, int(hashlib.sha1(name.encode()).hexdigest()[:8], 16)])
+  return y[train][rng.permutation(len(train))]
+
+
+def train_network(c, workdir, x, y, split, num_classes, shuffle=False):
+  """A run's metrics on one split: trained (or a finished run's, checked to be this split's).
+
+  With `shuffle`, the training labels are `shuffled_labels` (the held-out ones are not).
+  """
   name, train, held = split
   rows = digest(train, held)
+  labels = f"shuffled (seed {c.seed})" if shuffle else "true"
 
   def make_task():
-    sources = {"train": ir_spectra.SpectraSource(x[train], y[train]),
+    train_y = shuffled_labels(y, split, c.seed) if shuffle else y[train]
+    sources = {"train": ir_spectra.SpectraSource(x[train], train_y),
                "test": ir_spectra.SpectraSource(x[held], y[held])}
     return classifier_task.ClassifierTask(c, workdir, sources, num_classes=num_classes,
                                           patch_size=1)
 
-  result = study.train_or_reuse(c, workdir, make_task, split=name, rows=rows)
-  if result.get("rows") != rows:
-    raise InputError(workdir / "final_metrics.json", f"was trained on other rows than "
-                     f"{name} of this table; use a fresh workdir")
+  result = study.train_or_reuse(c, workdir, make_task, split=name, rows=rows, labels=labels)
+  if result.get("rows") != rows or result.get("labels", "true") != labels:
+    raise InputError(workdir / "final_metrics.json", f"was trained on other rows or labels "
+                     f"than {name} of this table; use a fresh workdir")
   return result
 
 
@@ -184,14 +214,18 @@ def run_spectra(config, workdir):
     ir_spectra.write_folds(workdir / "folds.csv", table.labels, fold)
 
   results = {}
-  for name, model, transform in runs:
-    c = run_config(config, model, transform)
-    results[name] = [train_network(c, workdir / name / s[0], x, y, s, len(classes))
-                     for s in splits]
+  for shuffle in (False, True) if config.shuffled_reference else (False,):
+    for name, model, transform in runs:
+      c, name = run_config(config, model, transform), name + ("-shuffled" if shuffle else "")
+      results[name] = [train_network(c, workdir / name / s[0], x, y, s, len(classes), shuffle)
+                       for s in splits]
   for name in config.baselines:
     results[name] = [dict(split=s, rows=digest(train, held), **baselines.evaluate(
         name, x[train][:, None, None], y[train], x[held][:, None, None], y[held],
         seed=config.seed)) for s, train, held in splits]
+  results["labels"] = [dict(split=s, rows=digest(train, held),
+                            **diagnostics.labels_reference(y[held], len(classes)))
+                       for s, train, held in splits]
   summary = {name: study.mean_std(rows) for name, rows in results.items()}
 
   over = f"the {len(splits)} folds" if fold is not None else f"the test table {test.path}"
@@ -202,7 +236,8 @@ def run_spectra(config, workdir):
       "counts": counts, "runs": results, "summary": summary})
   reports.write_table(workdir / "results.csv", study.table_rows(summary), study.TABLE)
   atomic_files.write_text(workdir / "results.md", (
-      f"{table.describe()}; mean ± std over {over}.\n\n{table_md}\n\nSpectra per class:\n\n"
+      f"{table.describe()}; mean ± std over {over}.\n\n{table_md}\n\n{REFERENCES}\n\n"
+      "Spectra per class:\n\n"
       f"{reports.format_markdown(counts, COUNTS)}\n"))
-  say(f"\nMean ± std over {over}:\n{table_md}")
+  say(f"\nMean ± std over {over}:\n{table_md}\n{REFERENCES}")
   return summary

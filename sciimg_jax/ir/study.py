@@ -4,12 +4,15 @@
 them: the IR, RGB and per-pixel models, and the IR model with one robustness strategy or
 remedy switched on). Each is trained once per seed of `config.seeds` in
 `<workdir>/<run>-seed<k>` (a finished run, `reports.run_is_finished`, is not trained again:
-its `final_metrics.json` is read), and the chemometric baselines (`config.baselines`, from `baselines.NAMES`) are fitted on the
-centre pixels of the same training patches (every run draws the same patches,
-`data.patch_seed`), once for each of `config.baseline_modalities`: IR spectra (rows named
-after the baseline) and RGB colours (rows `<baseline>-rgb`). Writes `study.json` (every
-run), `study.md` and `study.csv` (mean ± std over seeds, `reports.mean_std`: ddof=1, no std
-for one seed) and `study.png` (accuracy against feature effective rank and logit PC1 share).
+its `final_metrics.json` is read), and the chemometric baselines (`config.baselines`, from
+`baselines.NAMES`) are fitted on the centre pixels of the same training patches (every run
+draws the same patches, `data.patch_seed`), once for each of `config.baseline_modalities`: IR
+spectra (rows named after the baseline) and RGB colours (rows `<baseline>-rgb`). The
+baselines carry the same collapse diagnostics as the networks (`baselines.diagnose`), and the
+row `labels` those of the held-out patches' one-hot labels: the references a diagnostic is
+read against. Writes `study.json` (every run), `study.md` and `study.csv` (mean ± std over
+seeds, `reports.mean_std`: ddof=1, no std for one seed) and `study.png` (accuracy against
+feature effective rank and logit PC1 share).
 """
 
 import json
@@ -24,9 +27,11 @@ from sciimg_jax.core import reports
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ir import baselines
 from sciimg_jax.ir import classifier_task
+from sciimg_jax.ir import diagnostics
 
 COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "features_effective_rank",
-           "logits_pc1_share", "gradient_effective_rank")
+           "logits_effective_rank", "logits_pc1_share", "logits_collapse_index",
+           "gradient_effective_rank")
 TABLE = (reports.Column("run", "run"),) + tuple(reports.Column.mean_std(k, k, 3) for k in COLUMNS)
 
 
@@ -66,7 +71,7 @@ def save_plot(summary, path):
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
   for ax, key in zip(axes, ("features_effective_rank", "logits_pc1_share")):
     for name, s in summary.items():
-      if key in s:
+      if key in s and "accuracy" in s:
         ax.errorbar(s[key][0], s["accuracy"][0], xerr=s[key][1], yerr=s["accuracy"][1], fmt="o",
                     color="tab:red" if name.startswith("rgb") else "tab:blue")
         ax.annotate(name, (s[key][0], s["accuracy"][0]), fontsize=7, xytext=(3, 3),
@@ -108,10 +113,13 @@ def run_study(config, workdir):
     first.data.modality, first.data.spectral_transform = modality, "none"
     task = classifier_task.PatchClassifierTask(first, workdir / "baselines")
     (tx, ty), (vx, vy) = task.arrays("train", raw=True), task.arrays("test", raw=True)
+    labels = [diagnostics.labels_reference(vy, len(first.data.classes))]  # same in each loop
     for name in config.baselines:
       row = name if modality == "ir" else f"{name}-{modality}"
       rows = [baselines.evaluate(name, tx, ty, vx, vy, seed=s) for s in config.seeds]
       results[row], summary[row] = rows, mean_std(rows)
+  if config.baselines and baseline_modalities:
+    results["labels"], summary["labels"] = labels, mean_std(labels)
   atomic_files.write_json(workdir / "study.json", {"runs": results, "summary": summary})
   table = format_table(summary)
   for suffix in (".md", ".csv"):
