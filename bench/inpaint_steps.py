@@ -12,6 +12,8 @@ the seconds per volume (after one warm-up call per case and setting, so without
 compilation, which recurs for every new number of mask slices, padded to a multiple of 8;
 the classical prior, when the models take one, is included). The reference is DDIM at
 the largest step count; a setting keeps the quality when its PSNR is within 0.1 dB of it.
+At the fastest setting that keeps it, it prints where a volume's seconds go (`time_split`):
+host preparation, the jitted walk, and the network evaluations within it.
 
 The peer (`--peer-python`, a Python with torch and MONAI) runs the same workload the way
 a PyTorch user writes it (`inpaint_volume.PEER_MONAI`): MONAI's `DiffusionModelUNet` of
@@ -35,6 +37,7 @@ from sciimg_jax.core import xla_flags
 xla_flags.set_cpu_flags()  # before JAX starts
 
 import jax  # noqa: E402
+import jax.numpy as jnp
 import numpy as np
 
 import inpaint_volume  # bench/inpaint_volume.py, beside this script
@@ -83,6 +86,43 @@ def run_setting(inpainter, cases):
     psnr.append(s["psnr"])
     ssim.append(s["ssim"])
   return float(np.mean(psnr)), float(np.mean(ssim)), float(np.mean(seconds))
+
+
+def best_of(fn, repeats=3):
+  """The least wall time of `repeats` calls of `fn` after one warm-up call."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return min(times)
+
+
+def time_split(inpainter, cases):
+  """Where a volume's seconds go, per case: host preparation (`prepare`: the prior, the
+  restricted slices), the jitted walk, and one network evaluation of each stage's model on
+  the case's slices (a stage evaluates start + 1 times), so the walk's share that is not
+  network evaluations shows."""
+  params = inpainter.sampler.params()
+  keys = inpainter.sampler.keys(jax.random.key(0))
+  print(f"{'case':<22}{'prepare':>9}{'walk':>8}{'network evaluations':>24}{'rest':>8}")
+  for name, x, m, _, _ in cases:
+    case = inpainter.prepare(x, m)
+    prepare = best_of(lambda: inpainter.prepare(x, m))
+    run = inpainter.sampler.compile(inpainter.name, inpainter._sample, params, case)
+    device_case = jax.device_put(case)
+    walk = best_of(lambda: jax.block_until_ready(run(params, device_case, keys)))
+    cond = jnp.stack([jnp.asarray(case[k]) for k in ("known", "mask", "prior")], -1)
+    evals, parts = 0.0, []
+    for stage, start in zip(inpainter.stages, inpainter.starts):
+      denoise = jax.jit(lambda p, x_t, stage=stage: inpainter.sampler.model_denoiser(
+          stage.denoiser, p, cond, case.get("slices"))(x_t, jnp.int32(500)))
+      x_t = jnp.zeros(inpainter.volume_shape)
+      one = best_of(lambda: jax.block_until_ready(denoise(params, x_t)))
+      evals += (start + 1) * one
+      parts.append(f"{start + 1}x{one:.3f}")
+    print(f"{name:<22}{prepare:>9.3f}{walk:>8.3f}{' + '.join(parts):>24}{walk - evals:>8.3f}")
 
 
 def peer_seconds(args, inpainter, models, cases, steps):
@@ -157,6 +197,8 @@ def main():
   ddim_steps = min(n for (s, n) in keeps if s == "ddim")
   print(f"equal quality (PSNR >= {reference - 0.1:.3f} dB): ours {ours[0][0]} {ours[0][1]} "
         f"steps, {ours[1][2]:.2f} s/volume; DDIM's fewest steps: {ddim_steps}")
+  print(f"\nwhere the seconds go at {ours[0][1]} steps ({ours[0][0]}), best of 3:")
+  time_split(inpainter(*ours[0]), cases)
   if args.peer_python:
     monai = peer_seconds(args, inpainter("ddim", ddim_steps), models, cases, ddim_steps)
     if monai is not None:
