@@ -10,7 +10,11 @@ names the file or config key and the problem.
 import os
 import sys
 
-from sciimg_jax.core import xla_flags
+from sciimg_jax.core import interrupts
+
+interrupts.install()  # first: a Ctrl-C while JAX loads stops with one line, rc 130
+
+from sciimg_jax.core import xla_flags  # noqa: E402
 
 xla_flags.set_cpu_flags()  # before JAX starts
 
@@ -19,7 +23,6 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from sciimg_jax import jobs  # noqa: E402
-from sciimg_jax.core import interrupts  # noqa: E402
 from sciimg_jax.core.errors import InputError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -29,8 +32,18 @@ config_flags.DEFINE_config_file("config", None, "Job config file (path[:variant]
                                 lock_config=True)
 
 
+def repeated_overrides(argv):
+  """The `--config.X` keys given more than once (a repeated tuple override concatenates)."""
+  keys = [a.split("=", 1)[0].lstrip("-") for a in argv[1:] if a.startswith("--config.")]
+  return sorted({k for k in keys if keys.count(k) > 1})
+
+
 def parse_flags(argv):
   """absl flag parsing that reports a bad config file, variant or key in one line."""
+  repeated = repeated_overrides(argv)
+  if repeated:
+    sys.exit(f"error: {', '.join('--' + k for k in repeated)}: given more than once; give each "
+             f"config key once")
   try:
     return FLAGS(argv)
   except flags.Error as e:
@@ -52,13 +65,13 @@ def main(argv):
     jax.distributed.initialize()
   logging.info("JAX %s, devices: %s", jax.__version__, jax.devices())
   config = FLAGS.config
-  interrupts.install()
+  interrupts.started()
   try:
     jobs.run(config, FLAGS.workdir)
   except (InputError, FloatingPointError) as e:
     sys.exit(f"error: {e}")
   except interrupts.Interrupted as e:
-    sys.stderr.write(f"stopped: {e}\n")
+    sys.stderr.write(f"stopped: {e}\n")  # completes the Ctrl-C line: one line in all
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(interrupts.EXIT_STATUS)  # skip interpreter teardown while XLA threads run

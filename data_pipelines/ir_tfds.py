@@ -51,6 +51,21 @@ def _first(folder, stem, suffixes):
   return next((folder / f"{stem}{s}" for s in suffixes if (folder / f"{stem}{s}").is_file()), None)
 
 
+_warned = set()
+
+
+def _warn_skipped(folder, cube, labels):
+  """Says once per folder why a region folder is left out (a misnamed cube, no labels)."""
+  if folder in _warned:
+    return
+  _warned.add(folder)
+  missing = [f"{folder.name}-ir{'|'.join(ir_formats.CUBE_SUFFIXES)}"] if not cube else []
+  missing += [] if labels else [f"{folder.name}-labels{'|'.join(LABEL_SUFFIXES)}"]
+  names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+  logging.warning("%s: region folder skipped: no %s (it holds %s; names are case-sensitive)",
+                  folder, " and no ".join(missing), ", ".join(names[:6]) or "nothing")
+
+
 def find_regions(root):
   """[(name, cube path, labels path, rgb path or None)] under `root`, sorted by name."""
   root = pathlib.Path(root)
@@ -63,6 +78,8 @@ def find_regions(root):
     labels = _first(d, f"{d.name}-labels", LABEL_SUFFIXES)
     if cube and labels:
       regions.append((d.name, cube, labels, _first(d, f"{d.name}-rgb", RGB_SUFFIXES)))
+    else:
+      _warn_skipped(d, cube, labels)
   if not regions:
     raise InputError(root, "no region folders found (each needs <region>/<region>-ir.hdr|npz|npy|"
                      "mat and <region>-labels.png|tif|npy)")
@@ -104,6 +121,7 @@ class IrPatches(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._splits = {k: (pathlib.Path(f), s) for k, (f, s) in splits.items()}
     self._options = options
     first = find_regions(next(iter(self._splits.values()))[0])[0]
+    self._first_cube = first[1]
     _, self._wavenumbers = ir_formats.read_cube(first[1])  # _info (in __init__) needs them
     super().__init__(**kwargs)
     self._original_state.update(splits={k: (str(f), s) for k, (f, s) in self._splits.items()},
@@ -134,6 +152,9 @@ class IrPatches(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     counts = np.zeros(len(self._options.classes), int)
     for name, cube, labels, rgb in find_regions(folder):
       region = ir_formats.load_region(cube, labels, rgb)
+      if len(region["wavenumbers"]) != len(self._wavenumbers):
+        raise InputError(cube, f"has {len(region['wavenumbers'])} bands, {self._first_cube} has "
+                         f"{len(self._wavenumbers)}; every region needs the same wavenumber axis")
       if not np.allclose(region["wavenumbers"], self._wavenumbers, atol=1e-3):
         raise InputError(cube, "its wavenumber axis differs from the other regions'")
       if region["num_nan"]:

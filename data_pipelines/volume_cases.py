@@ -35,6 +35,7 @@ import threading
 
 import grain
 import numpy as np
+from absl import logging
 
 from data_pipelines import brats_layout
 from sciimg_jax.core import atomic_files
@@ -43,7 +44,7 @@ from sciimg_jax.core import slice_context
 from sciimg_jax.core import volumes as vol
 from sciimg_jax.core.errors import InputError
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: metadata records the brain voxels the grid cuts away
 POSITION = ("pos-x", "pos-y", "pos-z")
 
 
@@ -137,6 +138,18 @@ def prepare_case(case_dir, data, with_target=True):
     lo, hi = intensity.percentile_range(v, where=brats_layout.case_file(case_dir, key))
     ranges[key] = (lo, hi)
     normalised[key] = intensity.normalize(v, lo, hi)
+  cut = vol.outside_center_crop(brain, shape)
+  if cut:
+    where = brats_layout.case_file(case_dir, next(k for k in case.volumes
+                                                  if k not in brats_layout.MASK_KEYS))
+    message = (f"the case is {case.shape} and {cut:,} of {int(brain.sum()):,} brain voxels lie "
+               f"outside the centre crop data.volume_shape={shape}; its outputs would be "
+               f"background there. Use data.volume_shape of at least "
+               f"{vol.covering_shape(brain, shape)} (models are tied to their grid), or "
+               f"data.crop_brain=True to accept the loss")
+    if not data.get("crop_brain", False):
+      raise InputError(where, message)
+    logging.warning("%s: %s (data.crop_brain=True: cropping)", where, message.split(";")[0])
   fill = lambda k: 0.0 if k in brats_layout.MASK_KEYS else -1.0
   grid = {k: vol.center_pad_crop(v, shape, fill(k)) for k, v in normalised.items()}
   mask = vol.center_pad_crop(brain.astype(np.float32), shape, 0.0)
@@ -148,7 +161,7 @@ def prepare_case(case_dir, data, with_target=True):
   channels.append(mask)
   meta = {"case": case.name, "directory": str(pathlib.Path(case_dir).resolve()),
           "shape": list(case.shape), "ranges": ranges, "affine": case.affine.tolist(),
-          "has_target": bool(with_target)}
+          "has_target": bool(with_target), "brain_voxels_cut": cut}
   return np.stack(channels, axis=-1).astype(np.float32), meta
 
 
@@ -208,7 +221,13 @@ def prepare(root, data, cache_dir, *, with_target=True, split="cases"):
   settings = {"v": _FORMAT_VERSION, "target": data.target if with_target else "",
               "conditions": list(data.conditions), "shape": list(data.volume_shape)}
   out = pathlib.Path(cache_dir) / f"volumes-{fingerprint(root, cases, keys, settings)}" / split
-  return cached_cases(cases, out, lambda case_dir: prepare_case(case_dir, data, with_target))
+  prepared = cached_cases(cases, out, lambda case_dir: prepare_case(case_dir, data, with_target))
+  for case in prepared:  # prepared earlier with data.crop_brain=True
+    if case.meta.get("brain_voxels_cut") and not data.get("crop_brain", False):
+      raise InputError(case.directory, f"{case.meta['brain_voxels_cut']:,} brain voxels lie "
+                       f"outside the centre crop data.volume_shape={tuple(data.volume_shape)}; "
+                       f"enlarge it, or set data.crop_brain=True to accept the loss")
+  return prepared
 
 
 def cached_cases(cases, out, make):

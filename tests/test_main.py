@@ -31,6 +31,15 @@ def test_unknown_config_key(tmp_path):
   assert_one_line_error(proc, "num_stepz")
 
 
+def test_a_config_key_given_twice_is_refused(tmp_path):
+  """A tuple override given twice used to concatenate (3 members twice: '6 are configured')."""
+  proc = run_main("--config=configs/ensembler/evaluate.py:sr+tiny", f"--workdir={tmp_path}",
+                  "--config.evaluate.members=a,b", "--config.evaluate.members", "c,d",
+                  "--config.seed=1")
+  assert_one_line_error(proc, "--config.evaluate.members: given more than once")
+  assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
 def test_unknown_variant(tmp_path):
   proc = run_main("--config=configs/inpainting/axial.py:huge", f"--workdir={tmp_path}")
   assert_one_line_error(proc, "huge")
@@ -85,6 +94,9 @@ def test_ctrl_c_during_training_stops_cleanly(tmp_path, data_cache):
       ready=lambda: (workdir / "checkpoints" / "2").is_dir())
   assert status == 130, stderr[-2000:]
   assert "last complete checkpoint: step" in stderr
+  # one line: the Ctrl-C notice, completed by what was kept (the README's promise)
+  lines = [l for l in stderr.splitlines() if "Ctrl-C" in l or "stopped" in l]
+  assert len(lines) == 1 and "Ctrl-C: stopping" in lines[0] and "stopped:" in lines[0], stderr
   steps = [p.name for p in (workdir / "checkpoints").iterdir()]
   assert steps and all(s.isdigit() for s in steps), steps  # no half-written checkpoint
 
@@ -122,3 +134,14 @@ def test_every_config_file_names_a_job():
       assert config.job in jobs.JOBS, f"{path}:{variant} names job {config.job!r}"
     checked.append(path.name)
   assert {"quickstart.py", "study.py", "evaluate.py", "inpaint.py"} <= set(checked)
+
+
+def test_ctrl_c_while_starting_stops_at_once_with_one_line(tmp_path):
+  """A Ctrl-C while JAX loads was swallowed (the job ran to rc 0) or gave a traceback."""
+  start = time.time()
+  status, stderr = interrupt_main(
+      ["--config=configs/inpainting/axial.py:tiny", f"--workdir={tmp_path / 'w'}",
+       "--config.train.num_steps=100000"], ready=lambda: time.time() > start + 1.0)
+  assert status == 130, stderr[-2000:]
+  assert "Exception ignored" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+  assert len([l for l in stderr.splitlines() if "stopped" in l]) == 1, stderr

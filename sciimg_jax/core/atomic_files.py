@@ -3,15 +3,56 @@
 A crash or an exception while writing never leaves a half-written file under the
 final name, and the temporary file is removed. The file gets the mode a plain
 `open()` would give it (0666 less the umask), not `mkstemp`'s private 0600.
+
+A signal that ends the process skips `finally`: `interrupts.install()` handles SIGTERM and a
+second Ctrl-C by calling `remove_temporaries()` (the temporaries in flight) before it exits.
+A SIGKILL still leaves one; writing the same file again removes the temporaries of that
+file older than this process (`.<name>.<8 random characters><suffixes>`).
 """
 
 import contextlib
 import json
 import os
 import pathlib
+import re
 import tempfile
+import threading
+import time
 
 from sciimg_jax.core.errors import InputError
+
+
+_STARTED = time.time()
+_in_flight = set()
+_lock = threading.RLock()  # a signal handler may run while its own thread holds it
+
+
+def remove_temporaries():
+  """Removes the temporaries of the writes in flight (a signal handler's last act)."""
+  with _lock:
+    paths = list(_in_flight)
+  for tmp in paths:
+    try:
+      os.unlink(tmp)
+    except OSError:
+      pass
+
+
+def remove_stale_temporaries(path):
+  """Removes the temporaries of `path` that a killed earlier run left (older than this process)."""
+  path = pathlib.Path(path)
+  suffix = "".join(path.suffixes)
+  pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}" + re.escape(suffix) + "$")
+  try:
+    candidates = [p for p in path.parent.iterdir() if pattern.match(p.name)]
+  except OSError:
+    return
+  for p in candidates:
+    try:
+      if p.stat().st_mtime < _STARTED:
+        p.unlink()
+    except OSError:
+      pass
 
 
 @contextlib.contextmanager
@@ -19,9 +60,12 @@ def atomic_path(path):
   """Yields a temporary path next to `path` (same suffixes); renames it to `path` on success."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
+  remove_stale_temporaries(path)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes),
                              dir=path.parent)
   os.close(fd)
+  with _lock:
+    _in_flight.add(tmp)
   os.chmod(tmp, plain_mode())
   try:
     yield tmp
@@ -29,6 +73,8 @@ def atomic_path(path):
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
+    with _lock:
+      _in_flight.discard(tmp)
 
 
 def plain_mode(folder=False):

@@ -60,14 +60,31 @@ def load_volume(path, *, allow_all_zero=False):
   """
   img = load_image(path)
   try:
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, once
+      data = np.asarray(img.dataobj, dtype=np.float32)
   except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .nii.gz
     raise InputError(path, f"unreadable NIfTI data ({type(e).__name__}: {e})") from None
   if not np.all(np.isfinite(data)):
-    raise InputError(path, f"{int(np.sum(~np.isfinite(data)))} voxels are NaN or inf")
+    raise InputError(path, _not_finite(img, data))
   if not allow_all_zero and not np.any(data):
     raise InputError(path, "volume is zero everywhere")
   return data, img
+
+
+def _not_finite(img, data):
+  """Why `data` (float32) holds NaN or inf: the file's own NaN/inf voxels, or finite values
+  (float64 or scaled, up to 1e308) beyond float32's range (3.4e38) that became inf."""
+  bad = ~np.isfinite(data)
+  wide = np.asarray(img.dataobj, dtype=np.float64)[bad]
+  overflow = np.isfinite(wide)
+  parts = []
+  if overflow.any():
+    parts.append(f"{int(overflow.sum())} voxels are finite but overflow float32 (|value| up to "
+                 f"{np.abs(wide[overflow]).max():.3g}, float32 holds up to "
+                 f"{float(np.finfo(np.float32).max):.3g}); rescale the image")
+  if not overflow.all():
+    parts.append(f"{int((~overflow).sum())} voxels are NaN or inf")
+  return "; ".join(parts)
 
 
 def check_same_grid(ref_path, ref_img, path, img):
@@ -77,9 +94,14 @@ def check_same_grid(ref_path, ref_img, path, img):
         path, f"shape {tuple(img.shape[:3])} differs from {tuple(ref_img.shape[:3])} "
         f"of {pathlib.Path(ref_path).name}")
   if not np.allclose(img.affine, ref_img.affine, atol=AFFINE_ATOL):
+    diff = np.abs(np.asarray(img.affine, np.float64) - np.asarray(ref_img.affine, np.float64))
+    i, j = np.unravel_index(np.argmax(diff), diff.shape)
+    ref_path = pathlib.Path(ref_path)
+    ref = ref_path.name if ref_path.parent == pathlib.Path(path).parent else ref_path
     raise InputError(
-        path, f"affine differs from that of {pathlib.Path(ref_path).name}:\n"
-        f"{np.round(img.affine, 4)}\nvs\n{np.round(ref_img.affine, 4)}")
+        path, f"affine differs from that of {ref}: largest difference {diff[i, j]:.4g} at "
+        f"[{i}, {j}] ({img.affine[i, j]:.6g} vs {ref_img.affine[i, j]:.6g}; tolerance "
+        f"{AFFINE_ATOL:g})")
 
 
 def save_volume(path, data, affine, header=None, dtype=None):

@@ -125,6 +125,7 @@ class SliceInputs(Protocol):
 
 def check_config(config, inputs):
   """Stops on an objective, channel count or sampling setting the task cannot train with."""
+  trainer.check_steps(config.train)  # before the inputs are prepared
   objective = objective_of(config)
   schedules.check_parameterization(config.diffusion.parameterization)
   slice_context.check(config.data.get("context", 0), None)

@@ -110,8 +110,22 @@ def compute_dtype(config):
   return jnp.dtype(name)
 
 
+def check_steps(train):
+  """Stops on a step count that is not a positive whole number, or a negative interval, before
+  any work (`train.num_steps=-5` used to end with rc 0, an empty metrics.jsonl and no
+  checkpoint). Tasks call it before they prepare their data."""
+  value = train.num_steps
+  if isinstance(value, bool) or int(value) != value or value < 1:
+    raise InputError("train.num_steps", f"must be a positive whole number of steps, got {value!r}")
+  for key in ("log_every", "checkpoint_every", "eval_every"):  # 0: never (the last step only)
+    value = train.get(key)
+    if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
+      raise InputError(f"train.{key}", f"must be a whole number of steps >= 0, got {value!r}")
+
+
 def check_config(config):
   """Checks of the keys the loop reads that the config file format cannot express."""
+  check_steps(config.train)
   if config.data.batch_size % jax.device_count():
     raise InputError("data.batch_size", f"{config.data.batch_size} is not divisible by "
                      f"the {jax.device_count()} devices")

@@ -36,6 +36,30 @@ def center_pad_crop(x, shape, fill=0.0):
   return out
 
 
+def outside_center_crop(mask, shape):
+  """The number of non-zero voxels of `mask` that `center_pad_crop(mask, shape)` cuts away."""
+  mask = np.asarray(mask) != 0
+  box = []
+  for n, m in zip(mask.shape, (int(s) for s in shape)):
+    off = (n - m) // 2 if m < n else 0
+    box.append(slice(off, off + min(n, m)))
+  return int(mask.sum() - mask[tuple(box)].sum())
+
+
+def covering_shape(mask, shape):
+  """The smallest grid, at least `shape` along each axis, whose centre crop keeps every
+  non-zero voxel of `mask` (`center_pad_crop`'s offsets)."""
+  mask = np.asarray(mask) != 0
+  out = []
+  for axis, (n, m) in enumerate(zip(mask.shape, (int(s) for s in shape))):
+    other = tuple(a for a in range(mask.ndim) if a != axis)
+    hit = np.flatnonzero(mask.any(axis=other))
+    while m < n and hit.size and not ((n - m) // 2 <= hit[0] and hit[-1] < (n - m) // 2 + m):
+      m += 1
+    out.append(m)
+  return tuple(out)
+
+
 def position_embedding(shape):
   """(X, Y, Z, 3) float32: each voxel's normalised coordinates, -1 at the first voxel of an
   axis and +1 at its last (0 along an axis of length 1)."""

@@ -49,6 +49,7 @@ from sciimg_jax.ensembler import slice_inputs
 
 
 def check_config(config):
+  trainer.check_steps(config.train)
   f = config.fusion
   if len(f.members) < 2:
     raise InputError("fusion.members", f"needs at least 2 trained 2D models, got {len(f.members)}")
