@@ -15,6 +15,7 @@ from sciimg_jax.inpainting import scoring_job
 from sciimg_jax.inpainting import slice_inputs as inpainting_slices
 from sciimg_jax.ir import classifier_task
 from sciimg_jax.ir import diagnose_job as ir_diagnose
+from sciimg_jax.ir import prior_map as ir_prior_map
 from sciimg_jax.ir import spectra_job as ir_spectra
 from sciimg_jax.ir import study as ir_study
 
@@ -28,6 +29,7 @@ JOBS = {
     "ir_study": ir_study.run_study,
     "ir_diagnose": ir_diagnose.run_diagnose,
     "ir_spectra": ir_spectra.run_spectra,
+    "ir_prior_map": ir_prior_map.run_map,
     "ensembler_train": ensembler_slices.train_slice_model,
     "ensembler_fusion": fusion_task.train_fusion,
     "ensembler_evaluate": ensembler_evaluate.evaluate_folder,

@@ -4,6 +4,8 @@
   python main.py --config=configs/ir/classifier.py:rgb --workdir=runs/rgb      # same trunk, RGB
   python main.py --config=configs/ir/classifier.py:pixel --workdir=runs/pixel  # per-pixel spectra
   ...:tiny, ...:rgb+tiny   a few steps on a small dataset, for tests
+  ...:ir+real_like, ...:rgb+raw_like   the embedded data with a named prior (PRIORS below);
+                           one knob: --config.data.synthetic.prior.noise=0.001
 
 Real data: --config.data.train_dir=DIR [--config.data.test_dir=DIR] (folders of regions, see
 data_pipelines/ir_tfds.py) and --config.data.classes='("a","b",...)'.
@@ -16,6 +18,17 @@ from configs import base
 # The classes of the embedded data (data_pipelines/synthetic_ir.py; a test keeps them equal).
 EMBEDDED_CLASSES = ("epithelium", "stroma", "lumen", "blood", "necrosis")
 
+# The named settings of the embedded data's prior (synthetic_ir.PRIORS; a test keeps them
+# equal): the knobs `data.synthetic.prior.*`, set together by the variants of the same names.
+PRIORS = {
+    "default": dict(nuisance=1.0, overlap=0.0, noise=0.004, band_correlation=0.0,
+                    intensity_contrast=1.0),
+    "real_like": dict(nuisance=0.0, overlap=0.55, noise=0.0005, band_correlation=0.9,
+                      intensity_contrast=0.0),
+    "raw_like": dict(nuisance=3.0, overlap=0.55, noise=0.004, band_correlation=0.9,
+                     intensity_contrast=1.0),
+}
+
 
 def get_config(variant=""):
   c = base.get_base_config()
@@ -24,6 +37,9 @@ def get_config(variant=""):
   c.data.train_dir = ""           # '' = the embedded paired data
   c.data.test_dir = ""            # '' with train_dir: a spatial block split of train_dir
   c.data.synthetic = ml_collections.ConfigDict(dict(num_train=8, num_test=4, size=96, seed=0))
+  # The knobs of the generator's prior (data_pipelines/synthetic_ir.py, PRIOR_KNOBS): the
+  # default reproduces the embedded data of before; variants `real_like`, `raw_like`.
+  c.data.synthetic.prior = ml_collections.ConfigDict(PRIORS["default"])
   c.data.classes = EMBEDDED_CLASSES
   c.data.modality = "ir"          # ir | rgb
   c.data.patch_size = 12
@@ -66,6 +82,8 @@ VARIANTS = {
         name="spatial", trunk_widths=(32, 64), features=64, num_groups=8))},
     "pixel": {"model": ml_collections.ConfigDict(dict(name="spectral_pixel",
                                                       spectral_widths=(128, 64)))},
+    **{name: {"data.synthetic.prior": ml_collections.ConfigDict(knobs)}
+       for name, knobs in PRIORS.items() if name != "default"},
     "tiny": {"data.synthetic.num_train": 2, "data.synthetic.num_test": 1,
              "data.synthetic.size": 48, "data.patch_size": 8, "data.per_class": 8,
              "data.batch_size": 8, "train.num_steps": 6, "train.log_every": 2,

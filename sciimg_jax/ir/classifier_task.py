@@ -50,7 +50,7 @@ def source_splits(data, workdir):
     s = data.synthetic
     dirs = synthetic_ir.generate(data_sources.cache_dir(data, workdir),
                                  num_train=s.num_train, num_test=s.num_test, size=s.size,
-                                 seed=s.seed)
+                                 seed=s.seed, prior=s.get("prior"))
     return {"train": (dirs["train"], "all"), "test": (dirs["test"], "all")}
   if data.test_dir:
     return {"train": (data.train_dir, "all"), "test": (data.test_dir, "all")}
