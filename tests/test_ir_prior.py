@@ -139,6 +139,10 @@ def test_the_prior_map_writes_its_table_and_figure_and_reuses_points(tmp_path, d
     assert (tmp_path / name).stat().st_size > 0
   text = (tmp_path / "prior_map.md").read_text()
   assert "| nuisance | overlap | IR CNN acc | RGB CNN acc |" in text
+  # each point also writes the IR study's table of its runs
+  text = (tmp_path / "nuisance3-overlap0" / "study.md").read_text()
+  assert "| run | accuracy |" in text and "logits_collapse_index" in text
+  assert "\n| ir |" in text and "\n| rgb |" in text
   saved = json.loads((tmp_path / "prior_map.json").read_text())
   assert saved["grid"]["x"] == "nuisance" and len(saved["points"]) == 2
   # finished points are read back, not trained again
@@ -159,3 +163,20 @@ def test_the_prior_map_refuses_a_bad_grid():
   c.grid.y, c.grid.y_values = "overlap", (0.0, 2.0)
   with pytest.raises(InputError, match="prior.overlap: must lie in"):
     prior_map.check_config(c)
+
+
+def test_the_remedies_variant_runs_the_study_strategies_at_the_failing_points():
+  from configs.ir import prior_map as map_config  # noqa: PLC0415
+  from configs.ir import study as study_config  # noqa: PLC0415
+  from sciimg_jax.ir import prior_map  # noqa: PLC0415
+  c, full = map_config.get_config("remedies"), map_config.get_config()
+  assert tuple(c.order) == ("ir", "rgb") + tuple(f"ir-{s}" for s in study_config.STRATEGIES)
+  assert tuple(c.grid.x_values) == (3.0,) and tuple(c.grid.y_values) == (0.55, 0.7)
+  assert c.prior.to_dict() == full.prior.to_dict() and tuple(c.seeds) == tuple(full.seeds)
+  # the map's sizes; each run is the IR study's run of that name, at those sizes
+  for name in c.order:
+    assert c.runs[name].train.num_steps == full.runs["ir"].train.num_steps
+    assert c.runs[name].data.synthetic.size == full.runs["ir"].data.synthetic.size
+  assert c.runs["ir-snv"].data.spectral_transform == "snv"
+  assert c.runs["ir-sam"].train.robust.sam_rho == 0.05
+  prior_map.check_config(c)

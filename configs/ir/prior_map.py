@@ -4,6 +4,13 @@ at every point of a grid of two knobs of the prior, the other knobs fixed at a n
 
   python main.py --config=configs/ir/prior_map.py --workdir=runs/prior_map
   python main.py --config=configs/ir/prior_map.py:tiny --workdir=/tmp/prior_map   # for tests
+  python main.py --config=configs/ir/prior_map.py:remedies --workdir=runs/prior_map_remedies
+
+`remedies`: the IR CNN with each robustness strategy or remedy of the IR study
+(configs/ir/study.py, STRATEGIES), beside the IR and RGB CNNs, at the map's size, only at the
+points where the map found IR below RGB (nuisance 3, overlap 0.55 and 0.7); each point also
+writes `<point>/study.md`, the study's table (docs/ir_pathology.md, "Remedies where IR falls
+below RGB").
 
 The grid's knobs and values are `grid.x`, `grid.x_values`, `grid.y`, `grid.y_values` (knobs:
 data_pipelines/synthetic_ir.py, PRIOR_KNOBS); `prior` holds the fixed knobs (the real-like
@@ -28,13 +35,21 @@ RUN_SIZE = {"data.synthetic.num_train": 6, "data.synthetic.num_test": 4,
             "train.eval_every": 0, "train.checkpoint_every": 200, "train.progress_bar": False}
 
 
+# The points of the map where IR fell below RGB, and what runs there (variant `remedies`).
+REMEDY_POINTS = {"x_values": (3.0,), "y_values": (0.55, 0.7)}
+REMEDY_ORDER = ("ir", "rgb") + tuple(f"ir-{s}" for s in study.STRATEGIES)
+
+
 def get_config(variant=""):
-  if variant not in ("", "tiny"):
-    raise ValueError(f"unknown config variant {variant!r}; known: tiny")
+  if variant not in ("", "tiny", "remedies"):
+    raise ValueError(f"unknown config variant {variant!r}; known: tiny, remedies")
+  remedies = variant == "remedies"
+  if remedies:
+    variant = ""
   c = ml_collections.ConfigDict()
   c.job = "ir_prior_map"
   c.seeds = (0, 1)
-  c.order = ("ir", "rgb", "pixel")          # IR patch CNN, RGB patch CNN, per-pixel MLP
+  c.order = REMEDY_ORDER if remedies else ("ir", "rgb", "pixel")
   c.runs = study.runs(c.order, variant)
   if not variant:
     for run in c.runs.values():
@@ -57,4 +72,7 @@ def get_config(variant=""):
     c.stats = ml_collections.ConfigDict(dict(num_images=1, per_class=12, size=48, folds=3))
     c.named = ("real_like",)
     c.real_table = ""
+  if remedies:  # the map's fixed knobs and sizes; only its failing points, none measured again
+    c.grid.x_values, c.grid.y_values = REMEDY_POINTS["x_values"], REMEDY_POINTS["y_values"]
+    c.named, c.real_table = (), ""
   return c

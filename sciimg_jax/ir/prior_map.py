@@ -10,7 +10,9 @@ and the baselines (`baselines`, PCA-LDA) are fitted on the centre pixels' spectr
 training patches. All runs of a point share one dataset (`<workdir>/data`, a folder per prior).
 Each point also measures the statistics of its prior (`prior_stats.measure`, on a table of
 pixel spectra of its training images). A finished point is written as `<point>/point.json`
-and read back on a rerun (if it was made with the same prior, runs and seeds).
+and read back on a rerun (if it was made with the same prior, runs and seeds), and its runs
+as the IR study's table, `<point>/study.{md,csv}` (every run of `order`: accuracy, collapse
+index; the variant `remedies` runs the study's strategies and remedies at chosen points).
 
 Before the grid, the named settings `named` (synthetic_ir.PRIORS) and the real table
 `real_table` (if given and present) are measured by the same function: `prior_stats.md`,
@@ -100,6 +102,8 @@ def measure_named(config, workdir):
   for name in config.named:
     named[name] = measure_prior(name, config.stats)
     named[name]["prior"] = synthetic_ir.resolve_prior(name)
+  if not named:  # nothing to measure (the `remedies` variant)
+    return named
   rows, columns = prior_stats.table_rows(named)
   text = reports.format_markdown(rows, columns)
   atomic_files.write_json(workdir / "prior_stats.json", named)
@@ -148,7 +152,17 @@ def run_point(config, workdir, prior):
            "summary": {n: study.mean_std(rows) for n, rows in results.items()},
            "stats": measure_prior(prior, config.stats)}
   atomic_files.write_json(done, point)
+  write_study_table(point, workdir)
   return point
+
+
+def write_study_table(point, workdir):
+  """`<point>/study.{md,csv}`: the IR study's table (every run, accuracy, collapse index)."""
+  rows = study.table_rows(point["summary"])
+  for suffix in (".md", ".csv"):
+    reports.write_table(pathlib.Path(workdir) / f"study{suffix}", rows, study.TABLE)
+  say(f"{pathlib.Path(workdir).name}, mean ± std over seeds {tuple(point['seeds'])}:\n"
+      f"{study.format_table(point['summary'])}")
 
 
 MODELS = (("ir", "IR CNN"), ("rgb", "RGB CNN"), ("pixel", "pixel MLP"), ("pca_lda", "PCA-LDA"))
