@@ -90,13 +90,7 @@ def run_setting(inpainter, cases):
 
 def best_of(fn, repeats=3):
   """The least wall time of `repeats` calls of `fn` after one warm-up call."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return min(times)
+  return min(peer.time_steps(fn, 1, repeats))
 
 
 def time_split(inpainter, cases):

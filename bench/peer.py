@@ -1,10 +1,8 @@
 """Runs a peer benchmark (a script for another Python, e.g. one with torch and MONAI)."""
 
+import inspect
 import json
 import subprocess
-
-# Prepended to a peer script: the step-timing loop every torch peer uses.
-TIMING = r"""
 import time
 
 
@@ -16,7 +14,10 @@ def time_steps(step, warmup, steps):
   for _ in range(steps):
     t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
   return times
-"""
+
+
+# Prepended to a peer script: the same timing loop, so both sides time alike.
+TIMING = "\nimport time\n\n\n" + inspect.getsource(time_steps)
 
 
 def run(python, script, config):
