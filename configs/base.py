@@ -55,6 +55,7 @@ def get_base_config():
   c.model.num_head_channels = 32
   c.model.num_groups = 8
   c.model.dropout = 0.0
+  c.model.remat = False          # recompute each block's activations in the backward pass
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "linear"   # linear | cosine

@@ -19,7 +19,8 @@ Arrays are read memory-mapped, so a dataset of real BraTS volumes needs no more 
 than the slices and crops in flight. Two grain data sources read them:
 
     SliceSource(cases, axis)     every brain slice along an axis, 2D examples
-    CropSource(cases, crop)      one random 3D crop per case and epoch (`RandomCrop`)
+    CropSource(cases, crop)      one random 3D crop per case and epoch (`RandomCrop`), or
+                                 the whole volume (crop ())
 
 Both give {'target': (..., 1), 'cond': (..., C_cond)} with the condition channels
 `[*conditions, position x, y, z, mask]` (`channel_names`); the position is the voxel's
@@ -319,14 +320,16 @@ class CropSource(grain.sources.RandomAccessDataSource):
 
 
 class RandomCrop(grain.transforms.RandomMap):
-  """A uniformly placed `crop` of the case (grain seeds `rng` per record: resumable)."""
+  """A uniformly placed `crop` of the case (grain seeds `rng` per record: resumable); an
+  empty `crop`, (), gives the whole volume."""
 
-  def __init__(self, source, crop):
-    self.source, self.crop = source, tuple(int(c) for c in crop)
-    self.position = vol.position_embedding(tuple(source.data.volume_shape))
+  def __init__(self, source, crop, key="fusion.crop_size"):
     shape = tuple(source.data.volume_shape)
-    if any(c > n or c < 1 for c, n in zip(self.crop, shape)):
-      raise InputError("fusion.crop_size", f"{self.crop} does not fit the volumes {shape}")
+    self.source, self.crop = source, tuple(int(c) for c in crop) or shape
+    self.position = vol.position_embedding(shape)
+    if len(self.crop) != 3 or any(c > n or c < 1 for c, n in zip(self.crop, shape)):
+      raise InputError(key, f"{tuple(crop)} does not fit the volumes {shape} (give 3 sizes, "
+                       "or () for whole volumes)")
 
   def random_map(self, element, rng):
     array = self.source.cases[element["case"]].array

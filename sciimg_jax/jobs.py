@@ -7,8 +7,10 @@ from sciimg_jax.core import atomic_files
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ensembler import evaluate_job as ensembler_evaluate
 from sciimg_jax.ensembler import fusion_task
+from sciimg_jax.ensembler import scoring_job as ensembler_scoring
 from sciimg_jax.ensembler import slice_inputs as ensembler_slices
 from sciimg_jax.ensembler import study as ensembler_study
+from sciimg_jax.ensembler import volume_model as ensembler_volume
 from sciimg_jax.inpainting import inpaint_job
 from sciimg_jax.inpainting import quickstart
 from sciimg_jax.inpainting import scoring_job
@@ -32,7 +34,9 @@ JOBS = {
     "ir_prior_map": ir_prior_map.run_map,
     "ensembler_train": ensembler_slices.train_slice_model,
     "ensembler_fusion": fusion_task.train_fusion,
+    "ensembler_volume": ensembler_volume.train_volume_model,
     "ensembler_evaluate": ensembler_evaluate.evaluate_folder,
+    "ensembler_score": ensembler_scoring.evaluate_folder,
     "ensembler_study": ensembler_study.run_study,
 }
 

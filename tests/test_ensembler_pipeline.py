@@ -95,7 +95,7 @@ def translation(data_cache, member_dirs, fusion_run):
   c.evaluate.progress_bar = False
   c.sampling.num_samples = 2
   mesh = sharding.make_mesh()
-  members, fusion, _, _ = evaluate_job.load_models(c, mesh)
+  members, fusion, *_ = evaluate_job.load_models(c, mesh)
   return c, translator_lib.VolumeTranslator(c, members, fusion, mesh)
 
 
@@ -125,6 +125,7 @@ def test_evaluate_job_writes_volumes_tables_and_figures(translation, tmp_path):
     assert entry["cases"] == 2 and set(entry) >= {"psnr", "ssim", "texture", "mmd", "seconds"}
   rows = list(csv.DictReader((tmp_path / "cases.csv").open()))
   assert len(rows) == 2 * 4 and all(float(r["psnr"]) > 0 for r in rows)
+  assert all(np.isfinite(float(r["psnr_file"])) and 0 < float(r["ssim_file"]) <= 1 for r in rows)
   source = sorted(p for p in (tmp_path.parent).glob("**/eval/BraTS-*") if p.is_dir())
   name = rows[0]["case"]
   original = next(p for p in source if p.name == name)
@@ -149,7 +150,7 @@ def test_feature_variant_trains_and_samples(data_cache, member_dirs, tmp_path):
   t.data.cache_dir = str(data_cache)
   t.evaluate.members, t.evaluate.fusion = c.fusion.members, str(tmp_path / "fusion")
   mesh = sharding.make_mesh()
-  members, fusion, _, _ = evaluate_job.load_models(t, mesh)
+  members, fusion, *_ = evaluate_job.load_models(t, mesh)
   assert type(fusion.net.module(fusion.params)).__name__ == "FeatureFusion"
   translator = translator_lib.VolumeTranslator(t, members, fusion, mesh)
   case = evaluate_job.input_cases(t, tmp_path)[0]
@@ -188,3 +189,73 @@ def test_a_method_without_what_it_needs_stops_before_any_case(translation):
     unpooled.check_method("cubic")
   with pytest.raises(InputError, match="unknown method 'bicubic'"):
     bare.check_method("bicubic")
+
+
+def test_whole_volume_fusion_trains_and_scores_whole_volumes(data_cache, member_dirs, tmp_path):
+  """fusion.crop_size=() trains on whole volumes (what the fusion sees when sampling)."""
+  c = fusion_config(data_cache, member_dirs)
+  c.fusion.crop_size = ()
+  c.train.checkpoint_every, c.train.eval_every = 2, 2
+  task = fusion_task.FusionTask(c, tmp_path)
+  assert task.crop.crop == tuple(c.data.volume_shape)
+  fusion_task.train_fusion(c, tmp_path)
+  logged = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert np.isfinite([r["eval_x0_mse_fused"] for r in logged if "eval_x0_mse_fused" in r]).all()
+  c.fusion.crop_size = (16, 16, 40)
+  with pytest.raises(InputError, match=r"fusion.crop_size: \(16, 16, 40\) does not fit"):
+    fusion_task.FusionTask(c, tmp_path / "other")
+
+
+@pytest.fixture(scope="module")
+def context_member(data_cache, tmp_path_factory):
+  """A 2.5D axial member (data.context = 1)."""
+  c = slice_model.get_config("sr+axial+tiny")
+  c.data.cache_dir, c.train.eval_every, c.data.context = str(data_cache), 0, 1
+  c.model.in_channels += 2  # the condition on the slice above and below
+  workdir = tmp_path_factory.mktemp("sr_axial_context")
+  slice_inputs.train_slice_model(c, workdir)
+  return workdir
+
+
+def test_context_mismatches_are_refused(data_cache, member_dirs, context_member, fusion_run):
+  c = slice_model.get_config("sr+axial+tiny")
+  c.data.cache_dir, c.data.context = str(data_cache), 12  # 25 slices; the axis holds 24
+  with pytest.raises(InputError, match="a context of 12 slices on each side needs 25 slices"):
+    slice_inputs.train_slice_model(c, data_cache / "never")
+  f = fusion_config(data_cache, [context_member, member_dirs[1]])
+  mesh = sharding.make_mesh()
+  with pytest.raises(InputError, match="different through-plane contexts.*: 1, .*: 0"):
+    members_lib.load_members(f.fusion.members, f.data, f.diffusion, mesh)
+  mixed = (members_lib.load_members([str(context_member)], f.data, f.diffusion, mesh)
+           + members_lib.load_members([str(member_dirs[1])], f.data, f.diffusion, mesh))
+  with pytest.raises(InputError, match=r"2D model 1 \(axial\) differs .* in context"):
+    fusion_lib.load_fusion(fusion_run[0], mixed, f.data, mesh)
+
+
+def test_the_3d_only_baseline_trains_and_samples_through_the_one_sampler(
+    data_cache, member_dirs, translation, tmp_path):
+  from configs.ensembler import volume_model as volume_configs
+  from data_pipelines import volume_cases
+  from sciimg_jax.core import volumes
+  from sciimg_jax.ensembler import volume_model
+  c = volume_configs.get_config("sr+tiny")
+  c.data.cache_dir = str(data_cache)
+  volume_model.train_volume_model(c, tmp_path / "3d")
+  assert (tmp_path / "3d" / "samples" / "step_0000004.png").is_file()
+  config, translator = translation
+  mesh = translator.mesh
+  model = volume_model.load(tmp_path / "3d", config.data, config.diffusion, mesh)
+  with_3d = translator_lib.VolumeTranslator(config, translator.members, None, mesh,
+                                            volume_model=model)
+  case = evaluate_job.input_cases(config, tmp_path)[0]
+  array = np.asarray(case.array)
+  cond = volume_cases.example(config.data, array, volumes.position_embedding(array.shape[:3]))
+  samples = with_3d("3d_only", cond["cond"], jax.random.key(0))
+  assert samples.shape == (2, 24, 32, 24) and np.isfinite(samples).all()
+  low = consistency.avg_pool(array[..., 1], 4)  # tolerance: as in test_super_resolution_samples_...
+  np.testing.assert_allclose(consistency.avg_pool(samples[0], 4), low,
+                             atol=float32_tolerance(max_abs(samples[0]) + max_abs(low), 4 * 64 + 8))
+  with pytest.raises(InputError, match="'3d_only' needs a trained 3D model"):
+    translator.check_method("3d_only")
+  with pytest.raises(InputError, match="holds a 2D model"):
+    volume_model.load(member_dirs[0], config.data, config.diffusion, mesh)

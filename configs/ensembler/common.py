@@ -68,6 +68,7 @@ def evaluate_block():
       members=(),          # workdirs of the trained 2D models
       fusion="",           # workdir of the trained fusion ('' = no 'fused' method)
       regressor="",        # workdir of a trained L1 regressor ('' = none)
+      volume_model="",     # workdir of the 3D model of the '3d_only' baseline ('' = none)
       segmenter="",        # workdir of the downstream segmenter ('' = no Dice column)
       methods=("cubic", "axial", "coronal", "sagittal", "tpdm", "average", "fused"),
       input_root="",       # BraTS-layout folder; '' = the held-out split of `data`
@@ -117,6 +118,7 @@ def study_config(task, variant, *, regressor):
   c.train.num_sample_images = 8
   c.sampling.steps = 10
   c.evaluate = evaluate_block()
+  c.evaluate.methods = c.evaluate.methods[:-1] + ("3d_only", "fused")
   if not regressor:
     c.evaluate.methods = tuple(m for m in c.evaluate.methods if m != "regressor")
   else:
@@ -128,6 +130,9 @@ def study_config(task, variant, *, regressor):
           num_res_blocks=1, attention_levels=(False, False, False), num_head_channels=16,
           num_groups=8, dropout=0.0)),
       fusion_steps=300, fusion_batch_size=2, segmenter_steps=600,
+      # the released code's 3D_only baseline: a 3D diffusion model of the fusion network's
+      # size trained alone (on fusion.crop_size crops), method '3d_only'
+      volume_model=True, volume_steps=600,
       # With the unweighted epsilon loss the 2D models' 1e-3 made the fusion diverge within
       # 100 steps (its epsilon error went from 0.005 to 1.7), and 1e-4 for 150 steps left
       # it at the average (SR) or below it (T1 -> FLAIR); see docs/diff_ensembler.md, "Studies".
@@ -141,6 +146,7 @@ def study_config(task, variant, *, regressor):
       "study.fusion_model.channels": (8, 16), "study.fusion_model.num_groups": 4,
       "study.fusion_model.attention_levels": (False, False), "study.fusion_steps": 4,
       "study.fusion_batch_size": 4, "study.segmenter_steps": 4, "train.num_sample_images": 4,
+      "study.volume_steps": 4,
       "model.channels": (8, 16), "model.attention_levels": (False, False),
       "model.num_head_channels": 8, "model.num_groups": 4,
   })

@@ -8,7 +8,7 @@ every method.
 For each case of `evaluate.input_root` (a BraTS-layout folder; '' = the held-out split
 of `data`), prepared on the `data.volume_shape` grid (`volume_cases`), and each method of
 `evaluate.methods` (a member's axis, 'average', 'tpdm', 'fused': the methods of the
-volume sampler, or a baseline of `translator.BASELINES`: 'cubic', 'regressor'):
+volume sampler, '3d_only' with `evaluate.volume_model`, or a baseline of `translator.BASELINES`: 'cubic', 'regressor'):
 
   1. sample with key `fold_in(key(seed), crc32(case name))` (the same in any folder,
      order or subset), `sampling.num_samples` samples whose mean is the result;
@@ -18,9 +18,17 @@ volume sampler, or a baseline of `translator.BASELINES`: 'cubic', 'regressor'):
   3. score it against the case's target, when it has one (`evaluation.scores`): PSNR and
      3D SSIM after min-max normalisation by the ground truth, the texture ratio in the
      brain, and with `evaluate.segmenter` the Dice of the downstream tumour segmenter
-     on the result against `mask-unhealthy`;
+     on the result against `mask-unhealthy`. `psnr`, `ssim` and `texture` are taken on
+     the prepared grid (percentile-clipped [-1, 1] on `data.volume_shape`); `psnr_file`
+     and `ssim_file` score the NIfTI file just written against the case's target file,
+     as the `ensembler_score` job scores any tool's files (`scoring_job.score_file`;
+     docs/diff_ensembler.md, "Scores in two spaces");
   4. draw `figures/<case>.png`: the three planes of the condition, every method and
      the ground truth.
+
+With a segmenter and labels, each case also gets a row of method `ground truth`: the
+segmenter's Dice on the case's own target (on the grid), the ceiling the methods' Dice
+reads against; its other scores are empty and it has no MMD.
 
 After every case the job rewrites `cases.csv` (one row per case and method) and
 `summary.json` (per method: mean and std (ddof=1) of each score, seconds per volume, and the
@@ -49,13 +57,18 @@ from sciimg_jax.core.errors import InputError
 from sciimg_jax.ensembler import evaluation
 from sciimg_jax.ensembler import fusion as fusion_lib
 from sciimg_jax.ensembler import members as members_lib
+from sciimg_jax.ensembler import scoring_job
 from sciimg_jax.ensembler import translator as translator_lib
+from sciimg_jax.ensembler import volume_model
 
-SCORES = ("psnr", "ssim", "texture", "dice")
+SCORES = ("psnr", "ssim", "psnr_file", "ssim_file", "texture", "dice")
+CEILING = "ground truth"  # the segmenter's Dice on the target itself
 CASE_COLUMNS = tuple(reports.Column(k, k) for k in ("case", "method") + SCORES + ("seconds",))
 SUMMARY_COLUMNS = (
     reports.Column("method", "method"), reports.Column.mean_std("PSNR (dB)", "psnr", 2),
-    reports.Column.mean_std("SSIM", "ssim", 3), reports.Column("MMD", "mmd", ".2e"),
+    reports.Column.mean_std("SSIM", "ssim", 3),
+    reports.Column.mean_std("PSNR file (dB)", "psnr_file", 2),
+    reports.Column.mean_std("SSIM file", "ssim_file", 3), reports.Column("MMD", "mmd", ".2e"),
     reports.Column.mean_std("texture", "texture", 2), reports.Column.mean_std("Dice", "dice", 3),
     reports.Column.mean_std("s / volume", "seconds", 1))
 
@@ -74,11 +87,13 @@ def input_cases(config, workdir):
 
 
 def load_models(config, mesh):
-  """(members, fusion, regressor, segmenter) named by `evaluate.*` ('' = none)."""
+  """(members, fusion, regressor, segmenter, 3D model) named by `evaluate.*` ('' = none)."""
   t = config.evaluate
   members = members_lib.load_members(t.members, config.data, config.diffusion, mesh)
   fusion = (fusion_lib.load_fusion(t.fusion, members, config.data, mesh)
             if t.fusion else None)
+  volume = (volume_model.load(t.volume_model, config.data, config.diffusion, mesh)
+            if t.get("volume_model") else None)
 
   def deterministic(workdir, objective):
     def check(c):
@@ -88,7 +103,7 @@ def load_models(config, mesh):
     return trained_models.load(workdir, mesh, check=check) if workdir else None
 
   return (members, fusion, deterministic(t.regressor, "regression"),
-          deterministic(t.segmenter, "segmentation"))
+          deterministic(t.segmenter, "segmentation"), volume)
 
 
 def check_methods(config, translator):
@@ -158,6 +173,9 @@ def evaluate_cases(config, workdir, translator, segmenter=None):
     truth = array[..., 0] if case.meta["has_target"] else None
     brain = array[..., -1]
     labels = load_labels(case, data) if segmenter is not None else None
+    truth_file = (brats_layout.case_file(case.directory, data.target)
+                  if truth is not None else None)
+    truth_volume = nifti.load_volume(truth_file) if truth is not None else None
     outputs = {}
     for method in methods:
       if method in translator.names:
@@ -166,18 +184,21 @@ def evaluate_cases(config, workdir, translator, segmenter=None):
       image = translator.image(method, cond, key)
       seconds = time.perf_counter() - start
       outputs[method] = image
-      write_output(workdir / "outputs" / method / case.name / f"{case.name}-{data.target}.nii.gz",
-                   image, case, data)
+      path = workdir / "outputs" / method / case.name / f"{case.name}-{data.target}.nii.gz"
+      write_output(path, image, case, data)
       row = {"case": case.name, "method": method, "seconds": round(seconds, 3)}
       if truth is not None:
         row.update(evaluation.scores(image, truth, brain))
+        in_file = scoring_job.score_file(path, truth_file, truth_volume)
+        row.update(psnr_file=in_file["psnr"], ssim_file=in_file["ssim"])
         results[method].append(evaluation.normalised(image, truth))
       if segmenter is not None and labels is not None:
-        seg_cond = segmenter_input(segmenter, data, image, cond)
-        probability = translator_lib.slicewise_network(segmenter, segmenter.config.data, seg_cond,
-                                                       chunk, translator.mesh)
-        row["dice"] = evaluation.dice(probability, labels)
+        row["dice"] = segmenter_dice(segmenter, data, image, cond, labels, chunk, translator.mesh)
       rows.append(row)
+    if segmenter is not None and labels is not None and truth is not None:
+      rows.append({"case": case.name, "method": CEILING, **dict.fromkeys(SCORES),
+                   "dice": segmenter_dice(segmenter, data, truth, cond, labels, chunk,
+                                          translator.mesh)})
     if truth is not None:
       truths.append(evaluation.normalised(truth, truth))
     columns = {"condition": cond[..., 0], **outputs}
@@ -201,6 +222,14 @@ def load_labels(case, data):
   return volumes.center_pad_crop((labels != 0).astype(np.float32), tuple(data.volume_shape), 0.0)
 
 
+def segmenter_dice(segmenter, data, image, cond, labels, chunk, mesh):
+  """The Dice of the segmenter on `image` (the grid's target channel) against `labels`."""
+  seg_cond = segmenter_input(segmenter, data, image, cond)
+  probability = translator_lib.slicewise_network(segmenter, segmenter.config.data, seg_cond,
+                                                 chunk, mesh)
+  return evaluation.dice(probability, labels)
+
+
 def segmenter_input(segmenter, data, image, cond):
   """The segmenter's channels for a translated `image`: it in place of the segmenter's
   condition (the target modality), with the volume's position and mask."""
@@ -214,8 +243,8 @@ def segmenter_input(segmenter, data, image, cond):
 def evaluate_folder(config, workdir):
   """The `ensembler_evaluate` job."""
   mesh = sharding.make_mesh()
-  members, fusion, regressor, segmenter = load_models(config, mesh)
-  translator = translator_lib.VolumeTranslator(config, members, fusion, mesh, regressor)
+  members, fusion, regressor, segmenter, volume = load_models(config, mesh)
+  translator = translator_lib.VolumeTranslator(config, members, fusion, mesh, regressor, volume)
   summary = evaluate_cases(config, workdir, translator, segmenter)
   atomic_files.write_json(pathlib.Path(workdir) / "config.json", config.to_dict())
   tqdm.tqdm.write(format_table(summary))

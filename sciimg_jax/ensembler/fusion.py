@@ -43,6 +43,7 @@ def signature(member):
   c = member.config
   return {"axis": c.data.axis, "step": member.trained.step, "target": c.data.target,
           "conditions": list(c.data.conditions), "residual": bool(c.data.get("residual")),
+          "context": int(c.data.get("context", 0)),
           "model": c.model.to_dict(), "diffusion": c.diffusion.to_dict()}
 
 

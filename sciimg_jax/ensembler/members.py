@@ -56,6 +56,12 @@ def load_members(workdirs, data, chain_config, mesh):
     trained = trained_models.load(workdir, mesh, check=lambda c, w=workdir: check_member(c, data, w),
                                   hint="train a 2D model there first (configs/ensembler/)")
     members.append(make_member(trained, data, chain_config))
+  contexts = {w: int(m.config.data.get("context", 0)) for w, m in zip(workdirs, members)}
+  if len(set(contexts.values())) > 1:
+    raise InputError(workdirs[0], "the 2D models were trained with different through-plane "
+                     "contexts (data.context): " + ", ".join(f"{w}: {k}" for w, k in
+                                                             contexts.items()) +
+                     "; an ensemble's members see the same slab, retrain them with one width")
   names = [m.name for m in members]
   if len(set(names)) != len(names):  # two models of one axis: tell them apart by position
     for i, m in enumerate(members):

@@ -4,6 +4,7 @@ In `workdir`, for the configured task (`configs/ensembler/<task>.py`):
 
   <axis>/       the 2D diffusion model of every `study.directions` entry (`slice_inputs`)
   fusion/       the 3D fusion network over them (`fusion_task`)
+  3d_only/      the released code's 3D_only baseline, a 3D model alone (`study.volume_model`)
   regressor/    the L1 U-Net baseline (`study.regressor`; translation tasks)
   segmenter/    the downstream tumour segmenter, on ground-truth FLAIR (`study.segmenter`)
   evaluation/   every method on the held-out subjects (`evaluate_job`): cases.csv,
@@ -28,6 +29,7 @@ from sciimg_jax.core import reports
 from sciimg_jax.ensembler import evaluate_job
 from sciimg_jax.ensembler import fusion_task
 from sciimg_jax.ensembler import slice_inputs
+from sciimg_jax.ensembler import volume_model
 
 
 def _copy(config):
@@ -53,6 +55,19 @@ def fusion_config(config, member_dirs):
   return c
 
 
+def volume_config(config):
+  """The 3D_only baseline: a 3D model of the fusion network's size, trained alone."""
+  s = config.study
+  c = _copy(config)
+  c.model = _copy(s.fusion_model)
+  c.model.in_channels = 1 + len(volume_cases.channel_names(c.data))
+  c.model.out_channels = 1
+  c.data.context = 0
+  c.train.num_steps = s.volume_steps
+  c.data.batch_size = s.fusion_batch_size
+  return c
+
+
 def regressor_config(config):
   c = _copy(config)
   c.train.objective = "regression"
@@ -69,13 +84,15 @@ def segmenter_config(config):
   return c
 
 
-def evaluate_config(config, workdir, member_dirs, regressor, segmenter):
+def evaluate_config(config, workdir, member_dirs, regressor, segmenter, volume=None):
   c = _copy(config)
   c.evaluate.members = tuple(str(d) for d in member_dirs)
   c.evaluate.fusion = str(workdir / "fusion")
   c.evaluate.regressor = str(regressor or "")
   c.evaluate.segmenter = str(segmenter or "")
-  methods = [m for m in c.evaluate.methods if m != "regressor" or regressor]
+  c.evaluate.volume_model = str(volume or "")
+  methods = [m for m in c.evaluate.methods
+             if (m != "regressor" or regressor) and (m != volume_model.NAME or volume)]
   c.evaluate.methods = tuple(methods)
   return c
 
@@ -103,6 +120,9 @@ def run_study(config, workdir):
           f"2D {axis} model")
   train(fusion_task.train_fusion, fusion_config(config, member_dirs), workdir / "fusion",
         "3D fusion")
+  volume = workdir / volume_model.NAME if s.get("volume_model") else None
+  if volume:
+    train(volume_model.train_volume_model, volume_config(config), volume, "3D_only baseline")
   regressor = workdir / "regressor" if s.regressor else None
   if regressor:
     train(slice_inputs.train_slice_model, regressor_config(config), regressor, "L1 regressor")
@@ -112,5 +132,5 @@ def run_study(config, workdir):
           "downstream segmenter")
   tqdm.tqdm.write("== evaluation")
   return evaluate_job.evaluate_folder(
-      evaluate_config(config, workdir, member_dirs, regressor, segmenter),
+      evaluate_config(config, workdir, member_dirs, regressor, segmenter, volume),
       workdir / "evaluation")

@@ -9,6 +9,7 @@ denoiser the core volume sampler builds for a method:
   tpdm      the members alternating from step to step (TPDM)
   fused     Diff-Ensembler: the members' epsilons combined voxel by voxel by the trained
             3D fusion network at every step
+  3d_only   the released code's baseline: a 3D diffusion model alone (`volume_model`)
 
 all walking one respaced chain of the ensemble's training schedule (`diffusion`) with
 `sampling.stepper`, built by the core `volume_sampler.VolumeSampler` (which this module
@@ -46,6 +47,7 @@ from sciimg_jax.core.diffusion import volume_sampler
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ensembler import consistency
 from sciimg_jax.ensembler import fusion as fusion_lib
+from sciimg_jax.ensembler import volume_model as volume_model_lib
 
 
 def pooled_condition(data):
@@ -65,14 +67,16 @@ def to_image(data, x, cond):
 class VolumeTranslator:
   """Samples target volumes from condition channels with any method of the volume sampler."""
 
-  def __init__(self, config, members, fusion=None, mesh=None, regressor=None):
+  def __init__(self, config, members, fusion=None, mesh=None, regressor=None,
+               volume_model=None):
     sampling_config.check(config.sampling)
     self.config, self.members, self.fusion = config, list(members), fusion
-    self.regressor = regressor
+    self.regressor, self.volume_model = regressor, volume_model
     self.data, s = config.data, config.sampling
     self.sampler = volume_sampler.VolumeSampler(
         self.members, parameterization="eps", mesh=mesh, chunk_size=s.chunk_size,
-        num_samples=s.num_samples, combinators={"fused": self._fused},
+        num_samples=s.num_samples,
+        combinators={"fused": self._fused, volume_model_lib.NAME: self._volume_only},
         where="evaluate.methods")
     self.mesh = self.sampler.mesh
     self.chain = schedules.respace(schedules.schedule_from_config(config.diffusion), s.steps,
@@ -89,10 +93,16 @@ class VolumeTranslator:
     return fusion_lib.fused_denoiser(parts, self.fusion.net, params["fusion"], cond,
                                      residual_scale=f.residual_scale, with_features=features)
 
+  def _volume_only(self, sampler_, params, cond, chain, slices):
+    _needs_volume_model(self)
+    return volume_model_lib.denoiser(self.volume_model, params[volume_model_lib.NAME], cond)
+
   def params(self):
     p = self.sampler.params()
     if self.fusion is not None:
       p["fusion"] = self.fusion.params
+    if self.volume_model is not None:
+      p[volume_model_lib.NAME] = self.volume_model.params
     return p
 
   def check_method(self, method):
@@ -169,6 +179,12 @@ def _needs_fusion(translator):
     raise InputError("evaluate.fusion", "method 'fused' needs a trained fusion workdir")
 
 
+def _needs_volume_model(translator):
+  if translator.volume_model is None:
+    raise InputError("evaluate.volume_model", f"method {volume_model_lib.NAME!r} needs a "
+                     "trained 3D model workdir (configs/ensembler/volume_model.py)")
+
+
 def _needs_regressor(translator):
   if translator.regressor is None:
     raise InputError("evaluate.regressor", "method 'regressor' needs a trained regressor workdir")
@@ -195,7 +211,7 @@ def _regressor(translator, cond):
 BASELINES = {"cubic": _cubic, "regressor": _regressor}
 # What a method needs beyond the members: name -> check(translator), raising InputError.
 REQUIREMENTS = {"fused": _needs_fusion, "regressor": _needs_regressor,
-                "cubic": _needs_pooled_condition}
+                "cubic": _needs_pooled_condition, volume_model_lib.NAME: _needs_volume_model}
 
 
 def slicewise_network(trained, data, cond, chunk_size, mesh):

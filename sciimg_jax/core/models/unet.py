@@ -28,6 +28,12 @@ guided diffusion); it doubles the width of the time projections, so the paramete
 differs from MONAI's. MONAI's block has no dropout; here `dropout > 0` adds one before the second
 convolution (guided-diffusion style); it has no parameters.
 
+Rematerialisation: `remat=True` wraps every block (residual block and its attention) in
+`nnx.remat` (`jax.checkpoint`): the backward pass recomputes each block's activations from
+its input instead of storing them, so a training step keeps one tensor per block (the
+skip connections) rather than every intermediate, at the cost of a second forward pass.
+The result is the same computation (tested equal to the plain network's gradients).
+
 Self-attention: GroupNorm, separate q/k/v projections with bias, `channels // num_head_channels`
 heads, softmax(q k^T / sqrt(head_dim)) v, an output projection and a residual connection.
 
@@ -320,6 +326,12 @@ def upsample_nearest(x):
   return x
 
 
+def _apply_block(block, h, emb):
+  """One U-Net block: its residual block, then its attention (if any)."""
+  h = block["res"](h, emb)
+  return h if block["attn"] is None else block["attn"](h)
+
+
 class UNet(nnx.Module):
   """The diffusion U-Net; see the module docstring.
 
@@ -332,13 +344,15 @@ class UNet(nnx.Module):
                channels: Sequence[int] = (32, 64, 128), num_res_blocks: int = 2,
                attention_levels: Sequence[bool] = (False, False, True),
                num_head_channels: int = 32, num_groups: int = 8, dropout: float = 0.0,
-               scale_shift: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+               scale_shift: bool = False, remat: bool = False, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     channels, attention_levels = tuple(channels), tuple(attention_levels)
     if len(channels) != len(attention_levels):
       raise ValueError(f"channels {channels} and attention_levels {attention_levels} differ in "
                        "length")
     self.spatial_dims = spatial_dims
     self.channels = channels
+    self.remat = remat
     self.dtype = dtype
     emb_features = 4 * channels[0]
     res = lambda cin, cout: ResBlock(spatial_dims, cin, cout, emb_features,
@@ -406,15 +420,14 @@ class UNet(nnx.Module):
     emb = timestep_embedding(t, self.channels[0])
     emb = self.time_embed2(nnx.silu(self.time_embed1(emb)))
 
+    apply = nnx.remat(_apply_block) if self.remat else _apply_block
     h = self.conv_in(x)
     skips = [h]
     for index, level in enumerate(self.down):
       if injections is not None and injections[index] is not None:
         h = h + injections[index].astype(h.dtype)
       for block in level["blocks"]:
-        h = block["res"](h, emb)
-        if block["attn"] is not None:
-          h = block["attn"](h)
+        h = apply(block, h, emb)
         skips.append(h)
       if level["downsample"] is not None:
         h = level["downsample"](h)
@@ -424,10 +437,7 @@ class UNet(nnx.Module):
 
     for level in self.up:
       for block in level["blocks"]:
-        h = jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1)
-        h = block["res"](h, emb)
-        if block["attn"] is not None:
-          h = block["attn"](h)
+        h = apply(block, jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1), emb)
       if level["upsample"] is not None:
         h = level["upsample"](upsample_nearest(h))
 
