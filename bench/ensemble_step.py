@@ -13,6 +13,16 @@ super-resolved volume, each row in its own process (so that its peak memory is i
                  same pieces: the members' slice-wise epsilons, the fusion network, the DDIM
                  step and the data consistency), as the released PyTorch code runs
 
+and the fusion's training step (the frozen members on every slice of the example, the
+fusion network forward and backward, one Adam update), the released code's options:
+
+  train-crop     random 24^3 crops, batch 2 (the studies' setting)
+  train-whole    whole volumes, batch 1 (`fusion.crop_size=()`)
+  train-whole-remat   the same with the fusion U-Net's blocks rematerialised (`model.remat`)
+
+`--contexts=0,2` repeats every row with single-slice and 2.5D members (`data.context`: the
+condition on 2 slices each side, as the released 2D models see it).
+
 Seconds per step are of a second call (the first compiles). Peak memory is the device's
 `peak_bytes_in_use` on GPU, and the process's maximum resident set on CPU.
 """
@@ -32,26 +42,32 @@ xla_flags.set_cpu_flags()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from configs.ensembler import super_resolution  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402
 from sciimg_jax.core import trained_models  # noqa: E402
 from sciimg_jax.core import volumes  # noqa: E402
 from sciimg_jax.core.diffusion import sampler  # noqa: E402
+from sciimg_jax.core.diffusion import schedules  # noqa: E402
 from sciimg_jax.core.diffusion.steppers import STEPPERS  # noqa: E402
 from sciimg_jax.ensembler import consistency  # noqa: E402
 from sciimg_jax.ensembler import fusion as fusion_lib  # noqa: E402
+from sciimg_jax.ensembler import fusion_task  # noqa: E402
 from sciimg_jax.ensembler import members as members_lib  # noqa: E402
 from sciimg_jax.ensembler import study  # noqa: E402
 from sciimg_jax.ensembler import translator as translator_lib  # noqa: E402
 
-ROWS = ("average-jit", "fused-jit", "fused-loop")
+ROWS = ("average-jit", "fused-jit", "fused-loop", "train-crop", "train-whole",
+        "train-whole-remat")
 
 
-def build(shape, steps):
+def build(shape, steps, context=0):
   """A translator with three fresh members and a fresh fusion on volumes of `shape`."""
   c = super_resolution.get_config()
   c.data.volume_shape = shape
+  c.data.context = context
   c.sampling.steps = steps
   mesh = sharding.make_mesh()
   members = [members_lib.make_member(trained_models.restore(study.direction_config(c, a), mesh),
@@ -84,15 +100,41 @@ def python_loop(translator, cond, key):
   return run
 
 
-def measure(row, shape, steps):
-  c, translator = build(shape, steps)
+def training_step(c, translator, cond, row):
+  """One jitted training step of the fusion (loss, gradients, Adam) on `row`'s examples."""
+  task = fusion_task.FusionTask.__new__(fusion_task.FusionTask)  # no data, no workdir
+  fc = study.fusion_config(c, c.study.directions)
+  fc.model.remat = row.endswith("remat")
+  task.config, task.members = fc, translator.members
+  task.chain = schedules.schedule_from_config(c.diffusion)
+  crop, batch = ((24, 24, 24), 2) if row == "train-crop" else (cond.shape[:3], 1)
+  box = tuple(slice(0, n) for n in crop)
+  cond = jnp.broadcast_to(cond[box], (batch,) + crop + cond.shape[-1:])
+  example = {"cond": cond, "target": cond[..., :1]}
+  model = fusion_lib.create_model(fc, nnx.Rngs(0), jnp.float32, task.members)
+  optimizer = nnx.Optimizer(model, optax.adam(1e-4), wrt=nnx.Param)
+  frozen = [m.params for m in task.members]
+
+  @nnx.jit
+  def step(model, optimizer, key):
+    loss, grads = nnx.value_and_grad(lambda m: task.loss(m, example, key, frozen)[0])(model)
+    optimizer.update(model, grads)
+    return loss
+
+  return lambda: jax.block_until_ready(step(model, optimizer, jax.random.key(0)))
+
+
+def measure(row, shape, steps, context=0):
+  c, translator = build(shape, steps, context)
   rng = np.random.default_rng(0)
   low = rng.uniform(-1, 1, tuple(n // 4 for n in shape)).astype(np.float32)
   cond = np.concatenate([np.asarray(consistency.upsample_nearest(low, 4))[..., None],
                          volumes.position_embedding(shape), np.ones(shape + (1,), np.float32)],
                         axis=-1)
   key = jax.random.key(0)
-  if row == "fused-loop":
+  if row.startswith("train"):
+    call, steps = training_step(c, translator, jnp.asarray(cond), row), 1
+  elif row == "fused-loop":
     run = python_loop(translator, jnp.asarray(cond), key)
     call = lambda: run(translator.params(), jnp.asarray(cond), key)
   else:
@@ -108,7 +150,7 @@ def measure(row, shape, steps):
   stats = device.memory_stats() if device.platform != "cpu" else None
   peak = (stats["peak_bytes_in_use"] if stats else
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-  return {"row": row, "shape": list(shape), "seconds_per_step": seconds,
+  return {"row": row, "shape": list(shape), "context": context, "seconds_per_step": seconds,
           "first_call_s": first, "peak_gib": peak / 2**30,
           "memory": "device peak" if stats else "process max RSS", "backend": device.platform}
 
@@ -119,25 +161,30 @@ def main():
                       help="volume shapes, comma-separated (96x112x96: the 2 mm embedded grid)")
   parser.add_argument("--steps", type=int, default=3, help="DDIM steps per call")
   parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
-  parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # 'row|shape': a child run
+  parser.add_argument("--contexts", default="0", help="members' data.context, comma-separated")
+  parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # 'row|shape|k': a child
   args = parser.parse_args()
   if args.one:
-    row, shape = args.one.split("|")
-    print(json.dumps(measure(row, tuple(int(n) for n in shape.split("x")), args.steps)))
+    row, shape, k = args.one.split("|")
+    print(json.dumps(measure(row, tuple(int(n) for n in shape.split("x")), args.steps, int(k))))
     return
-  print("| volume | sampler | s / step | first call (s) | peak memory (GiB) |")
-  print("| --- | --- | --- | --- | --- |", flush=True)
+  print("| volume | members | row | s / step | first call (s) | peak memory (GiB) |")
+  print("| --- | --- | --- | --- | --- | --- |", flush=True)
   for shape in args.shapes.split(","):
-    for row in args.rows.split(","):
-      out = subprocess.run([sys.executable, __file__, f"--one={row}|{shape}",
-                            f"--steps={args.steps}"], capture_output=True, text=True,
-                           env=dict(os.environ))
-      if out.returncode:
-        print(f"| {shape} | {row} | failed: {out.stderr.strip().splitlines()[-1]} | | |")
-        continue
-      r = json.loads(out.stdout.strip().splitlines()[-1])
-      print(f"| {shape} | {row} | {r['seconds_per_step']:.2f} | {r['first_call_s']:.1f} | "
-            f"{r['peak_gib']:.2f} ({r['memory']}, {r['backend']}) |", flush=True)
+    for k in args.contexts.split(","):
+      members = "2.5D (k=%s)" % k if int(k) else "single slice"
+      for row in args.rows.split(","):
+        out = subprocess.run([sys.executable, __file__, f"--one={row}|{shape}|{k}",
+                              f"--steps={args.steps}"], capture_output=True, text=True,
+                             env=dict(os.environ))
+        if out.returncode:
+          print(f"| {shape} | {members} | {row} | failed: "
+                f"{out.stderr.strip().splitlines()[-1][:120]} | | |", flush=True)
+          continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {shape} | {members} | {row} | {r['seconds_per_step']:.2f} | "
+              f"{r['first_call_s']:.1f} | {r['peak_gib']:.2f} ({r['memory']}, "
+              f"{r['backend']}) |", flush=True)
 
 
 if __name__ == "__main__":

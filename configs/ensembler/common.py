@@ -56,6 +56,7 @@ def get_base_config(task="sr"):
       residual_scale=1.0,        # lambda of the fusion's residual
       variant="eps",             # eps | features (2D decoder features into the 3D encoder)
       min_snr_gamma=0.0,         # > 0: min-SNR weighting of the epsilon loss (0: as released)
+      loss_on="eps",             # eps (as released) | x0: the loss on the fused x0
   ))
   # SR: avgpool(sample) equals the low-resolution input
   c.sampling = base.sampling_block(data_consistency=True)
@@ -133,6 +134,9 @@ def study_config(task, variant, *, regressor):
       # the released code's 3D_only baseline: a 3D diffusion model of the fusion network's
       # size trained alone (on fusion.crop_size crops), method '3d_only'
       volume_model=True, volume_steps=600,
+      # another study's workdir whose finished runs named in `reuse` this one uses
+      reuse_from="", reuse=("axial", "coronal", "sagittal", "3d_only", "regressor",
+                            "segmenter"),
       # With the unweighted epsilon loss the 2D models' 1e-3 made the fusion diverge within
       # 100 steps (its epsilon error went from 0.005 to 1.7), and 1e-4 for 150 steps left
       # it at the average (SR) or below it (T1 -> FLAIR); see docs/diff_ensembler.md, "Studies".

@@ -12,6 +12,8 @@ weights each crop's epsilon error by sqrt(min(SNR_t, gamma) / SNR_t) (min-SNR we
 Hang et al. 2023; SNR_t = abar_t / (1 - abar_t)): at low noise the error then counts as
 the x0 error it causes, which keeps x0-parameterised 2D models, whose epsilon is
 (x_t - sqrt(abar) x0) / sqrt(1 - abar), from making a few low-noise crops dominate.
+`fusion.loss_on = 'x0'` scores the fused x0 instead at every noise level (the epsilon
+error divided by sqrt(SNR_t)): what a sample is made of.
 
 Evaluation scores fixed held-out crops, one at each timestep the sampler visits
 (`sampling.steps`, `sampling.spacing`), for the fused denoiser against the plain average
@@ -56,6 +58,11 @@ def check_config(config):
   if f.get("variant", "eps") not in fusion.VARIANTS:
     raise InputError("fusion.variant", f"unknown variant {f.variant!r}; known: "
                      f"{', '.join(fusion.VARIANTS)}")
+  if f.get("loss_on", "eps") not in ("eps", "x0"):
+    raise InputError("fusion.loss_on", f"is {f.loss_on!r}; use 'eps' or 'x0'")
+  if f.get("loss_on", "eps") == "x0" and f.get("min_snr_gamma", 0.0):
+    raise InputError("fusion.min_snr_gamma", "weights an epsilon loss; with "
+                     "fusion.loss_on='x0' set it to 0")
   if f.l1_weight < 0 or f.l2_weight < 0 or f.l1_weight + f.l2_weight == 0:
     raise InputError("fusion.l1_weight", "the L1 and L2 weights must be >= 0, not both 0")
   volume_cases.check_data_config(config.data)
@@ -111,11 +118,13 @@ class FusionTask:
     eps, features = jax.lax.stop_gradient(self.member_eps(frozen, x_t, cond, t))
     fused = fusion.fused_eps(model, None, x_t[..., 0], cond, eps, t, f.residual_scale, features)
     err = fused - noise[..., 0]
+    abar = self.chain.alphas_cumprod[t]
+    snr = (abar / (1.0 - abar)).reshape((-1,) + (1,) * (err.ndim - 1))
+    if f.get("loss_on", "eps") == "x0":  # the fused x0's error, (x_t - sqrt(1 - abar) eps) / sqrt(abar)
+      err = err / jnp.sqrt(snr)
     gamma = f.get("min_snr_gamma", 0.0)
     if gamma:  # min-SNR weighting: the error of x0 where the noise is low, of eps where high
-      abar = self.chain.alphas_cumprod[t]
-      snr = abar / (1.0 - abar)
-      err = err * jnp.sqrt(jnp.minimum(snr, gamma) / snr).reshape((-1,) + (1,) * (err.ndim - 1))
+      err = err * jnp.sqrt(jnp.minimum(snr, gamma) / snr)
     l1, l2 = jnp.mean(jnp.abs(err)), jnp.mean(jnp.square(err))
     return f.l1_weight * l1 + f.l2_weight * l2, {"l1": l1, "l2": l2}
 

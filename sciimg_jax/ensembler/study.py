@@ -10,6 +10,10 @@ In `workdir`, for the configured task (`configs/ensembler/<task>.py`):
   evaluation/   every method on the held-out subjects (`evaluate_job`): cases.csv,
                 summary.json, NIfTI outputs, figures; the table is printed
 
+`study.reuse_from` names another study's workdir whose finished runs listed in
+`study.reuse` (2D models, 3d_only, regressor, segmenter, fusion) this study uses instead
+of training its own: a study that changes only the fusion shares the rest.
+
 A run that has finished (`reports.run_is_finished`: a checkpoint at its last step) is not
 started again; one that was stopped resumes from its checkpoints, so a stopped study starts
 where it stopped.
@@ -26,6 +30,7 @@ from data_pipelines import sources as data_sources
 from data_pipelines import volume_cases
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import reports
+from sciimg_jax.core.errors import InputError
 from sciimg_jax.ensembler import evaluate_job
 from sciimg_jax.ensembler import fusion_task
 from sciimg_jax.ensembler import slice_inputs
@@ -41,6 +46,7 @@ def _copy(config):
 def direction_config(config, axis):
   c = _copy(config)
   c.data.axis = axis
+  c.model.in_channels = 1 + len(volume_cases.slice_channel_names(c.data))  # x_t, conditions
   return c
 
 
@@ -71,7 +77,7 @@ def volume_config(config):
 def regressor_config(config):
   c = _copy(config)
   c.train.objective = "regression"
-  c.model.in_channels = len(volume_cases.channel_names(c.data))
+  c.model.in_channels = len(volume_cases.slice_channel_names(c.data))  # 2.5D as the members
   return c
 
 
@@ -79,15 +85,16 @@ def segmenter_config(config):
   c = _copy(config)
   c.train.objective = "segmentation"
   c.data.target, c.data.conditions, c.data.residual = "mask-unhealthy", ("t2f",), False
+  c.data.context = 0  # one segmenter for every study, whatever its members see
   c.model.in_channels = len(volume_cases.channel_names(c.data))
   c.train.num_steps = config.study.segmenter_steps
   return c
 
 
-def evaluate_config(config, workdir, member_dirs, regressor, segmenter, volume=None):
+def evaluate_config(config, fusion_dir, member_dirs, regressor, segmenter, volume=None):
   c = _copy(config)
   c.evaluate.members = tuple(str(d) for d in member_dirs)
-  c.evaluate.fusion = str(workdir / "fusion")
+  c.evaluate.fusion = str(fusion_dir)
   c.evaluate.regressor = str(regressor or "")
   c.evaluate.segmenter = str(segmenter or "")
   c.evaluate.volume_model = str(volume or "")
@@ -97,11 +104,16 @@ def evaluate_config(config, workdir, member_dirs, regressor, segmenter, volume=N
   return c
 
 
-def train(train_fn, config, workdir, what):
-  """Trains one run of the study, unless it has finished already."""
+def train(train_fn, config, workdir, what, reused=False):
+  """Trains one run of the study, unless it has finished already; a `reused` run (from
+  `study.reuse_from`) must have finished."""
   if reports.run_is_finished(workdir, config.train.num_steps):
     tqdm.tqdm.write(f"== {what}: finished already in {workdir}")
     return
+  if reused:
+    raise InputError("study.reuse_from", f"{workdir} has not finished its "
+                     f"{config.train.num_steps} steps; run that study first, or drop "
+                     f"{pathlib.Path(workdir).name!r} from study.reuse")
   tqdm.tqdm.write(f"== {what}")
   train_fn(config, workdir)
 
@@ -113,24 +125,28 @@ def run_study(config, workdir):
   config.data.cache_dir = str(data_sources.cache_dir(config.data, workdir))
   atomic_files.write_json(workdir / "config.json", config.to_dict())
   s = config.study
+  reused = lambda name: bool(s.get("reuse_from")) and name in s.reuse
+  place = lambda name: pathlib.Path(s.reuse_from) / name if reused(name) else workdir / name
   member_dirs = []
   for axis in s.directions:
-    member_dirs.append(workdir / axis)
+    member_dirs.append(place(axis))
     train(slice_inputs.train_slice_model, direction_config(config, axis), member_dirs[-1],
-          f"2D {axis} model")
-  train(fusion_task.train_fusion, fusion_config(config, member_dirs), workdir / "fusion",
-        "3D fusion")
-  volume = workdir / volume_model.NAME if s.get("volume_model") else None
+          f"2D {axis} model", reused(axis))
+  train(fusion_task.train_fusion, fusion_config(config, member_dirs), place("fusion"),
+        "3D fusion", reused("fusion"))
+  volume = place(volume_model.NAME) if s.get("volume_model") else None
   if volume:
-    train(volume_model.train_volume_model, volume_config(config), volume, "3D_only baseline")
-  regressor = workdir / "regressor" if s.regressor else None
+    train(volume_model.train_volume_model, volume_config(config), volume, "3D_only baseline",
+          reused(volume_model.NAME))
+  regressor = place("regressor") if s.regressor else None
   if regressor:
-    train(slice_inputs.train_slice_model, regressor_config(config), regressor, "L1 regressor")
-  segmenter = workdir / "segmenter" if s.segmenter else None
+    train(slice_inputs.train_slice_model, regressor_config(config), regressor, "L1 regressor",
+          reused("regressor"))
+  segmenter = place("segmenter") if s.segmenter else None
   if segmenter:
     train(slice_inputs.train_slice_model, segmenter_config(config), segmenter,
-          "downstream segmenter")
+          "downstream segmenter", reused("segmenter"))
   tqdm.tqdm.write("== evaluation")
   return evaluate_job.evaluate_folder(
-      evaluate_config(config, workdir, member_dirs, regressor, segmenter, volume),
+      evaluate_config(config, place("fusion"), member_dirs, regressor, segmenter, volume),
       workdir / "evaluation")
