@@ -25,20 +25,24 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--fusion", required=True, help="a fusion training workdir")
   parser.add_argument("--crops", default="24x24x24,whole", help="comma-separated sizes")
+  parser.add_argument("--splits", default="eval", help="eval, train or both (comma-separated): "
+                      "training subjects show how far the members' errors there (which the "
+                      "fusion learns from) differ from held-out ones")
   args = parser.parse_args()
   stored = json.loads((pathlib.Path(args.fusion) / "config.json").read_text())
   print(f"fusion {args.fusion}")
-  print("| examples | eps MSE fused | eps MSE average | x0 MSE fused | x0 MSE average |")
-  print("| --- | --- | --- | --- | --- |")
-  for crop in args.crops.split(","):
+  print("| subjects | examples | eps MSE fused | eps MSE average | x0 MSE fused | x0 MSE average |")
+  print("| --- | --- | --- | --- | --- | --- |")
+  for split, crop in ((s, c) for s in args.splits.split(",") for c in args.crops.split(",")):
     config = ml_collections.ConfigDict(stored)
     config.fusion.crop_size = () if crop == "whole" else tuple(int(n) for n in crop.split("x"))
     task = fusion_task.FusionTask(config, pathlib.Path(args.fusion))
+    task.sources["eval"] = task.sources[split]
     trained = trained_models.load(args.fusion, task.mesh,
                                   create=lambda c, rngs, dtype: task.create_model(rngs, dtype))
     frozen = task.frozen_params(task.mesh)
     m = task.evaluate(trained.net, trained.params, frozen, 0, jax.random.key(0), args.fusion)
-    print(f"| {crop} | {m['eval_eps_mse_fused']:.4g} | {m['eval_eps_mse_average']:.4g} | "
+    print(f"| {split} | {crop} | {m['eval_eps_mse_fused']:.4g} | {m['eval_eps_mse_average']:.4g} | "
           f"{m['eval_x0_mse_fused']:.4g} | {m['eval_x0_mse_average']:.4g} |")
 
 

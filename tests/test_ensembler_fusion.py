@@ -11,6 +11,7 @@ from sciimg_jax.core import models
 from sciimg_jax.core import volumes
 from sciimg_jax.core.diffusion import volume_denoisers
 from sciimg_jax.ensembler import fusion
+from tolerances import float32_tolerance
 
 SHAPE = (8, 8, 8)
 TINY_NET = ml_collections.ConfigDict(dict(
@@ -99,3 +100,59 @@ def test_features_reach_the_fused_epsilon_once_trained():
   assert float(jnp.abs(a - b).mean()) > 1e-3
   adapters = [a.kernel[...].shape for a in module.adapters]
   assert adapters == [(3, 3, 3, 6, 4), (3, 3, 3, 6, 4)] and module.adapters[1].stride == (2, 2, 2)
+
+
+def _loss_task(loss_on, min_snr_gamma=0.0):
+  """A fusion task without members or data: `member_eps` gives fixed epsilons."""
+  from sciimg_jax.core.diffusion import schedules
+  from sciimg_jax.ensembler import fusion_task
+  task = fusion_task.FusionTask.__new__(fusion_task.FusionTask)
+  task.config = ml_collections.ConfigDict(dict(fusion=dict(
+      residual_scale=1.0, l1_weight=0.0, l2_weight=1.0, loss_on=loss_on,
+      min_snr_gamma=min_snr_gamma, variant="eps")))
+  task.chain = schedules.schedule_from_config(ml_collections.ConfigDict(dict(
+      schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02)))
+  eps = [jax.random.normal(jax.random.key(i), (3, 8, 8, 8)) for i in range(2)]
+  task.member_eps = lambda frozen, x_t, cond, t: (eps, None)
+  return task, eps
+
+
+def test_the_x0_loss_is_the_fused_x0s_squared_error():
+  """fusion.loss_on='x0': L2 of (x_t - sqrt(1 - abar) eps_fused) / sqrt(abar) - x0, checked
+  against that formula with the untrained fusion (fused = the average)."""
+  from sciimg_jax.core.diffusion import schedules
+  task, eps = _loss_task("x0")
+  net = fusion.create_fusion_model(TINY_NET, num_cond_channels=2, num_models=2, rngs=nnx.Rngs(0))
+  x0 = jax.random.uniform(jax.random.key(7), (3, 8, 8, 8, 1), minval=-1, maxval=1)
+  batch = {"target": x0, "cond": jnp.zeros((3, 8, 8, 8, 2))}
+  key = jax.random.key(11)
+  loss, aux = task.loss(net, batch, key, None)
+  t_key, noise_key = jax.random.split(key)  # as the loss draws them
+  t = jax.random.randint(t_key, (3,), 0, 1000)
+  noise = jax.random.normal(noise_key, x0.shape)
+  x_t = schedules.q_sample(task.chain, x0, t, noise)[..., 0]
+  abar = task.chain.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+  x0_hat = (x_t - jnp.sqrt(1 - abar) * (eps[0] + eps[1]) / 2) / jnp.sqrt(abar)
+  expected = jnp.mean(jnp.square(x0_hat - x0[..., 0]))
+  # each x0 error: ~8 operations per side on values <= (|x_t| + |eps|) / sqrt(abar); its
+  # square moves by 2 |err| that much; the mean adds 3 x 8^3 terms of at most max err^2
+  err = float(jnp.max(jnp.abs(x0_hat - x0[..., 0])))
+  scale = float(jnp.max(1 / jnp.sqrt(abar)) * (jnp.max(jnp.abs(x_t)) + 4))
+  tol = 2 * err * float32_tolerance(scale, 2 * 8) + float32_tolerance(err ** 2, 2 * 3 * 8 ** 3)
+  np.testing.assert_allclose(float(aux["l2"]), float(expected), rtol=0, atol=tol)
+  eps_task, _ = _loss_task("eps")
+  assert not np.isclose(float(eps_task.loss(net, batch, key, None)[1]["l2"]), float(expected))
+
+
+def test_fusion_loss_settings_are_checked():
+  from configs.ensembler import fusion as fusion_configs
+  from sciimg_jax.core.errors import InputError
+  from sciimg_jax.ensembler import fusion_task
+  c = fusion_configs.get_config("sr+tiny")
+  c.fusion.members = ("a", "b")
+  c.fusion.loss_on = "v"
+  with pytest.raises(InputError, match="fusion.loss_on: is 'v'"):
+    fusion_task.check_config(c)
+  c.fusion.loss_on, c.fusion.min_snr_gamma = "x0", 1.0
+  with pytest.raises(InputError, match="fusion.min_snr_gamma: weights an epsilon loss"):
+    fusion_task.check_config(c)

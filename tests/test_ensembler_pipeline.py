@@ -198,6 +198,12 @@ def test_whole_volume_fusion_trains_and_scores_whole_volumes(data_cache, member_
   c.train.checkpoint_every, c.train.eval_every = 2, 2
   task = fusion_task.FusionTask(c, tmp_path)
   assert task.crop.crop == tuple(c.data.volume_shape)
+  # the evaluation's examples are the held-out cases, whole
+  from data_pipelines import volume_cases
+  held_out = task.sources["eval"].cases
+  for i, e in enumerate(task.eval_examples(3)):
+    target, _, _ = volume_cases.split_example(c.data, np.asarray(held_out[i % len(held_out)].array))
+    np.testing.assert_array_equal(e["target"], target)
   fusion_task.train_fusion(c, tmp_path)
   logged = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert np.isfinite([r["eval_x0_mse_fused"] for r in logged if "eval_x0_mse_fused" in r]).all()

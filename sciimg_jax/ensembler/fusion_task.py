@@ -135,13 +135,19 @@ class FusionTask:
     return {f"eval_{what}_mse_{name}": float(errors[what][name])
             for what in ("eps", "x0") for name in ("fused", "average")}
 
+  def eval_examples(self, n):
+    """n fixed crops (or whole volumes) of the held-out cases, cycling through them."""
+    source, rng = self.sources["eval"], np.random.default_rng(self.config.seed)
+    crop = volume_cases.RandomCrop(source, self.config.fusion.crop_size)  # of these cases
+    return [crop.random_map(source[i % len(source)], rng) for i in range(n)]
+
   def _make_eval(self, net):
     s = self.config.sampling
     t = np.asarray(schedules.respace(self.chain, s.steps, s.spacing).timesteps)
-    source, rng = self.sources["eval"], np.random.default_rng(self.config.seed)
-    items = [self.crop.random_map(source[i % len(source)], rng) for i in range(len(t))]
+    items = self.eval_examples(len(t))
     x0 = np.stack([e["target"] for e in items])
     cond = np.stack([e["cond"] for e in items])
+    rng = np.random.default_rng([self.config.seed, 1])  # off the crops' stream
     noise = rng.standard_normal(x0.shape).astype(np.float32)
     self._eval_batch = (x0, cond, t, noise)
     f, clip = self.config.fusion, s.clip_x0 or None
