@@ -126,7 +126,7 @@ def test_the_x0_loss_is_the_fused_x0s_squared_error():
   x0 = jax.random.uniform(jax.random.key(7), (3, 8, 8, 8, 1), minval=-1, maxval=1)
   batch = {"target": x0, "cond": jnp.zeros((3, 8, 8, 8, 2))}
   key = jax.random.key(11)
-  loss, aux = task.loss(net, batch, key, None)
+  loss, aux = nnx.jit(task.loss)(net, batch, key, None)
   t_key, noise_key = jax.random.split(key)  # as the loss draws them
   t = jax.random.randint(t_key, (3,), 0, 1000)
   noise = jax.random.normal(noise_key, x0.shape)
@@ -141,7 +141,8 @@ def test_the_x0_loss_is_the_fused_x0s_squared_error():
   tol = 2 * err * float32_tolerance(scale, 2 * 8) + float32_tolerance(err ** 2, 2 * 3 * 8 ** 3)
   np.testing.assert_allclose(float(aux["l2"]), float(expected), rtol=0, atol=tol)
   eps_task, _ = _loss_task("eps")
-  assert not np.isclose(float(eps_task.loss(net, batch, key, None)[1]["l2"]), float(expected))
+  assert not np.isclose(float(nnx.jit(eps_task.loss)(net, batch, key, None)[1]["l2"]),
+                        float(expected))
 
 
 def test_fusion_loss_settings_are_checked():
