@@ -338,6 +338,13 @@ class RandomCrop(grain.transforms.RandomMap):
     return example(self.source.data, np.asarray(array[box]), self.position[box])
 
 
+def fixed_examples(source, crop, n, seed):
+  """n examples of `source`'s cases, cycling through them, each cut by `RandomCrop(crop)`
+  (() = whole) with one generator seeded by `seed`: a 3D task's fixed evaluation batch."""
+  rng, cut = np.random.default_rng(seed), RandomCrop(source, crop)
+  return [cut.random_map(source[i % len(source)], rng) for i in range(n)]
+
+
 def train_iterator(source, *, seed, batch_size, operations=(), num_workers=0):
   """An infinite, per-epoch shuffled, resumable grain iterator of batches of `source`."""
   sampler = grain.samplers.IndexSampler(

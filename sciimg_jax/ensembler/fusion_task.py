@@ -137,9 +137,8 @@ class FusionTask:
 
   def eval_examples(self, n):
     """n fixed crops (or whole volumes) of the held-out cases, cycling through them."""
-    source, rng = self.sources["eval"], np.random.default_rng(self.config.seed)
-    crop = volume_cases.RandomCrop(source, self.config.fusion.crop_size)  # of these cases
-    return [crop.random_map(source[i % len(source)], rng) for i in range(n)]
+    return volume_cases.fixed_examples(self.sources["eval"], self.config.fusion.crop_size, n,
+                                       self.config.seed)
 
   def _make_eval(self, net):
     s = self.config.sampling

@@ -44,24 +44,17 @@ class VolumeCrops(slice_inputs.VolumeSlices):
     return volume_cases.channel_names(config.data)
 
   def sources(self, config, workdir):
-    splits = slice_inputs.prepared_splits(config, workdir)
-    self._crops = {}
-    out = {}
-    for name, cases in splits.items():
-      out[name] = volume_cases.CropSource(cases, config.data)
-      self._crops[name] = volume_cases.RandomCrop(out[name], config.fusion.crop_size)
-    return out
+    return {name: volume_cases.CropSource(cases, config.data)
+            for name, cases in slice_inputs.prepared_splits(config, workdir).items()}
 
   def train_iterator(self, config, source, batch_size):
+    crop = volume_cases.RandomCrop(source, config.fusion.crop_size)
     return volume_cases.train_iterator(source, seed=config.seed, batch_size=batch_size,
-                                       operations=[self._crops["train"]],
-                                       num_workers=config.data.num_workers)
+                                       operations=[crop], num_workers=config.data.num_workers)
 
   def eval_batch(self, config, source):
-    rng = np.random.default_rng(config.seed)
-    crop = self._crops["eval"]
-    items = [crop.random_map(source[i % len(source)], rng)
-             for i in range(config.train.num_sample_images)]
+    items = volume_cases.fixed_examples(source, config.fusion.crop_size,
+                                        config.train.num_sample_images, config.seed)
     return {k: np.stack([e[k] for e in items]) for k in items[0]}
 
   def evaluate(self, config, batch, prediction, step, workdir):
