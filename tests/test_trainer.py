@@ -257,3 +257,90 @@ def test_inference_restores_only_ema(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert not any(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
                  zip(jax.tree.leaves(ema), jax.tree.leaves(state.params)))
+
+
+# --- gradient accumulation and the memory check ----------------------------------------
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+@pytest.mark.parametrize("devices,k", [(1, 4), (4, 2)])
+def test_gradient_accumulation_equals_the_whole_batch(devices, k):
+  """k micro-batches make the whole batch's update (plain SGD: update = -lr * gradient)."""
+  task, config, lr = ClassifierTask(), classifier_config(), 0.1
+  mesh = sharding.make_mesh(jax.devices()[:devices])
+  net, state, _, _ = trainer.create_train_state(task, config, mesh)
+  tx = optax.sgd(lr)
+  state = state.replace(opt_state=jax.device_put(tx.init(state.params), sharding.replicated(mesh)))
+  frozen = jax.device_put(task.frozen_params(mesh), sharding.replicated(mesh))
+  batch = {"x": task.train_source.x[:8], "label": task.train_source.y[:8]}
+  key = jax.random.key(0)
+  out = {}
+  for steps in (1, k):
+    step = trainer.make_train_step(task, net, tx, lambda s: lr, 0.9, mesh, steps)
+    out[steps] = step(_copy(state), sharding.shard_batch(batch, mesh), key, frozen)
+  # Rounding: each gradient entry sums 8 per-example terms (in another grouping with k
+  # micro-batches), each made by the MLP's backward pass (fan-in 16 + 8); both sides float32.
+  model = net.module(state.params)
+  per_example = [nnx.grad(lambda m: task.loss(m, {"x": batch["x"][i:i + 1],
+                                                  "label": batch["label"][i:i + 1]},
+                                              key, frozen)[0])(model) for i in range(8)]
+  magnitude = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(per_example))
+  atol = lr * float32_tolerance(magnitude, 2 * (8 + 16 + 8))
+  moved = 0.0
+  for a, b, p in zip(jax.tree.leaves(out[1][0].params), jax.tree.leaves(out[k][0].params),
+                     jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=atol)
+    moved = max(moved, float(jnp.abs(a - p).max()))
+  assert moved > 1e3 * atol  # the step moved the parameters far more than the tolerance
+  # the logged loss is the mean of the micro-batches' means: the whole batch's mean
+  np.testing.assert_allclose(float(out[k][1]["loss"]), float(out[1][1]["loss"]),
+                             rtol=float32_tolerance(1.0, 2 * (8 + 16)))
+  np.testing.assert_allclose(float(out[k][1]["grad_norm"]), float(out[1][1]["grad_norm"]),
+                             rtol=1e-3)  # a norm of gradients equal to atol / lr above
+
+
+def test_accumulation_trains_and_resumes_exactly(tmp_path):
+  config = classifier_config(num_steps=40)
+  config.optim.accumulate_steps = 2
+  straight = trainer.train(ClassifierTask(), config, tmp_path / "straight")
+  trainer.train(ClassifierTask(), config, tmp_path / "resumed", stop_at_step=20)
+  resumed = trainer.train(ClassifierTask(), config, tmp_path / "resumed")
+  for a, b in zip(jax.tree.leaves((straight.params, straight.ema_params)),
+                  jax.tree.leaves((resumed.params, resumed.ema_params))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  losses = _losses(tmp_path / "straight")
+  assert len(losses) == 4 and losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("k,match", [(0, "whole number >= 1"), (-1, "whole number >= 1"),
+                                     (4, "do not split evenly")])
+def test_bad_accumulation_is_refused(k, match, tmp_path):
+  config = classifier_config()  # batch 8 on 4 devices: 2 per device
+  config.optim.accumulate_steps = k
+  with pytest.raises(InputError, match=f"optim.accumulate_steps: .*{match}"):
+    trainer.train(ClassifierTask(), config, tmp_path)
+
+
+def test_memory_check_stops_before_the_first_step(tmp_path, monkeypatch):
+  from sciimg_jax.core import memory
+  monkeypatch.setattr(memory, "device_bytes", lambda device=None: 4096)
+  with pytest.raises(InputError, match=r"needs [0-9.]+ GiB per device and the device has 0\.0 "
+                     r"GiB; lower it with optim.accumulate_steps .*model.remat"):
+    trainer.train(ClassifierTask(), classifier_config(), tmp_path)
+  assert not list((tmp_path / "checkpoints").glob("*"))
+  assert not (tmp_path / "metrics.jsonl").exists() or not _losses(tmp_path)
+
+
+def test_compiled_bytes_counts_arguments_outputs_and_temporaries():
+  from sciimg_jax.core import memory
+  x = jnp.ones((256, 256), jnp.float32)
+  plain = jax.jit(lambda x: (x * 2, x + 1)).lower(x).compile()
+  assert memory.compiled_bytes(plain) >= 3 * x.nbytes  # one argument, two outputs
+  donated = jax.jit(lambda x: x * 2, donate_argnums=0).lower(x).compile()
+  assert memory.compiled_bytes(donated) < 2 * x.nbytes  # the output reuses the argument
+  assert memory.check_fits(plain, "f", "knobs", available=10 * x.nbytes)[0] >= 3 * x.nbytes
+  with pytest.raises(InputError, match="f: the compiled step needs .* lower it with knobs"):
+    memory.check_fits(plain, "f", "knobs", available=x.nbytes)

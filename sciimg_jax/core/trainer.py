@@ -10,6 +10,8 @@ batch, its training batches and its evaluation. The loop owns the rest:
     parameters (what evaluation and inference use);
   * orbax checkpoints of state, EMA, data-iterator state and config, and exact resume:
     a run stopped at any checkpoint and started again is the uninterrupted run;
+  * gradient accumulation over micro-batches (`optim.accumulate_steps`), and a check of
+    the compiled step's memory against the device's before the first step (`memory.py`);
   * a stop at the first non-finite loss, naming the step and the last checkpoint (the
     check lags one step so the host never waits for the device in between);
   * TensorBoard and JSONL scalars, a tqdm bar, and `task.evaluate` every
@@ -43,6 +45,7 @@ from flax import nnx
 
 from sciimg_jax.core import checkpoint
 from sciimg_jax.core import interrupts
+from sciimg_jax.core import memory
 from sciimg_jax.core import metric_writers
 from sciimg_jax.core import sharding
 from sciimg_jax.core.errors import InputError
@@ -129,6 +132,13 @@ def check_config(config):
   if config.data.batch_size % jax.device_count():
     raise InputError("data.batch_size", f"{config.data.batch_size} is not divisible by "
                      f"the {jax.device_count()} devices")
+  k = config.optim.get("accumulate_steps", 1)
+  if isinstance(k, bool) or int(k) != k or k < 1:
+    raise InputError("optim.accumulate_steps", f"must be a whole number >= 1, got {k!r}")
+  if config.data.batch_size % (k * jax.device_count()):
+    raise InputError("optim.accumulate_steps", f"{k} micro-batches of data.batch_size="
+                     f"{config.data.batch_size} do not split evenly over the "
+                     f"{jax.device_count()} devices (each device needs a multiple of {k})")
   compute_dtype(config)
 
 
@@ -143,28 +153,70 @@ def create_train_state(task, config, mesh):
   return net, jax.device_put(state, sharding.replicated(mesh)), tx, lr
 
 
-def make_train_step(task, net, tx, lr, ema_decay, mesh):
-  """The jitted, data-parallel step `(state, batch, key, frozen) -> (state, metrics)`."""
+def make_train_step(task, net, tx, lr, ema_decay, mesh, accumulate_steps=1):
+  """The jitted, data-parallel step `(state, batch, key, frozen) -> (state, metrics)`.
 
-  def train_step(state, batch, key, frozen):
-    key = jax.random.fold_in(key, state.step)
-    step_net = net.reseeded(state.params, jax.random.fold_in(key, DROPOUT_STREAM))
+  With `accumulate_steps` k > 1 the step splits its batch into k micro-batches (example j
+  goes to micro-batch j mod k, so that each stays spread over the devices), takes their
+  gradients one after another in a `lax.scan` (only one micro-batch's activations live at a
+  time) and makes one update with their mean: the whole batch's update, to rounding, for a
+  loss that is a mean over examples. (optax.MultiSteps accumulates over calls of the step
+  instead, which would make the step counter, schedule, EMA, logs and checkpoints count
+  micro-batches.) Micro-batch i draws its noise and dropout from `fold_in(key, i)`.
+  """
+  k = accumulate_steps
+  micro_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+
+  def loss_and_grads(params, batch, key, frozen):
+    step_net = net.reseeded(params, jax.random.fold_in(key, DROPOUT_STREAM))
 
     def loss_fn(params):
       return task.loss(step_net.module(params, train=True), batch, key, frozen)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return dict(aux, loss=loss), grads
+
+  def accumulated(params, batch, key, frozen):
+    micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+        x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1), micro_sharding), batch)
+
+    def add(total, i):
+      one = jax.tree.map(lambda x: x[i], micro)
+      out = loss_and_grads(params, one, jax.random.fold_in(key, i), frozen)
+      return jax.tree.map(lambda a, b: a + b / k, total, out), None
+
+    shapes = jax.eval_shape(loss_and_grads, params, jax.tree.map(lambda x: x[0], micro), key,
+                            frozen)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return jax.lax.scan(add, zeros, jnp.arange(k))[0]
+
+  def train_step(state, batch, key, frozen):
+    key = jax.random.fold_in(key, state.step)
+    metrics, grads = (loss_and_grads if k == 1 else accumulated)(state.params, batch, key, frozen)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
-    metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads),
-                   learning_rate=lr(state.step))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=lr(state.step))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                       ema_params=ema), metrics
 
   repl = sharding.replicated(mesh)
   return jax.jit(train_step, in_shardings=(repl, sharding.batch_sharded(mesh), repl, repl),
                  out_shardings=(repl, repl), donate_argnums=0)
+
+
+MEMORY_KNOBS = ("optim.accumulate_steps (gradient accumulation), model.remat=True, "
+                "train.compute_dtype=bfloat16, a smaller data.batch_size or smaller inputs")
+
+
+def compile_step(train_step, state, batch, key, frozen, what):
+  """`train_step` compiled for these arguments, stopped with one line if it cannot fit."""
+  compiled = train_step.lower(state, batch, key, frozen).compile()
+  needed, available = memory.check_fits(compiled, what, MEMORY_KNOBS)
+  if needed is not None:
+    logging.info("Training step: %.2f GiB per device of %s.", needed / memory.GIB,
+                 "unknown" if available is None else f"{available / memory.GIB:.1f} GiB")
+  return compiled
 
 
 def restore(ckpt, state, mesh, data_iterator):
@@ -233,7 +285,8 @@ def train(task, config, workdir, *, stop_at_step=None):
   if ckpt.latest_step() is not None:
     state = restore(ckpt, state, mesh, train_iter)
     tqdm.tqdm.write(f"Resumed from the checkpoint of step {int(state.step)}.")
-  train_step = make_train_step(task, net, tx, lr, config.optim.ema_decay, mesh)
+  train_step = make_train_step(task, net, tx, lr, config.optim.ema_decay, mesh,
+                               config.optim.get("accumulate_steps", 1))
 
   writer = metric_writers.MetricWriter(workdir, enabled=is_main,
                                        resume_step=int(state.step))
@@ -249,6 +302,9 @@ def train(task, config, workdir, *, stop_at_step=None):
     for step in bar:
       interrupts.check()
       batch = sharding.shard_batch(next(train_iter), mesh)
+      if step == first:  # compiled before it runs, to stop at once if it cannot fit
+        train_step = compile_step(train_step, state, batch, train_key, frozen,
+                                  f"{workdir} (training {config.model.name})")
       state, metrics = train_step(state, batch, train_key, frozen)
       done = step + 1
       checked = loss_check.push(done, metrics["loss"])
