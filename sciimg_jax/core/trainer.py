@@ -180,15 +180,15 @@ def make_train_step(task, net, tx, lr, ema_decay, mesh, accumulate_steps=1):
     micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
         x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1), micro_sharding), batch)
 
-    def add(total, i):
-      one = jax.tree.map(lambda x: x[i], micro)
+    def add(total, i_and_one):
+      i, one = i_and_one
       out = loss_and_grads(params, one, jax.random.fold_in(key, i), frozen)
       return jax.tree.map(lambda a, b: a + b / k, total, out), None
 
     shapes = jax.eval_shape(loss_and_grads, params, jax.tree.map(lambda x: x[0], micro), key,
                             frozen)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    return jax.lax.scan(add, zeros, jnp.arange(k))[0]
+    return jax.lax.scan(add, zeros, (jnp.arange(k), micro))[0]
 
   def train_step(state, batch, key, frozen):
     key = jax.random.fold_in(key, state.step)
