@@ -163,6 +163,9 @@ def make_train_step(task, net, tx, lr, ema_decay, mesh, accumulate_steps=1):
   loss that is a mean over examples. (optax.MultiSteps accumulates over calls of the step
   instead, which would make the step counter, schedule, EMA, logs and checkpoints count
   micro-batches.) Micro-batch i draws its noise and dropout from `fold_in(key, i)`.
+  A Python loop over the micro-batches runs faster on XLA:CPU (where convolutions inside a
+  loop run about 10x slower than unrolled, measured) but saves no memory: XLA then keeps every
+  micro-batch's activations. On a CPU, prefer `model.remat` or a smaller batch.
   """
   k = accumulate_steps
   micro_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
