@@ -23,8 +23,10 @@ fusion network forward and backward, one Adam update), the released code's optio
 `--contexts=0,2` repeats every row with single-slice and 2.5D members (`data.context`: the
 condition on 2 slices each side, as the released 2D models see it).
 
-Seconds per step are of a second call (the first compiles). Peak memory is the device's
-`peak_bytes_in_use` on GPU, and the process's maximum resident set on CPU.
+Seconds per step are of a second call (the first compiles). Memory: XLA's analysis of the
+compiled program (`sciimg_jax.core.memory.compiled_bytes`, per device, known before it runs;
+a row that needs more than the device has is not run) and the measured peak: the device's
+`peak_bytes_in_use` on GPU, the process's maximum resident set on CPU.
 """
 
 import argparse
@@ -46,6 +48,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs.ensembler import super_resolution  # noqa: E402
+from sciimg_jax.core import memory  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402
 from sciimg_jax.core import trained_models  # noqa: E402
 from sciimg_jax.core import volumes  # noqa: E402
@@ -113,15 +116,23 @@ def training_step(c, translator, cond, row):
   example = {"cond": cond, "target": cond[..., :1]}
   model = fusion_lib.create_model(fc, nnx.Rngs(0), jnp.float32, task.members)
   optimizer = nnx.Optimizer(model, optax.adam(1e-4), wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
   frozen = [m.params for m in task.members]
 
-  @nnx.jit
-  def step(model, optimizer, key):
+  def step(state, key):
+    model, optimizer = nnx.merge(graphdef, state)
     loss, grads = nnx.value_and_grad(lambda m: task.loss(m, example, key, frozen)[0])(model)
     optimizer.update(model, grads)
-    return loss
+    return loss, nnx.state((model, optimizer))
 
-  return lambda: jax.block_until_ready(step(model, optimizer, jax.random.key(0)))
+  key = jax.random.key(0)
+  compiled = jax.jit(step, donate_argnums=0).lower(state, key).compile()
+  holder = [state]
+
+  def call():
+    loss, holder[0] = compiled(holder[0], key)
+    jax.block_until_ready(loss)
+  return compiled, call
 
 
 def measure(row, shape, steps, context=0):
@@ -133,13 +144,22 @@ def measure(row, shape, steps, context=0):
                         axis=-1)
   key = jax.random.key(0)
   if row.startswith("train"):
-    call, steps = training_step(c, translator, jnp.asarray(cond), row), 1
+    (compiled, call), steps = training_step(c, translator, jnp.asarray(cond), row), 1
   elif row == "fused-loop":
     run = python_loop(translator, jnp.asarray(cond), key)
+    compiled = None  # one small program per step: its memory is that of fused-jit's step
     call = lambda: run(translator.params(), jnp.asarray(cond), key)
   else:
     method = row.split("-")[0]
+    compiled = translator.compile(method, cond)
     call = lambda: translator(method, cond, key)
+  needed = memory.compiled_bytes(compiled) if compiled is not None else None
+  result = {"row": row, "shape": list(shape), "context": context,
+            "xla_gib": None if needed is None else needed / memory.GIB,
+            "backend": jax.devices()[0].platform}
+  if needed is not None and needed > memory.device_bytes():
+    return dict(result, seconds_per_step=None, first_call_s=None, peak_gib=None,
+                memory="does not fit")
   start = time.perf_counter()
   call()
   first = time.perf_counter() - start
@@ -150,9 +170,8 @@ def measure(row, shape, steps, context=0):
   stats = device.memory_stats() if device.platform != "cpu" else None
   peak = (stats["peak_bytes_in_use"] if stats else
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-  return {"row": row, "shape": list(shape), "context": context, "seconds_per_step": seconds,
-          "first_call_s": first, "peak_gib": peak / 2**30,
-          "memory": "device peak" if stats else "process max RSS", "backend": device.platform}
+  return dict(result, seconds_per_step=seconds, first_call_s=first, peak_gib=peak / 2**30,
+              memory="device peak" if stats else "process max RSS")
 
 
 def main():
@@ -168,8 +187,9 @@ def main():
     row, shape, k = args.one.split("|")
     print(json.dumps(measure(row, tuple(int(n) for n in shape.split("x")), args.steps, int(k))))
     return
-  print("| volume | members | row | s / step | first call (s) | peak memory (GiB) |")
-  print("| --- | --- | --- | --- | --- | --- |", flush=True)
+  print("| volume | members | row | s / step | first call (s) | XLA's memory (GiB) | peak "
+        "memory (GiB) |")
+  print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
   for shape in args.shapes.split(","):
     for k in args.contexts.split(","):
       members = "2.5D (k=%s)" % k if int(k) else "single slice"
@@ -179,11 +199,15 @@ def main():
                              env=dict(os.environ))
         if out.returncode:
           print(f"| {shape} | {members} | {row} | failed: "
-                f"{out.stderr.strip().splitlines()[-1][:120]} | | |", flush=True)
+                f"{out.stderr.strip().splitlines()[-1][:120]} | | | |", flush=True)
           continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
+        xla = "" if r["xla_gib"] is None else f"{r['xla_gib']:.2f}"
+        if r["seconds_per_step"] is None:
+          print(f"| {shape} | {members} | {row} | not run: does not fit | | {xla} | |")
+          continue
         print(f"| {shape} | {members} | {row} | {r['seconds_per_step']:.2f} | "
-              f"{r['first_call_s']:.1f} | {r['peak_gib']:.2f} ({r['memory']}, "
+              f"{r['first_call_s']:.1f} | {xla} | {r['peak_gib']:.2f} ({r['memory']}, "
               f"{r['backend']}) |", flush=True)
 
 
