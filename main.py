@@ -23,11 +23,19 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from sciimg_jax import jobs  # noqa: E402
+from sciimg_jax.core import distributed  # noqa: E402
 from sciimg_jax.core.errors import InputError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.", required=True)
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (multi-host runs).")
+flags.DEFINE_bool("multihost", False, "Start JAX on several processes first "
+                  "(jax.distributed.initialize; without the three flags below, JAX reads the "
+                  "cluster: SLURM, TPU pod slice or JAX_COORDINATOR_ADDRESS and friends).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --multihost).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (implies --multihost).")
+flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+flags.DEFINE_integer("multihost_timeout", 300, "Seconds to wait for all processes to join; "
+                     "also how long a dead process goes unnoticed at most.")
 config_flags.DEFINE_config_file("config", None, "Job config file (path[:variant]).",
                                 lock_config=True)
 
@@ -61,8 +69,15 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:  # Keep the console to progress bars and results.
     logging.set_verbosity(logging.WARNING)
-  if FLAGS.multihost:
-    jax.distributed.initialize()
+  multihost = (FLAGS.multihost or FLAGS.coordinator_address is not None
+               or FLAGS.num_processes is not None)
+  try:
+    if multihost:
+      distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                             timeout_s=FLAGS.multihost_timeout,
+                             heartbeat_s=FLAGS.multihost_timeout)
+  except InputError as e:
+    sys.exit(f"error: {e}")
   logging.info("JAX %s, devices: %s", jax.__version__, jax.devices())
   config = FLAGS.config
   interrupts.started()

@@ -40,6 +40,26 @@ def test_a_config_key_given_twice_is_refused(tmp_path):
   assert proc.stderr.strip().count("\n") == 0, proc.stderr
 
 
+def test_unreachable_coordinator_fails_in_bounded_time_with_one_line(tmp_path):
+  with __import__("socket").socket() as s:  # a free port that nobody listens on
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  start = time.monotonic()
+  proc = run_main("--config=configs/inpainting/axial.py:tiny", f"--workdir={tmp_path}",
+                  f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                  "--process_id=1", "--multihost_timeout=2")
+  assert time.monotonic() - start < 120
+  assert_one_line_error(proc, f"127.0.0.1:{port}: the coordinator cannot be reached",
+                        "after 2 s")
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_incomplete_multihost_flags_are_refused(tmp_path):
+  proc = run_main("--config=configs/inpainting/axial.py:tiny", f"--workdir={tmp_path}",
+                  "--coordinator_address=127.0.0.1:12345")
+  assert_one_line_error(proc, "give all three")
+
+
 def test_unknown_variant(tmp_path):
   proc = run_main("--config=configs/inpainting/axial.py:huge", f"--workdir={tmp_path}")
   assert_one_line_error(proc, "huge")

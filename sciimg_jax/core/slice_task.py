@@ -22,6 +22,7 @@ import dataclasses
 from typing import Protocol
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import optax
 
@@ -179,7 +180,10 @@ class SliceTask:
       self.sample_batch = self.inputs.eval_batch(self.config, self.sources["eval"])
     batch = self.sample_batch
     cond = jax.device_put(batch["cond"], sharding.batch_sharded(self.mesh))
-    prediction = jax.device_get(self._predict(params, cond, key))
+    # every process takes part in the sharded prediction; process 0 scores and draws it
+    prediction = multihost_utils.process_allgather(self._predict(params, cond, key), tiled=True)
+    if jax.process_index():
+      return {}
     return self.inputs.evaluate(self.config, batch, prediction, step, workdir)
 
 
