@@ -3,10 +3,12 @@ r"""Train-step speed of the IR and RGB patch classifiers, and of the same models
 What is timed is the trainer's own step (`sciimg_jax.core.trainer.make_train_step`: the loss,
 its gradient, clipping, AdamW, EMA) for the classifier task's loss (cross-entropy) on one
 fixed random batch, with the classifiers of configs/ir/classifier.py: `spectral_spatial`
-on `--bands` channels (IR) and `spatial` on 3 (RGB), same trunk. Prints ms per step
-(median of --steps after --warmup) and patches per second. With `--peer torch` the same
-two networks written in PyTorch (1x1 convolutions, 3x3 conv + GroupNorm + GELU blocks,
-flatten, dense, head; AdamW, cross-entropy) run in `--peer-python` and the ratio is printed.
+on `--bands` channels (IR) and `spatial` on 3 (RGB), same trunk; and the per-spectrum models
+of configs/ir/spectra.py on batches of single spectra: the MLP (`spectral_pixel`,
+bands -> 128 -> 64 -> classes) and the 1D CNN (`spectral_cnn`: three stride-2 convolutions
+of width 7 with GroupNorm and GELU, dense, head). Prints ms per step (median of --steps after
+--warmup) and examples per second. With `--peer torch` the same networks written in
+PyTorch (AdamW, cross-entropy) run in `--peer-python` and the ratio is printed.
 
     python bench/classifier_step.py                          # 32x32 patches, 400 bands, batch 64
     python bench/classifier_step.py --peer torch --peer-python /tmp/peer/bin/python
@@ -35,12 +37,29 @@ def trunk(c, size, widths=(32, 64), features=64):
     layers += [nn.Conv2d(prev, w, 3, stride, 1), nn.GroupNorm(8, w), nn.GELU()]
     prev, size = w, -(-size // stride)
   return nn.Sequential(*layers, nn.Flatten(), nn.Linear(prev * size * size, features), nn.GELU())
+def spectral_cnn(bands, widths=(16, 32, 64), length=None):
+  layers, prev, length = [], 1, bands
+  for w in widths:  # 'SAME' padding with stride 2, as flax: ceil(length / 2)
+    layers += [nn.Conv1d(prev, w, 7, 2, 3), nn.GroupNorm(8, w), nn.GELU()]
+    prev, length = w, -(-length // 2)
+  return nn.Sequential(*layers, nn.Flatten(), nn.Linear(prev * length, 64), nn.GELU(),
+                       nn.Linear(64, 5))
+models = {
+    "ir": lambda: nn.Sequential(nn.Conv2d(a["bands"], 64, 1), nn.GELU(), nn.Conv2d(64, 16, 1),
+                                trunk(16, a["size"]), nn.Linear(64, 5)),
+    "rgb": lambda: nn.Sequential(trunk(3, a["size"]), nn.Linear(64, 5)),
+    "pixel_mlp": lambda: nn.Sequential(nn.Linear(a["bands"], 128), nn.GELU(), nn.Linear(128, 64),
+                                       nn.GELU(), nn.Linear(64, 5)),
+    "spectral_cnn": lambda: spectral_cnn(a["bands"]),
+}
+shapes = {"ir": (a["batch"], a["bands"], a["size"], a["size"]),
+          "rgb": (a["batch"], 3, a["size"], a["size"]),
+          "pixel_mlp": (a["batch"], a["bands"]), "spectral_cnn": (a["batch"], 1, a["bands"])}
 out = {}
-for name, c in (("ir", a["bands"]), ("rgb", 3)):
-  enc = [nn.Conv2d(c, 64, 1), nn.GELU(), nn.Conv2d(64, 16, 1)] if name == "ir" else []
-  m = nn.Sequential(*enc, trunk(16 if enc else c, a["size"]), nn.Linear(64, 5))
+for name in a["rows"]:
+  m = models[name]()
   opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1e-4)
-  x = torch.randn(a["batch"], c, a["size"], a["size"])
+  x = torch.randn(*shapes[name])
   y = torch.randint(0, 5, (a["batch"],))
   def step():
     opt.zero_grad(set_to_none=True)
@@ -82,6 +101,8 @@ def main():
   p.add_argument("--bands", type=int, default=400)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--rows", default="ir,rgb,pixel_mlp,spectral_cnn",
+                 help="ir, rgb (patch models), pixel_mlp, spectral_cnn (one spectrum an example)")
   p.add_argument("--peer", default="none", choices=["none", "torch"])
   p.add_argument("--peer-python", default=sys.executable)
   args = p.parse_args()
@@ -89,6 +110,7 @@ def main():
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
   from configs.ir import classifier  # noqa: PLC0415
+  from configs.ir import spectra  # noqa: PLC0415
   from sciimg_jax.core import sharding  # noqa: PLC0415
   from sciimg_jax.core import trainer  # noqa: PLC0415
   from sciimg_jax.ir import classifiers  # noqa: F401,PLC0415  (registers the models)
@@ -97,15 +119,24 @@ def main():
   print(f"JAX {jax.__version__} on {jax.device_count()} {jax.devices()[0].device_kind}; "
         f"{args.size}x{args.size} patches, batch {args.batch}")
   ours = {}
-  for name, channels in (("ir", args.bands), ("rgb", 3)):
-    c = classifier.get_config(name)
+  models = spectra.get_config().models
+  rows = {  # name: (model config, input channels, patch size)
+      "ir": (classifier.get_config("ir").model, args.bands, args.size),
+      "rgb": (classifier.get_config("rgb").model, 3, args.size),
+      "pixel_mlp": (models.mlp, args.bands, 1),
+      "spectral_cnn": (models.cnn, args.bands, 1),
+  }
+  for name in args.rows.split(","):
+    model, channels, size = rows[name]
+    c = classifier.get_config("ir")
+    c.model = model
     c.train.num_steps = args.warmup + args.steps
-    task = RandomBatchTask(c.model, channels, patch_size=args.size)
+    task = RandomBatchTask(c.model, channels, patch_size=size)
     net, state, tx, lr = trainer.create_train_state(task, c, mesh)
     step = trainer.make_train_step(task, net, tx, lr, c.optim.ema_decay, mesh)
     rng = np.random.default_rng(0)
     batch = sharding.shard_batch({
-        "x": rng.normal(size=(args.batch, args.size, args.size, channels)).astype(np.float32),
+        "x": rng.normal(size=(args.batch, size, size, channels)).astype(np.float32),
         "label": rng.integers(0, 5, args.batch).astype(np.int32)}, mesh)
     key = jax.random.key(0)
     for _ in range(args.warmup):
@@ -119,13 +150,13 @@ def main():
       times.append(time.perf_counter() - t0)
     ours[name] = 1e3 * float(np.median(times))
     print(f"{name} ({c.model.name}, {channels} channels): {ours[name]:.1f} ms/step, "
-          f"{args.batch / ours[name] * 1e3:.0f} patches/s")
+          f"{args.batch / ours[name] * 1e3:.0f} examples/s")
   if args.peer == "torch":
     theirs = peer.run(args.peer_python, PEER_TORCH, dict(
         batch=args.batch, size=args.size, bands=args.bands, steps=args.steps,
-        warmup=args.warmup, threads=os.cpu_count()))
+        warmup=args.warmup, threads=os.cpu_count(), rows=args.rows.split(",")))
     if theirs:
-      for name in ("ir", "rgb"):
+      for name in args.rows.split(","):
         print(f"torch {theirs['torch']} {name}: {theirs[name]:.1f} ms/step; ours / torch = "
               f"{ours[name] / theirs[name]:.2f}")
 
