@@ -32,6 +32,7 @@ import grain
 import numpy as np
 
 from data_pipelines import brats_layout
+from data_pipelines import global_batches
 from data_pipelines import brats_slices
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.core.volumes import center_pad_crop
@@ -203,24 +204,18 @@ def _stack(elements):
   return {k: np.stack([e[k] for e in elements]) for k in elements[0]}
 
 
-def make_train_iterator(data_config, source, *, seed, batch_size_per_process,
-                        shard_options=None):
+def make_train_iterator(data_config, source, *, seed, batch_size_per_process, process=None):
   """An infinite, per-epoch shuffled, resumable iterator of training batches.
 
-  Each JAX process reads a disjoint shard of every epoch
-  (`grain.sharding.ShardByJaxProcess`; pass `shard_options` to override, e.g. in
-  tests). Uses `data_config.num_workers` grain worker processes; a saved state only
-  restores into an iterator with the same worker count, seed and data.
+  This process's block of global batches that do not depend on the number of processes
+  (`global_batches.train_loader`; `process=(index, count)` overrides JAX's, in tests).
+  Uses `data_config.num_workers` grain worker processes; a saved state only restores into
+  an iterator with the same worker count, seed and data.
   """
-  if shard_options is None:
-    shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
   if data_config.num_workers and not flags.FLAGS.is_parsed():
     # grain's worker processes read absl flags; outside `absl.app.run` (tests,
     # notebooks) nothing has parsed them, so use their defaults.
     flags.FLAGS.mark_as_parsed()
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shard_options=shard_options, shuffle=True,
-      num_epochs=None, seed=int(seed))
   operations = [PadCrop(data_config.image_size, data_config.conditions)]
   random_masks = data_config.get("random_masks")
   if random_masks is not None and random_masks.probability:
@@ -228,13 +223,9 @@ def make_train_iterator(data_config, source, *, seed, batch_size_per_process,
     operations.append(RandomLesionMasks(
         data_config.conditions, probability=random_masks.probability,
         radius_fraction=random_masks.radius_fraction, max_blobs=random_masks.max_blobs))
-  loader = grain.DataLoader(
-      data_source=source,
-      sampler=sampler,
-      operations=operations + [
-          grain.transforms.Batch(int(batch_size_per_process), drop_remainder=True)],
-      worker_count=int(data_config.num_workers))
-  return iter(loader)
+  return global_batches.train_loader(
+      source, seed=seed, batch_size_per_process=batch_size_per_process, operations=operations,
+      num_workers=data_config.num_workers, process=process)
 
 
 def make_batch(data_config, source, indices):

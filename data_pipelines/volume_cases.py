@@ -39,6 +39,7 @@ import numpy as np
 from absl import logging
 
 from data_pipelines import brats_layout
+from data_pipelines import global_batches
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import intensity
 from sciimg_jax.core import slice_context
@@ -346,12 +347,7 @@ def fixed_examples(source, crop, n, seed):
 
 
 def train_iterator(source, *, seed, batch_size, operations=(), num_workers=0):
-  """An infinite, per-epoch shuffled, resumable grain iterator of batches of `source`."""
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
-      shuffle=True, num_epochs=None, seed=int(seed))
-  loader = grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=list(operations) + [grain.transforms.Batch(int(batch_size), drop_remainder=True)],
-      worker_count=int(num_workers))
-  return iter(loader)
+  """An infinite, per-epoch shuffled, resumable grain iterator of this process's batches of
+  `source` (`global_batches.train_loader`: the same global batches for any process count)."""
+  return global_batches.train_loader(source, seed=seed, batch_size_per_process=batch_size,
+                                     operations=operations, num_workers=num_workers)

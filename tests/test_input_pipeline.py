@@ -334,18 +334,20 @@ def test_train_iterator_orbax_checkpoint(dirs, tmp_path):
   _assert_same(_take(it2, 4), want)
 
 
-def test_process_shards_are_disjoint(dirs):
+def test_process_blocks_make_the_one_process_batches(dirs):
+  """2 processes' blocks, stacked, are the batches of 1 process with both processes' examples:
+  the global batch of every step does not depend on the number of processes."""
   c, sources = _sources(dirs, slices="brain")
-  src = sources["train"]
-  per_shard = len(src) // 2
-  seen = []
-  for index in range(2):
-    shard = grain.sharding.ShardOptions(shard_index=index, shard_count=2, drop_remainder=True)
-    it = input_pipeline.make_train_iterator(c, src, seed=0, batch_size_per_process=1,
-                                            shard_options=shard)
-    seen.append({(str(b["case"][0]), int(b["slice"][0])) for b in _take(it, per_shard)})
-    assert len(seen[-1]) == per_shard
-  assert not seen[0] & seen[1]
+  c.random_masks.probability = 0.8  # random holes too: drawn per record, alike in both
+  make = lambda process, b: input_pipeline.make_train_iterator(
+      c, sources["train"], seed=0, batch_size_per_process=b, process=process)
+  one = _take(make((0, 1), 4), 6)
+  blocks = [_take(make((i, 2), 2), 6) for i in range(2)]
+  for n, batch in enumerate(one):
+    for key, value in batch.items():
+      both = np.concatenate([np.asarray(blocks[0][n][key]), np.asarray(blocks[1][n][key])])
+      np.testing.assert_array_equal(both, np.asarray(value), err_msg=key)
+    assert len(blocks[0][n]["slice"]) == 2
 
 
 # --- bad input ---------------------------------------------------------------------

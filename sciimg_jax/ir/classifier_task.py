@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from data_pipelines import global_batches
 from data_pipelines import ir_tfds
 from data_pipelines import sources as data_sources
 from data_pipelines import synthetic_ir
@@ -120,14 +121,9 @@ class ClassifierTask:
     return None
 
   def train_iterator(self, batch_size_per_process):
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(self.sources["train"]),
-        shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True), shuffle=True,
-        num_epochs=None, seed=int(self.config.seed))
-    return iter(grain.DataLoader(
-        data_source=self.sources["train"], sampler=sampler,
-        operations=[self.transform,
-                    grain.transforms.Batch(int(batch_size_per_process), drop_remainder=True)]))
+    return global_batches.train_loader(
+        self.sources["train"], seed=self.config.seed,
+        batch_size_per_process=batch_size_per_process, operations=[self.transform])
 
   def loss(self, model, batch, key, frozen):
     """Cross-entropy with the `train.robust` strategies (see `robustness`) switched on."""
