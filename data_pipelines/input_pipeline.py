@@ -21,7 +21,8 @@ background).
 
 The training iterator is a grain `DataLoaderIterator`: infinite, reshuffled every
 epoch from `seed`, optionally with random lesion-shaped holes (`data.random_masks`,
-`RandomLesionMasks`), sharded over JAX processes, with `get_state()`/`set_state()`.
+`RandomLesionMasks`), each process its block of every global batch (`global_batches`),
+with `get_state()`/`set_state()`.
 `sciimg_jax.core.checkpoint` saves it with orbax next to the train state
 (`grain.checkpoint.CheckpointSave` / `CheckpointRestore`; each process writes its own
 `process_<i>-of-<n>.json`).
