@@ -23,7 +23,9 @@ fusion network forward and backward, one Adam update), the released code's optio
 `--contexts=0,2` repeats every row with single-slice and 2.5D members (`data.context`: the
 condition on 2 slices each side, as the released 2D models see it).
 
-Seconds per step are of a second call (the first compiles). Memory: XLA's analysis of the
+Seconds per step are of a second call. The jitted and training rows are compiled before
+their first call (XLA's memory is read from the compiled program), so their first call
+excludes compilation; the fused-loop row compiles in its first call. Memory: XLA's analysis of the
 compiled program (`sciimg_jax.core.memory.compiled_bytes`, per device, known before it runs;
 a row that needs more than the device has is not run) and the measured peak: the device's
 `peak_bytes_in_use` on GPU, the process's maximum resident set on CPU.

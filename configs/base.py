@@ -77,9 +77,9 @@ def get_base_config():
   c.optim.b2 = 0.999
   c.optim.grad_clip_norm = 1.0
   c.optim.ema_decay = 0.999
-  # Gradient accumulation: each step splits its batch into this many micro-batches and
-  # averages their gradients (optax.MultiSteps) before one update; less activation memory,
-  # the same update as the whole batch.
+  # Gradient accumulation: each step splits its batch into this many micro-batches, takes
+  # their gradients one after another (a lax.scan in trainer.make_train_step) and makes one
+  # update with their mean; less activation memory, the same update as the whole batch.
   c.optim.accumulate_steps = 1
 
   c.train = ml_collections.ConfigDict()
