@@ -83,6 +83,7 @@ def main(argv):
   interrupts.started()
   try:
     jobs.run(config, FLAGS.workdir)
+    distributed.finished()
   except (InputError, FloatingPointError) as e:
     sys.exit(f"error: {e}")
   except interrupts.Interrupted as e:

@@ -1,25 +1,30 @@
 """2 processes x 2 CPU devices (gloo collectives) against 1 process x 4 devices: the trainer's
 step gives the same losses, gradient norms and parameters."""
 
+import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 
 import multiprocess_reference as ref
-from tolerances import float32_tolerance
+from sciimg_jax.core import distributed
+from sciimg_jax.core import sharding
+from sciimg_jax.core import trained_models
+from sciimg_jax.inpainting import slice_inputs
+from tolerances import float32_tolerance, max_abs
 
 HERE = pathlib.Path(__file__).resolve().parent
 
 
 def test_two_processes_match_one(tmp_path):
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = free_port()
   out = tmp_path / "two.npz"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   procs = [subprocess.Popen([sys.executable, str(HERE / "multiprocess_worker.py"),
@@ -44,40 +49,126 @@ def test_two_processes_match_one(tmp_path):
                                atol=3 * float32_tolerance(magnitude, ops))
 
 
-def test_two_process_training_run_matches_one(tiny_config, data_cache, tmp_path):
-  """main.py on 2 processes x 2 devices against the same training in this process (4 devices):
-  the same global batches (data_pipelines/global_batches.py), so the same losses."""
-  import json  # pylint: disable=g-import-not-at-top
-  from sciimg_jax.inpainting import slice_inputs  # pylint: disable=g-import-not-at-top
-  overrides = {"train.num_steps": 8, "optim.learning_rate": 1e-2, "optim.warmup_steps": 1,
-               "train.log_every": 1, "train.eval_every": 0, "train.progress_bar": False}
-  for key, value in overrides.items():
-    group, field = key.split(".")
-    tiny_config[group][field] = value
-  slice_inputs.train_slice_model(tiny_config, tmp_path / "one")  # also prepares the data
+def free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+    return s.getsockname()[1]
+
+
+def start_two(workdir, data_cache, overrides, *flags):
+  """main.py on 2 local processes x 2 CPU devices; returns the two Popen objects."""
   env = dict({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  args = ["--config=configs/inpainting/axial.py:tiny", f"--workdir={tmp_path / 'two'}",
+  args = ["--config=configs/inpainting/axial.py:tiny", f"--workdir={workdir}",
           f"--config.data.cache_dir={data_cache}",
           *[f"--config.{k}={v}" for k, v in overrides.items()],
-          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-  procs = [subprocess.Popen([sys.executable, str(HERE.parent / "main.py"), *args,
-                             f"--process_id={i}"], cwd=HERE.parent, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  logs = [p.communicate(timeout=600)[0] for p in procs]
+          f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2", *flags]
+  return [subprocess.Popen([sys.executable, str(HERE.parent / "main.py"), *args,
+                            f"--process_id={i}"], cwd=HERE.parent, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for i in range(2)]
+
+
+def run_two(workdir, data_cache, overrides):
+  """Runs main.py on 2 processes to the end; returns their output (stdout and stderr)."""
+  procs = start_two(workdir, data_cache, overrides)
+  logs = ["".join(p.communicate(timeout=600)) for p in procs]
   assert all(p.returncode == 0 for p in procs), "\n".join(l[-3000:] for l in logs)
-  losses = {run: [json.loads(l)["loss"] for l in (tmp_path / run / "metrics.jsonl")
-                  .read_text().splitlines() if '"loss"' in l] for run in ("one", "two")}
-  assert len(losses["one"]) == 8
+  return logs
+
+
+def losses(workdir):
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def set_overrides(config, overrides):
+  for key, value in overrides.items():
+    group, field = key.split(".")
+    config[group][field] = value
+
+
+def test_two_process_training_run_matches_one_and_resumes(tiny_config, data_cache, tmp_path):
+  """main.py on 2 processes x 2 devices against the same training in this process (4 devices):
+  the same global batches (data_pipelines/global_batches.py), so the same losses and final
+  parameters; metrics, figure and checkpoints written once; and a 2-process run resumed from
+  its checkpoint of step 4 is the uninterrupted one."""
+  # ema_decay 0: the EMA parameters (what a checkpoint gives inference) are the parameters.
+  overrides = {"train.num_steps": 8, "optim.learning_rate": 1e-2, "optim.warmup_steps": 1,
+               "optim.ema_decay": 0.0, "train.log_every": 1, "train.eval_every": 8, "train.checkpoint_every": 4,
+               "train.progress_bar": False}
+  set_overrides(tiny_config, overrides)
+  slice_inputs.train_slice_model(tiny_config, tmp_path / "one")  # also prepares the data
+  run_two(tmp_path / "two", data_cache, overrides)
+  one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+  assert [s for s, _ in two] == list(range(1, 9))  # one row per step: process 0 writes
   # The runs differ only in the order of reductions over devices and processes: each loss is
-  # a mean of 4 x h x w terms (2 x that many roundings on both sides); Adam's normalised
-  # steps keep the parameters' difference at that order over 8 steps. Different batches (a
+  # a mean of 4 x h x w terms (2 x that many roundings on both sides). Different batches (a
   # sharded epoch) part the losses by ~2 % by step 8.
   h, w = tiny_config.data.image_size
-  np.testing.assert_allclose(losses["two"], losses["one"],
-                             rtol=float32_tolerance(1.0, 2 * 4 * h * w))
-  assert (tmp_path / "two" / "checkpoints" / "8").is_dir()
+  rounding = float32_tolerance(1.0, 2 * 4 * h * w)
+  np.testing.assert_allclose([l for _, l in two], [l for _, l in one], rtol=rounding)
+  # Parameters: Adam moves each by about lr per step whatever the gradient's size, so a
+  # relative gradient difference of `rounding` moves it by lr x rounding per step, 8 steps.
+  # (A gradient that misses one process's examples moves it by ~lr.)
+  mesh = sharding.make_mesh()
+  trained = {run: trained_models.load(tmp_path / run, mesh) for run in ("one", "two")}
+  assert trained["one"].step == trained["two"].step == 8
+  lr, steps = overrides["optim.learning_rate"], overrides["train.num_steps"]
+  # The attention's key bias is the exception: softmax ignores a shift common to all keys, so
+  # its gradient is 0 but for rounding, which Adam normalises to steps of up to lr (measured:
+  # 8e-5 apart); it does not change the network's output.
+  leaves = jax.tree_util.tree_flatten_with_path(trained["two"].params)[0]
+  for (path, a), b in zip(leaves, jax.tree.leaves(trained["one"].params)):
+    inert = "'key'" in jax.tree_util.keystr(path) and "'bias'" in jax.tree_util.keystr(path)
+    atol = steps * lr * (1.0 if inert else rounding) + float32_tolerance(max_abs(b), steps)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))
+  assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["4", "8"]
+  assert [p.name for p in (tmp_path / "two" / "samples").iterdir()] == ["step_0000008.png"]
+
+  # Resume: the run's checkpoint of step 8 removed, both processes restore step 4 and go on.
+  shutil.copytree(tmp_path / "two", tmp_path / "resumed")
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "8")
+  logs = run_two(tmp_path / "resumed", data_cache, overrides)
+  assert all("Resumed from the checkpoint of step 4." in log for log in logs)
+  assert losses(tmp_path / "resumed") == two  # same processes, same programs: exactly
+  resumed = trained_models.load(tmp_path / "resumed", mesh)
+  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(trained["two"].params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_killed_process_stops_the_other_with_one_line_and_the_rerun_resumes(
+    tiny_config, data_cache, tmp_path):
+  """Process 1 killed (SIGKILL) after the checkpoint of step 4: process 0 stops within the
+  multihost timeout with one line, and the same command again resumes and finishes."""
+  slice_inputs.InpaintingSlices().sources(tiny_config, tmp_path)  # data prepared once, here
+  timeout_s, num_steps = 4, 40
+  overrides = {"train.num_steps": num_steps, "train.checkpoint_every": 2, "train.log_every": 1,
+               "train.eval_every": 0, "train.progress_bar": False}
+  workdir = tmp_path / "run"
+  procs = start_two(workdir, data_cache, overrides, f"--multihost_timeout={timeout_s}")
+  deadline = time.monotonic() + 300
+  while not (workdir / "checkpoints" / "4").is_dir():
+    assert time.monotonic() < deadline and procs[1].poll() is None, procs[1].communicate()[1]
+    time.sleep(0.05)
+  procs[1].kill()
+  killed = time.monotonic()
+  err = procs[0].communicate(timeout=60)[1]
+  waited = time.monotonic() - killed
+  procs[1].communicate()
+  assert procs[0].returncode == distributed.PEER_FAILED_STATUS, err[-3000:]
+  # The watchdog's bound: no sign of life for timeout/2, noticed within timeout/10 (+ slack
+  # for a busy machine); XLA's own abort would come after `timeout_s`.
+  assert waited < timeout_s, err[-3000:]
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert lines[-1].startswith("error: process 0: process 1 gave no sign of life"), err[-3000:]
+  assert not any(w in err for w in ("Traceback", "Fatal Python error", "Terminating process"))
+  stopped_at = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert 4 <= stopped_at < num_steps
+
+  logs = run_two(workdir, data_cache, overrides)
+  resumed_from = {int(l.split("step ")[1].rstrip(".")) for log in logs for l in log.splitlines()
+                  if l.startswith("Resumed from the checkpoint of step")}
+  assert len(resumed_from) == 1 and 4 <= resumed_from.pop() <= stopped_at
+  assert [s for s, _ in losses(workdir)] == list(range(1, num_steps + 1))

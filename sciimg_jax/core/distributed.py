@@ -8,15 +8,117 @@
   * a coordinator that cannot be reached fails after `timeout_s` with one line (checked
     before XLA's client, which aborts with a stack trace); processes that do not all
     arrive make the others stop after `timeout_s`, and one that dies later makes the
-    others stop within `heartbeat_s` (XLA's coordination service), never a hang.
+    others stop within `heartbeat_s` (XLA's coordination service), never a hang;
+  * that stop is one line and exit status `PEER_FAILED_STATUS`, from a `Watchdog` (below)
+    that notices a dead process before XLA's heartbeat does. (XLA's own stop aborts the
+    process from C++ with a stack trace, Python's fault handler and orbax's timed-out
+    barrier: 100-170 lines. Its client takes a `missed_heartbeat_callback`, but jaxlib
+    0.10 cannot pass it XLA's status: a Python callback ends in `std::bad_cast`.)
 """
 
+import atexit
+import os
 import socket
+import sys
+import threading
 import time
 
 import jax
 
+from sciimg_jax.core import atomic_files
 from sciimg_jax.core.errors import InputError
+
+PEER_FAILED_STATUS = 75  # EX_TEMPFAIL: rerunning every process resumes the run
+_KEY = "sciimg_jax/alive/"
+DONE, EXITED = "done", "exited"
+
+
+class Watchdog:
+  """Each process counts up a key in the coordination service's key-value store every
+  `interval_s`; a thread reads the others' keys. A count that stands still for `stale_s`
+  (a process killed or stuck), a process that exited without finishing its job, or a
+  coordinator that no longer answers, stops this process with one line.
+
+  `stale_s` is half the XLA heartbeat timeout, so the line comes before XLA's abort. The
+  thread needs the GIL: a C extension that holds it for longer than `stale_s` in one call
+  would look like a stuck process; the default timeout (300 s) leaves 150 s.
+  """
+
+  def __init__(self, client, index, count, timeout_s):
+    self.client, self.index, self.count = client, index, count
+    self.interval_s, self.stale_s = max(timeout_s / 10, 0.1), timeout_s / 2
+    self.finished = False
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, name="sciimg-watchdog", daemon=True)
+
+  def start(self):
+    self._beat(0)
+    self._thread.start()
+    atexit.register(self.stop)  # after JAX's own atexit shutdown was registered: runs first
+
+  def _beat(self, value):
+    self.client.key_value_set(f"{_KEY}{self.index}", str(value), allow_overwrite=True)
+
+  def _run(self):
+    seen = {}  # process -> (value, when it last changed)
+    beat = 0
+    while not self._stop.wait(self.interval_s):
+      try:
+        beat += 1
+        self._beat(beat)
+        now = time.monotonic()
+        for other in range(self.count):
+          if other == self.index:
+            continue
+          value = self.client.key_value_try_get(f"{_KEY}{other}")
+          if value == DONE:
+            continue
+          if value == EXITED:
+            self._fail(f"process {other} exited before the job finished (see its log)")
+          last = seen.get(other)
+          if last is None or last[0] != value:
+            seen[other] = (value, now)
+          elif now - last[1] > self.stale_s:
+            self._fail(f"process {other} gave no sign of life for {self.stale_s:.0f} s "
+                       "(killed, crashed or stuck)")
+      except Exception as e:  # pylint: disable=broad-except  # the coordinator is gone
+        if self._stop.is_set():
+          return
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        self._fail(f"the coordinator (process 0) no longer answers: {reason}")
+
+  def _fail(self, reason):
+    if self._stop.is_set():
+      return
+    atomic_files.remove_temporaries()
+    sys.stderr.write(f"\nerror: process {self.index}: {reason}; stopping. Rerun every process "
+                     "with the same command to resume from the last complete checkpoint.\n")
+    sys.stderr.flush()
+    os._exit(PEER_FAILED_STATUS)  # pylint: disable=protected-access
+
+  def finish(self):
+    """The job ended well: peers stop watching this process."""
+    self.finished = True
+    self.stop()
+
+  def stop(self):
+    if self._stop.is_set():
+      return
+    self._stop.set()
+    self._thread.join()
+    try:
+      self._beat(DONE if self.finished else EXITED)
+    except Exception:  # pylint: disable=broad-except  # the coordinator left first
+      pass
+
+
+_watchdog = None
+
+
+def finished():
+  """Tells the other processes that this one's job ended well (main.py, after the job)."""
+  if _watchdog is not None:
+    _watchdog.finish()
 
 
 def _host_port(address):
@@ -65,4 +167,10 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise InputError(where, f"could not start process {process_id} of {num_processes} "
                      f"within {timeout_s} s: {reason}") from e
+  if jax.process_count() > 1:
+    global _watchdog
+    from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+    _watchdog = Watchdog(jax_distributed.global_state.client, jax.process_index(),
+                         jax.process_count(), heartbeat_s)
+    _watchdog.start()
   return jax.process_index(), jax.process_count()
