@@ -11,6 +11,7 @@ import sys
 import time
 
 import jax
+import nibabel as nib
 import numpy as np
 
 import multiprocess_reference as ref
@@ -172,3 +173,68 @@ def test_killed_process_stops_the_other_with_one_line_and_the_rerun_resumes(
                   if l.startswith("Resumed from the checkpoint of step")}
   assert len(resumed_from) == 1 and 4 <= resumed_from.pop() <= stopped_at
   assert [s for s, _ in losses(workdir)] == list(range(1, num_steps + 1))
+
+
+def run_main_processes(n, args, timeout_s=600):
+  """main.py on `n` local processes x 2 CPU devices (n=1: a plain run); returns the output."""
+  env = dict({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  flags = ([] if n == 1 else
+           [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={n}"])
+  procs = [subprocess.Popen([sys.executable, str(HERE.parent / "main.py"), *args, *flags,
+                             *([f"--process_id={i}"] if n > 1 else [])], cwd=HERE.parent,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(n)]
+  logs = ["".join(p.communicate(timeout=timeout_s)) for p in procs]
+  assert all(p.returncode == 0 for p in procs), "\n".join(l[-3000:] for l in logs)
+  return logs
+
+
+def test_inference_and_scoring_split_cases_by_name_over_two_processes(
+    data_cache, slice_model_dirs, tmp_path):
+  """The inpainting and scoring jobs on 2 processes x 2 devices: each case on one process,
+  the predictions of one process x 2 devices to the bit, one merged summary that lists the
+  case that failed, and the scores of one process."""
+  from sciimg_jax.inpainting import scoring_job  # pylint: disable=g-import-not-at-top
+  from configs.inpainting import evaluate as evaluate_config  # pylint: disable=g-import-not-at-top
+  cases = tmp_path / "cases"
+  for d in sorted(data_cache.glob("embedded-4mm-seed*/*/BraTS-*")):
+    shutil.copytree(d, cases / d.name)
+  names = sorted(p.name for p in cases.iterdir())
+  broken = cases / names[1] / f"{names[1]}-mask.nii.gz"  # on process 1: names[1::2]
+  broken.write_bytes(b"not a NIfTI file")
+  args = ["--config=configs/inpainting/inpaint.py:tiny", f"--config.inpaint.input_dir={cases}",
+          f"--config.pipeline.axial_workdir={slice_model_dirs['axial']}",
+          f"--config.pipeline.coronal_workdir={slice_model_dirs['coronal']}"]
+  run_main_processes(1, [*args, f"--workdir={tmp_path / 'one'}"])
+  logs = run_main_processes(2, [*args, f"--workdir={tmp_path / 'two'}"])
+  assert "failed" in logs[0] and "done" not in logs[1]  # process 0 reports, once
+
+  summaries = {run: json.loads((tmp_path / run / "inpaint_summary.json").read_text())
+               for run in ("one", "two")}
+  one, two = summaries["one"], summaries["two"]
+  assert list(two["done"]) == list(one["done"]) == [n for n in names if n != names[1]]
+  assert two["failed"] == one["failed"] and [f["case"] for f in two["failed"]] == [names[1]]
+  assert str(broken) in two["failed"][0]["error"]
+  assert sorted(json.loads((tmp_path / "two" / "predictions" / "timings.json").read_text())) \
+      == sorted(one["done"])
+  assert not list((tmp_path / "two").glob("inpaint_summary.process-*"))
+  for name in one["done"]:
+    a, b = (nib.load(tmp_path / run / "predictions" / name / f"{name}-t1n-inference.nii.gz")
+            for run in ("one", "two"))
+    np.testing.assert_array_equal(np.asarray(b.dataobj), np.asarray(a.dataobj), err_msg=name)
+
+  # Scoring: 2 processes against this process, on the same predictions.
+  score_args = ["--config=configs/inpainting/evaluate.py:tiny",
+                f"--config.evaluate.ground_truth={cases}"]
+  run_main_processes(2, [*score_args, f"--workdir={tmp_path / 'scores_two'}",
+                         f"--config.evaluate.predictions={tmp_path / 'two' / 'predictions'}"])
+  config = evaluate_config.get_config("tiny")
+  config.evaluate.ground_truth = str(cases)
+  config.evaluate.predictions = str(tmp_path / "two" / "predictions")
+  expected = scoring_job.evaluate_folder(config, tmp_path / "scores_one")
+  got = json.loads((tmp_path / "scores_two" / "summary.json").read_text())
+  assert got["failed"] == expected["failed"] and got["count"] == expected["count"] == len(names) - 1
+  assert got["metrics"] == json.loads(json.dumps(expected["metrics"]))
+  assert (tmp_path / "scores_two" / "scores.csv").read_text() == \
+      (tmp_path / "scores_one" / "scores.csv").read_text()

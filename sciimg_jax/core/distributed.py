@@ -9,6 +9,9 @@
     before XLA's client, which aborts with a stack trace); processes that do not all
     arrive make the others stop after `timeout_s`, and one that dies later makes the
     others stop within `heartbeat_s` (XLA's coordination service), never a hang;
+  * jobs over a folder of cases split it by name (`process_share`) and merge what each
+    process found at the end (`gather`): every case on exactly one process, its random key
+    from its name, so the outputs are those of one process;
   * that stop is one line and exit status `PEER_FAILED_STATUS`, from a `Watchdog` (below)
     that notices a dead process before XLA's heartbeat does. (XLA's own stop aborts the
     process from C++ with a stack trace, Python's fault handler and orbax's timed-out
@@ -17,6 +20,7 @@
 """
 
 import atexit
+import json
 import os
 import socket
 import sys
@@ -24,6 +28,8 @@ import threading
 import time
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core.errors import InputError
@@ -113,6 +119,34 @@ class Watchdog:
 
 
 _watchdog = None
+
+
+def process_share(items, key):
+  """This process's share of `items`: sorted by `key` (a case's name), every
+  `process_count`-th from `process_index`. Each item lands on exactly one process, decided
+  by the names alone (not by a listing's order); the shares differ by one item at most."""
+  return sorted(items, key=key)[jax.process_index()::jax.process_count()]
+
+
+def gather(obj):
+  """[obj of process 0, obj of process 1, ...] on every process; `obj` is JSON-able (NaN
+  and inf included). Every process must call it (a collective over the devices)."""
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  everyone = np.asarray(multihost_utils.process_allgather(padded))
+  return [json.loads(everyone[i, :n].tobytes()) for i, n in enumerate(sizes)]
+
+
+def merge_lists(parts, names, key):
+  """Per-process tuples of lists of records (dicts with a `key` field naming their case) as
+  one tuple of lists, each in the order of `names` (the order of one process)."""
+  rank = {name: i for i, name in enumerate(names)}
+  return tuple(sorted((r for part in parts for r in part[i]), key=lambda r: rank[r[key]])
+               for i in range(len(parts[0])))
 
 
 def finished():

@@ -11,6 +11,12 @@ def make_mesh(devices=None):
   return Mesh(np.asarray(devices), ("data",))
 
 
+def local_mesh():
+  """A 1D mesh over this process's devices: inference, where every process takes its own
+  cases (`distributed.process_share`). With one process, the same as `make_mesh()`."""
+  return make_mesh(jax.local_devices())
+
+
 def replicated(mesh):
   return NamedSharding(mesh, P())
 

@@ -33,7 +33,9 @@ fails the job raises InputError. `output_dir` defaults to `workdir/predictions`.
 All files are written atomically; after every case the job rewrites
 `<output_dir>/timings.json` ({case: seconds}, read by the scoring job) and
 `workdir/inpaint_summary.json` (seconds per case, `copied_through`, `failed`
-[{case, error}], settings), so an interrupted run leaves a valid record.
+[{case, error}], settings), so an interrupted run leaves a valid record. Several
+processes split the cases by name and merge their records once at the end
+(`inpaint_cases`).
 """
 
 import pathlib
@@ -47,6 +49,7 @@ from absl import logging
 
 from data_pipelines import brats_layout
 from sciimg_jax.core import atomic_files
+from sciimg_jax.core import distributed
 from sciimg_jax.core import figures
 from sciimg_jax.core import intensity
 from sciimg_jax.core import interrupts
@@ -264,27 +267,57 @@ def remove_outputs(out_dir, name):
   return removed
 
 
+def merge_summaries(parts, names):
+  """The summaries of the processes (`distributed.gather`) as one, in the order of one
+  process: the incomplete folders' failures first, then the cases in `names`' order."""
+  rank = {name: i for i, name in enumerate(names)}
+  merged = dict(parts[0], done={}, copied_through=[], failed=[])
+  for part in parts:
+    merged["done"].update(part["done"])
+    merged["copied_through"] += part["copied_through"]
+    merged["failed"] += part["failed"]
+    merged.setdefault("removed_stale", []).extend(part.get("removed_stale", []))
+    if "interrupted" in part:
+      merged["interrupted"] = part["interrupted"]
+  merged["done"] = dict(sorted(merged["done"].items(), key=lambda kv: rank[kv[0]]))
+  merged["copied_through"].sort(key=rank.get)
+  merged["failed"].sort(key=lambda f: rank.get(f["case"], -1))
+  if not merged["removed_stale"]:
+    del merged["removed_stale"]
+  return merged
+
+
 def inpaint_cases(config, workdir, inpainter):
   """Inpaints every case with `inpainter`; returns (and writes) the summary.
 
   `inpainter` has `name`, `volume_shape` (X, Y, Z, or None for any shape) and is called as
   `inpainter(voided, mask, key)` on normalised (X, Y, Z) float32 arrays. Raises
   InputError if there is no case or every case failed.
+
+  With several processes (`main.py --num_processes`), each takes its share of the cases by
+  name (`distributed.process_share`) on its own devices, keeps its running record in
+  `inpaint_summary.process-<i>.json`, and at the end process 0 writes the merged summary
+  and timings: the outputs of one process.
   """
   workdir = atomic_files.writable_folder(workdir)
   out_dir = atomic_files.writable_folder(config.inpaint.output_dir or workdir / "predictions")
   cases, incomplete = list_cases(config)
+  index, count = jax.process_index(), jax.process_count()
+  record = workdir / ("inpaint_summary.json" if count == 1 else
+                      f"inpaint_summary.process-{index}.json")
   settings = dict(inpainter=inpainter.name, volume_shape=list(inpainter.volume_shape or ()),
                   seed=config.seed, input=str(config.inpaint.input_dir or config.get("input")))
   summary = dict(inpainter=inpainter.name, output_dir=str(out_dir), settings=settings,
                  done={}, copied_through=[], failed=[])
-  for name, problem in incomplete.items():
-    record_failure(summary, out_dir, name, problem)
+  if index == 0:
+    for name, problem in incomplete.items():
+      record_failure(summary, out_dir, name, problem)
   base_key = jax.random.key(config.seed)
-  bar = tqdm.tqdm(cases, desc="inpaint", unit="case",
+  mine = distributed.process_share(cases, key=lambda case: case[0])
+  bar = tqdm.tqdm(mine, desc="inpaint", unit="case",
                   disable=not config.inpaint.get("progress_bar", True))
   for name, voided, mask, truth in bar:
-    if interrupted(summary, len(cases)):
+    if interrupted(summary, len(mine)):
       break
     try:
       status, seconds = inpaint_one(config, inpainter, name, voided, mask, truth, out_dir,
@@ -297,18 +330,26 @@ def inpaint_cases(config, workdir, inpainter):
       summary["done"][name] = seconds
       if status == "copied":
         summary["copied_through"].append(name)
-    atomic_files.write_json(out_dir / "timings.json", summary["done"])
-    atomic_files.write_json(workdir / "inpaint_summary.json", summary)
+    if count == 1:
+      atomic_files.write_json(out_dir / "timings.json", summary["done"])
+    atomic_files.write_json(record, summary)
 
-  if interrupted(summary, len(cases)):  # Ctrl-C during the loop, the last case included
-    atomic_files.write_json(workdir / "inpaint_summary.json", summary)
+  if interrupted(summary, len(mine)):  # Ctrl-C during the loop, the last case included
+    atomic_files.write_json(record, summary)
     raise interrupts.Interrupted(
         f"{len(summary['done'])} finished cases kept in {out_dir}; the others were not started "
-        f"(see {workdir / 'inpaint_summary.json'})")
-  print(f"{len(summary['done'])} done ({len(summary['copied_through'])} copied through "
-        f"unchanged), {len(summary['failed'])} failed; predictions in {out_dir}")
-  for f in summary["failed"]:
-    print(f"  failed {f['case']}: {f['error']}")
+        f"(see {record})")
+  if count > 1:
+    summary = merge_summaries(distributed.gather(summary), [case[0] for case in cases])
+    record.unlink(missing_ok=True)
+    if index == 0:
+      atomic_files.write_json(out_dir / "timings.json", summary["done"])
+      atomic_files.write_json(workdir / "inpaint_summary.json", summary)
+  if index == 0:
+    print(f"{len(summary['done'])} done ({len(summary['copied_through'])} copied through "
+          f"unchanged), {len(summary['failed'])} failed; predictions in {out_dir}")
+    for f in summary["failed"]:
+      print(f"  failed {f['case']}: {f['error']}")
   if not summary["done"]:
     raise InputError(settings["input"], f"every case failed ({len(summary['failed'])}); see "
                      f"{workdir / 'inpaint_summary.json'}")

@@ -19,16 +19,19 @@ summary and the others go on. Writes, atomically:
                         ddof=1, as the challenge's pandas summary; null for one case) of
                         each metric, and `failed`: [{case, error}].
                         A perfect case has psnr inf, written as `Infinity`.
-The job raises InputError (main.py exits non-zero) when no case could be scored.
+The job raises InputError (main.py exits non-zero) when no case could be scored. Several
+processes split the cases by name and process 0 writes the merged files.
 """
 
 import json
 import pathlib
 
+import jax
 from absl import logging
 
 from data_pipelines import brats_layout
 from sciimg_jax.core import atomic_files
+from sciimg_jax.core import distributed
 from sciimg_jax.core import image_metrics
 from sciimg_jax.core import reports
 from sciimg_jax.inpainting import brats_metrics
@@ -128,7 +131,8 @@ def evaluate_folder(config, workdir):
   timings = _load_timings(predictions, cfg.timings)
 
   rows, failed = [], []
-  for case_dir, _ in reports.each_case(cases, desc="evaluate", progress=cfg.progress_bar):
+  mine = distributed.process_share(cases, key=lambda case_dir: case_dir.name)
+  for case_dir, _ in reports.each_case(mine, desc="evaluate", progress=cfg.progress_bar):
     error = None
     try:
       scores = score_case(case_dir, prediction_path(predictions, case_dir.name, cfg.prediction_key),
@@ -144,14 +148,16 @@ def evaluate_folder(config, workdir):
       row["seconds"] = timings.get(case_dir.name)
     rows.append(row)
 
+  rows, failed = distributed.merge_lists(distributed.gather([rows, failed]),
+                                         [case_dir.name for case_dir in cases], key="case")
   columns = METRICS + (("seconds",) if timings is not None else ())
-  reports.write_table(workdir / "scores.csv", rows,
-                      [reports.Column(k, k) for k in ("case",) + columns])
-
   summary = summarize(rows, failed, columns)
   summary.update(predictions=str(predictions), ground_truth=str(cfg.ground_truth))
-  atomic_files.write_json(workdir / "summary.json", summary)
-  print(format_table(summary))
+  if jax.process_index() == 0:
+    reports.write_table(workdir / "scores.csv", rows,
+                        [reports.Column(k, k) for k in ("case",) + columns])
+    atomic_files.write_json(workdir / "summary.json", summary)
+    print(format_table(summary))
   if not rows:
     raise InputError(predictions, f"no case could be scored ({len(failed)} failed); see "
                      f"{workdir / 'summary.json'}")

@@ -185,7 +185,7 @@ class VolumeInpainter:
                        "inpaint_job.build_inpainter builds every method")
     self.config = config
     self.name = f"{p.method}/{p.resampling.mode}"
-    mesh = mesh or sharding.make_mesh()
+    mesh = mesh or sharding.local_mesh()
     models = models or {}
     models = [models[name] if name in models
               else load_slice_model(p[f"{name}_workdir"], name, mesh) for name in MODELS]

@@ -65,7 +65,7 @@ class VolumeSampler:
       raise InputError(where, f"two slice models share a name: {[m.name for m in models]}")
     self.combinators = {**COMBINATORS, **(combinators or {})}
     self.parameterization = parameterization
-    self.mesh = mesh or sharding.make_mesh()
+    self.mesh = mesh or sharding.local_mesh()
     self.devices = self.mesh.devices.size
     self.num_samples = num_samples
     # A network call takes `chunk_size` slices in all, N samples x chunk_size // N each;
