@@ -45,6 +45,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from data_pipelines import brats_layout
+from data_pipelines import processes
 from sciimg_jax.core import intensity
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.core.volumes import AXES
@@ -202,6 +203,7 @@ def fingerprint(splits, target, conditions):
   return h.hexdigest()[:16]
 
 
+@processes.process_0_first
 def build(splits, *, axis, selection, target, conditions, cache_dir):
   """Builds (once) and returns the prepared `BratsSlices` builder.
 

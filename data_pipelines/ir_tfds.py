@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import ir_formats
 from data_pipelines import ir_patches
+from data_pipelines import processes
 from sciimg_jax.core.errors import InputError
 
 _FORMAT_VERSION = "1.0.0"
@@ -181,6 +182,7 @@ def fingerprint(splits, options):
   return h.hexdigest()[:16]
 
 
+@processes.process_0_first
 def build(splits, options, cache_dir):
   """Builds (once) and returns the prepared `IrPatches` builder; {split: (folder, side)}."""
   for split, (_, side) in splits.items():

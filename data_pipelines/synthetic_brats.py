@@ -51,6 +51,7 @@ from scipy import ndimage
 import tqdm
 
 from data_pipelines import brats_layout
+from data_pipelines import processes
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import nifti
 from sciimg_jax.core.errors import InputError
@@ -419,6 +420,7 @@ def _write_manifest(out_dir, manifest):
   atomic_files.write_json(out_dir / MANIFEST, manifest, sort_keys=True)
 
 
+@processes.process_0_first
 def generate(out_dir, *, num_train, num_eval, resolution_mm=4, seed=0, progress=True):
   """Writes (or reuses) the synthetic BraTS-layout dataset in `out_dir`.
 

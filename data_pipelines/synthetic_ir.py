@@ -47,6 +47,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from data_pipelines import ir_formats
+from data_pipelines import processes
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core.errors import InputError
 
@@ -390,6 +391,7 @@ def sample_table(prior=None, *, num_images=4, per_class=40, size=96, seed=0, ste
 VERSION = 1  # bump when the generator's output changes
 
 
+@processes.process_0_first
 def generate(cache_dir, *, num_train, num_test, size, seed=0, prior=None):
   """{'train': folder, 'test': folder} of the embedded dataset, written once under `cache_dir`.
 

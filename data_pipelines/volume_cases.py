@@ -40,6 +40,7 @@ from absl import logging
 
 from data_pipelines import brats_layout
 from data_pipelines import global_batches
+from data_pipelines import processes
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import intensity
 from sciimg_jax.core import slice_context
@@ -209,6 +210,7 @@ def fingerprint(root, cases, keys, settings):
   return h.hexdigest()[:16]
 
 
+@processes.process_0_first
 def prepare(root, data, cache_dir, *, with_target=True, split="cases"):
   """The prepared cases of a BraTS-layout folder (written once into `cache_dir`, atomically)."""
   check_data_config(data)

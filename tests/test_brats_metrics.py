@@ -13,6 +13,7 @@ from sciimg_jax.inpainting import scoring_job
 from sciimg_jax.core import image_metrics
 from sciimg_jax.core import nifti
 from sciimg_jax.core.errors import InputError
+from tolerances import float32_tolerance
 
 # Produced once, not at test time, by running the challenge's `generate_metrics` steps
 # (github.com/BraTS-inpainting/inpainting, inpainting/challenge_metrics_2023.py) on
@@ -42,9 +43,13 @@ def toy_case(shape=(16, 16, 12), seed=0):
 def test_official_scores_match_torchmetrics_reference():
   scores = bm.official_scores(*toy_case())
   assert scores["ssim"] == pytest.approx(TORCHMETRICS_REFERENCE["ssim"], abs=1e-9)
-  # torchmetrics keeps the MSE/PSNR sums in float32: agreement to ~1e-7 relative.
-  assert scores["mse"] == pytest.approx(TORCHMETRICS_REFERENCE["mse"], rel=1e-6)
-  assert scores["psnr"] == pytest.approx(TORCHMETRICS_REFERENCE["psnr"], rel=1e-6)
+  # torchmetrics keeps the MSE/PSNR states in float32 (ours: float64). MSE: its float64 sum
+  # rounded into the state, then / count: 2 roundings. PSNR: those, log, log(10), 10 / log(10)
+  # and the product: 6 (no cancellation: relative).
+  assert scores["mse"] == pytest.approx(TORCHMETRICS_REFERENCE["mse"],
+                                        rel=float32_tolerance(1.0, 2))
+  assert scores["psnr"] == pytest.approx(TORCHMETRICS_REFERENCE["psnr"],
+                                         rel=float32_tolerance(1.0, 6))
   assert bm.ssim_3d(*toy_case()) == pytest.approx(TORCHMETRICS_REFERENCE["ssim_3d"], abs=1e-9)
 
 

@@ -45,14 +45,15 @@ class Watchdog:
   (a process killed or stuck), a process that exited without finishing its job, or a
   coordinator that no longer answers, stops this process with one line.
 
-  `stale_s` is half the XLA heartbeat timeout, so the line comes before XLA's abort. The
-  thread needs the GIL: a C extension that holds it for longer than `stale_s` in one call
-  would look like a stuck process; the default timeout (300 s) leaves 150 s.
+  `stale_s` is a quarter of the XLA heartbeat timeout, so the line comes well before XLA's
+  abort (measured at the timeout, 9.5 s for 10 s). The thread needs the GIL: a C extension
+  that holds it for longer than `stale_s` in one call would look like a stuck process; the
+  default timeout (300 s) leaves 75 s.
   """
 
   def __init__(self, client, index, count, timeout_s):
     self.client, self.index, self.count = client, index, count
-    self.interval_s, self.stale_s = max(timeout_s / 10, 0.1), timeout_s / 2
+    self.interval_s, self.stale_s = max(timeout_s / 40, 0.05), timeout_s / 4
     self.finished = False
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, name="sciimg-watchdog", daemon=True)
