@@ -85,7 +85,7 @@ def main(argv):
     jobs.run(config, FLAGS.workdir)
     distributed.finished()
   except (InputError, FloatingPointError) as e:
-    sys.exit(f"error: {e}")
+    distributed.stop(f"error: {e}")
   except interrupts.Interrupted as e:
     sys.stderr.write(f"stopped: {e}\n")  # completes the Ctrl-C line: one line in all
     sys.stdout.flush()

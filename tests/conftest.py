@@ -37,7 +37,7 @@ from configs import base  # noqa: E402
 # (longest-processing-time-first). test_main and test_volume_inpainter both train
 # `slice_model_dirs`; apart in the list, the second reads the first's compiled programs from
 # the compilation cache instead of compiling them at the same time on the other worker.
-LONGEST_MODULES = ("test_ensembler_pipeline", "test_main", "test_trainer", "test_volume_inpainter",
+LONGEST_MODULES = ("test_multiprocess", "test_ensembler_pipeline", "test_main", "test_trainer", "test_volume_inpainter",
                    "test_notebook", "test_ir_classifier", "test_unet")
 
 

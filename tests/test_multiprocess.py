@@ -131,7 +131,7 @@ def test_two_process_training_run_matches_one_and_resumes(tiny_config, data_cach
   # Resume: the run's checkpoint of step 8 removed, both processes restore step 4 and go on.
   shutil.copytree(tmp_path / "two", tmp_path / "resumed")
   shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "8")
-  logs = run_two(tmp_path / "resumed", data_cache, overrides)
+  logs = run_two(tmp_path / "resumed", data_cache, dict(overrides, **{"train.eval_every": 0}))
   assert all("Resumed from the checkpoint of step 4." in log for log in logs)
   assert losses(tmp_path / "resumed") == two  # same processes, same programs: exactly
   resumed = trained_models.load(tmp_path / "resumed", mesh)
@@ -146,7 +146,7 @@ def test_killed_process_stops_the_other_with_one_line_and_the_rerun_resumes(
   cache starts empty: both processes prepare the embedded data and its slices, process 0
   first (data_pipelines/processes.py)."""
   data_cache = tmp_path / "cache"
-  timeout_s, num_steps = 8, 40
+  timeout_s, num_steps = 8, 24
   overrides = {"train.num_steps": num_steps, "train.checkpoint_every": 2, "train.log_every": 1,
                "train.eval_every": 0, "train.progress_bar": False}
   workdir = tmp_path / "run"
@@ -240,3 +240,82 @@ def test_inference_and_scoring_split_cases_by_name_over_two_processes(
   assert got["metrics"] == json.loads(json.dumps(expected["metrics"]))
   assert (tmp_path / "scores_two" / "scores.csv").read_text() == \
       (tmp_path / "scores_one" / "scores.csv").read_text()
+
+
+def test_ensembler_evaluation_and_scoring_split_cases_over_two_processes(tiny_config, tmp_path):
+  """Diff-Ensembler's evaluation (the cubic baseline) and file-space scoring on 2 processes:
+  the outputs, rows and summary of one process (the MMD to float64 rounding); a case without
+  a prediction is listed once."""
+  from data_pipelines import sources  # pylint: disable=g-import-not-at-top
+  from configs.ensembler import score as score_config  # pylint: disable=g-import-not-at-top
+  from sciimg_jax.ensembler import scoring_job  # pylint: disable=g-import-not-at-top
+  splits = sources.source_dirs(tiny_config.data, tmp_path)  # the embedded subjects
+  cases = tmp_path / "cases"
+  for d in sorted(p for split in splits.values() for p in split.iterdir() if p.is_dir()):
+    shutil.copytree(d, cases / d.name)
+  names = sorted(p.name for p in cases.iterdir())
+  args = ["--config=configs/ensembler/evaluate.py:sr+tiny", "--config.evaluate.methods=cubic",
+          f"--config.evaluate.input_root={cases}"]
+  run_main_processes(1, [*args, f"--workdir={tmp_path / 'one'}"])
+  run_main_processes(2, [*args, f"--workdir={tmp_path / 'two'}"])
+  rows = {run: [l.split(",") for l in (tmp_path / run / "cases.csv").read_text().splitlines()]
+          for run in ("one", "two")}
+  seconds = rows["one"][0].index("seconds")
+  drop = lambda table: [r[:seconds] + r[seconds + 1:] for r in table]
+  assert drop(rows["two"]) == drop(rows["one"]) and [r[0] for r in rows["two"][1:]] == names
+  summaries = {run: json.loads((tmp_path / run / "summary.json").read_text())["cubic"]
+               for run in ("one", "two")}
+  one, two = summaries["one"], summaries["two"]
+  for key in ("cases", "psnr", "ssim", "psnr_file", "ssim_file", "texture"):
+    assert two[key] == one[key], key
+  # The MMD is sum_v d_v^2, d = mean(truths) - mean(outputs), means of float64 sums of n
+  # volumes of values <= 2 (normalised by the truth's range; cubic overshoots a little) that
+  # the two processes add in another order: each d_v moves by <= 2 n eps64 x 2, the MMD by
+  # 2 sum_v |d_v| that <= 2 sqrt(V x MMD) x that (Cauchy-Schwarz), V voxels.
+  from configs.ensembler import evaluate as evaluate_config  # pylint: disable=g-import-not-at-top
+  voxels = np.prod(evaluate_config.get_config("sr+tiny").data.volume_shape)
+  step = 2 * len(names) * np.finfo(np.float64).eps * 2.0
+  assert abs(two["mmd"] - one["mmd"]) <= 2 * np.sqrt(voxels * one["mmd"]) * step
+  for name in names:
+    a, b = (nib.load(tmp_path / run / "outputs" / "cubic" / name / f"{name}-t2f.nii.gz")
+            for run in ("one", "two"))
+    np.testing.assert_array_equal(np.asarray(b.dataobj), np.asarray(a.dataobj), err_msg=name)
+
+  # File-space scoring; one case's prediction removed.
+  (tmp_path / "two" / "outputs" / "cubic" / names[2] / f"{names[2]}-t2f.nii.gz").unlink()
+  score_args = ["--config=configs/ensembler/score.py:sr+tiny", "--config.evaluate.methods=cubic",
+                f"--config.evaluate.predictions={tmp_path / 'two' / 'outputs'}",
+                f"--config.evaluate.ground_truth={cases}"]
+  run_main_processes(2, [*score_args, f"--workdir={tmp_path / 'score_two'}"])
+  config = score_config.get_config("sr+tiny")
+  config.evaluate.methods = ("cubic",)
+  config.evaluate.predictions = str(tmp_path / "two" / "outputs")
+  config.evaluate.ground_truth = str(cases)
+  expected = json.loads(json.dumps(scoring_job.evaluate_folder(config, tmp_path / "score_one")))
+  got = json.loads((tmp_path / "score_two" / "summary.json").read_text())
+  assert got == expected
+  assert [f["case"] for f in got["methods"]["cubic"]["failed"]] == [names[2]]
+  assert (tmp_path / "score_two" / "scores.csv").read_text() == \
+      (tmp_path / "score_one" / "scores.csv").read_text()
+
+
+def test_a_process_that_stops_with_an_error_stops_the_others_with_one_line(tmp_path):
+  """Process 1's bad value stops it with its one line; process 0 follows with one line (not
+  XLA's abort in JAX's shutdown barrier, nor a hang in the first collective)."""
+  env = dict({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  port = free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, str(HERE.parent / "main.py"), "--config=configs/inpainting/axial.py:tiny",
+       f"--workdir={tmp_path / 'w'}", f"--config.data.cache_dir={tmp_path / 'cache'}",
+       f"--config.train.num_steps={-5 if i else 20}", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}", "--multihost_timeout=20"],
+      cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  errs = [p.communicate(timeout=300)[1] for p in procs]
+  assert procs[1].returncode == 1 and errs[1].strip() == (
+      "error: train.num_steps: must be a positive whole number of steps, got -5"), errs[1]
+  assert procs[0].returncode == distributed.PEER_FAILED_STATUS, errs[0][-3000:]
+  last = errs[0].strip().splitlines()[-1]  # after the embedded data's progress bar, if any
+  assert last.startswith("error: process 0: process 1 exited before the job finished"), errs[0]
+  assert not any(w in errs[0] for w in ("Traceback", "Fatal Python error", "Terminating"))

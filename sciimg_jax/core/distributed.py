@@ -9,14 +9,15 @@
     before XLA's client, which aborts with a stack trace); processes that do not all
     arrive make the others stop after `timeout_s`, and one that dies later makes the
     others stop within `heartbeat_s` (XLA's coordination service), never a hang;
-  * jobs over a folder of cases split it by name (`process_share`) and merge what each
-    process found at the end (`gather`): every case on exactly one process, its random key
-    from its name, so the outputs are those of one process;
   * that stop is one line and exit status `PEER_FAILED_STATUS`, from a `Watchdog` (below)
     that notices a dead process before XLA's heartbeat does. (XLA's own stop aborts the
     process from C++ with a stack trace, Python's fault handler and orbax's timed-out
     barrier: 100-170 lines. Its client takes a `missed_heartbeat_callback`, but jaxlib
-    0.10 cannot pass it XLA's status: a Python callback ends in `std::bad_cast`.)
+    0.10 cannot pass it XLA's status: a Python callback ends in `std::bad_cast`.) A job
+    that fails in one process ends it through `stop`, which tells the others;
+  * jobs over a folder of cases split it by name (`process_share`) and merge what each
+    process found at the end (`gather`, `gather_arrays`): every case on exactly one
+    process, its random key from its name, so the outputs are those of one process.
 """
 
 import atexit
@@ -142,11 +143,24 @@ def gather(obj):
   return [json.loads(everyone[i, :n].tobytes()) for i, n in enumerate(sizes)]
 
 
+def gather_arrays(arrays):
+  """[arrays of process 0, arrays of process 1, ...] on every process, bit for bit (any
+  dtype: sent as bytes); every process passes arrays of the same shapes and dtypes."""
+  arrays = [np.ascontiguousarray(a) for a in arrays]
+  if jax.process_count() == 1 or not arrays:
+    return [arrays] * jax.process_count()
+  flat = np.concatenate([a.view(np.uint8).reshape(-1) for a in arrays])
+  everyone = np.asarray(multihost_utils.process_allgather(flat))
+  bounds = np.cumsum([0] + [a.nbytes for a in arrays])
+  return [[row[lo:hi].view(a.dtype).reshape(a.shape)
+           for a, lo, hi in zip(arrays, bounds[:-1], bounds[1:])] for row in everyone]
+
+
 def merge_lists(parts, names, key):
   """Per-process tuples of lists of records (dicts with a `key` field naming their case) as
   one tuple of lists, each in the order of `names` (the order of one process)."""
-  rank = {name: i for i, name in enumerate(names)}
-  return tuple(sorted((r for part in parts for r in part[i]), key=lambda r: rank[r[key]])
+  rank = {name: i for i, name in enumerate(names)}  # records of other names (-1) go first
+  return tuple(sorted((r for part in parts for r in part[i]), key=lambda r: rank.get(r[key], -1))
                for i in range(len(parts[0])))
 
 
@@ -154,6 +168,19 @@ def finished():
   """Tells the other processes that this one's job ended well (main.py, after the job)."""
   if _watchdog is not None:
     _watchdog.finish()
+
+
+def stop(message, status=1):
+  """Ends the program with `message` (one line): with several processes, tells the others
+  first and skips JAX's shutdown barrier, which would abort with XLA's stack trace once
+  the others have stopped; with one, `sys.exit`."""
+  if _watchdog is None:
+    sys.exit(message)
+  _watchdog.stop()  # the others read "exited" and stop with one line
+  sys.stderr.write(message + "\n")
+  sys.stderr.flush()
+  sys.stdout.flush()
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def _host_port(address):

@@ -33,6 +33,8 @@ reads against; its other scores are empty and it has no MMD.
 After every case the job rewrites `cases.csv` (one row per case and method) and
 `summary.json` (per method: mean and std (ddof=1) of each score, seconds per volume, and the
 set-level MMD against the ground truths), all atomically; at the end it prints the table.
+Several processes split the cases by name, each on its own devices, and process 0 writes
+the merged tables once at the end.
 """
 
 import pathlib
@@ -46,6 +48,7 @@ from data_pipelines import brats_layout
 from data_pipelines import sources as data_sources
 from data_pipelines import volume_cases
 from sciimg_jax.core import atomic_files
+from sciimg_jax.core import distributed
 from sciimg_jax.core import figures
 from sciimg_jax.core import intensity
 from sciimg_jax.core import nifti
@@ -63,6 +66,7 @@ from sciimg_jax.ensembler import volume_model
 
 SCORES = ("psnr", "ssim", "psnr_file", "ssim_file", "texture", "dice")
 CEILING = "ground truth"  # the segmenter's Dice on the target itself
+TRUTHS = "ground truths"  # the running sum of the normalised targets, for the MMD
 CASE_COLUMNS = tuple(reports.Column(k, k) for k in ("case", "method") + SCORES + ("seconds",))
 SUMMARY_COLUMNS = (
     reports.Column("method", "method"), reports.Column.mean_std("PSNR (dB)", "psnr", 2),
@@ -125,10 +129,26 @@ def write_output(path, image, case, data):
   nifti.save_volume(path, restored, np.asarray(case.meta["affine"]), header, dtype=np.float32)
 
 
-def summarise(rows, results, truths):
+def add_to(sums, name, volume):
+  """Adds `volume` to the running (float64 sum, count) of `name` (a method, or TRUTHS)."""
+  total, count = sums.get(name, (0.0, 0))
+  sums[name] = (total + np.asarray(volume, np.float64), count + 1)
+
+
+def merge_sums(sums, shape):
+  """The running sums (`add_to`) of every process added up; every process calls it."""
+  names = sorted({n for part in distributed.gather(sorted(sums)) for n in part})
+  local = [sums.get(n, (np.zeros(shape), 0)) for n in names]
+  totals = distributed.gather_arrays([total for total, _ in local])
+  counts = distributed.gather([count for _, count in local])
+  return {n: (sum(t[i] for t in totals), sum(c[i] for c in counts)) for i, n in enumerate(names)}
+
+
+def summarise(rows, sums):
   """{method: {score: [mean, std], seconds, mmd}} over the cases scored so far.
 
-  std is `reports.mean_std`'s (ddof=1; None for one case).
+  std is `reports.mean_std`'s (ddof=1; None for one case). `sums` holds the running sums of
+  the normalised outputs of each method and of the ground truths (`add_to`), for the MMD.
   """
   summary = {}
   for method in dict.fromkeys(r["method"] for r in rows):
@@ -138,8 +158,8 @@ def summarise(rows, results, truths):
       values = [r[key] for r in mine if r.get(key) is not None and np.isfinite(r[key])]
       if values:
         entry[key] = list(reports.mean_std(values))
-    if truths and method in results:
-      entry["mmd"] = evaluation.set_mmd(results[method], truths)
+    if TRUTHS in sums and method in sums:
+      entry["mmd"] = evaluation.set_mmd(sums[method], sums[TRUTHS])
     summary[method] = entry
   return summary
 
@@ -163,10 +183,12 @@ def evaluate_cases(config, workdir, translator, segmenter=None):
   data, methods = config.data, tuple(config.evaluate.methods)
   cases = input_cases(config, workdir)
   position = volumes.position_embedding(tuple(data.volume_shape))
-  rows, results, truths = [], {m: [] for m in methods}, []
+  rows, sums = [], {}
   chunk = config.sampling.chunk_size
   summary = {}
-  for case, key in reports.each_case(cases, progress=config.evaluate.progress_bar,
+  single = jax.process_count() == 1
+  mine = distributed.process_share(cases, key=lambda case: case.name)
+  for case, key in reports.each_case(mine, progress=config.evaluate.progress_bar,
                                      base_key=jax.random.key(config.seed)):
     array = np.asarray(case.array)
     cond = volume_cases.example(data, array, position)["cond"]
@@ -191,7 +213,7 @@ def evaluate_cases(config, workdir, translator, segmenter=None):
         row.update(evaluation.scores(image, truth, brain))
         in_file = scoring_job.score_file(path, truth_file, truth_volume)
         row.update(psnr_file=in_file["psnr"], ssim_file=in_file["ssim"])
-        results[method].append(evaluation.normalised(image, truth))
+        add_to(sums, method, evaluation.normalised(image, truth))
       if segmenter is not None and labels is not None:
         row["dice"] = segmenter_dice(segmenter, data, image, cond, labels, chunk, translator.mesh)
       rows.append(row)
@@ -200,7 +222,7 @@ def evaluate_cases(config, workdir, translator, segmenter=None):
                    "dice": segmenter_dice(segmenter, data, truth, cond, labels, chunk,
                                           translator.mesh)})
     if truth is not None:
-      truths.append(evaluation.normalised(truth, truth))
+      add_to(sums, TRUTHS, evaluation.normalised(truth, truth))
     columns = {"condition": cond[..., 0], **outputs}
     if truth is not None:
       columns["ground truth"] = truth
@@ -208,8 +230,14 @@ def evaluate_cases(config, workdir, translator, segmenter=None):
                            [s // 2 for s in truth.shape] if truth is not None
                            else [s // 2 for s in cond.shape[:3]],
                            {k: (-1.0, 1.0) for k in columns})
-    summary = summarise(rows, results, truths)
-    write_tables(workdir, rows, summary)
+    if single:  # a valid record after every case
+      summary = summarise(rows, sums)
+      write_tables(workdir, rows, summary)
+  if not single:
+    rows, = distributed.merge_lists(distributed.gather([rows]), [c.name for c in cases], "case")
+    summary = summarise(rows, merge_sums(sums, tuple(data.volume_shape)))
+    if jax.process_index() == 0:
+      write_tables(workdir, rows, summary)
   return summary
 
 
@@ -242,7 +270,7 @@ def segmenter_input(segmenter, data, image, cond):
 
 def evaluate_folder(config, workdir):
   """The `ensembler_evaluate` job."""
-  mesh = sharding.make_mesh()
+  mesh = sharding.local_mesh()  # each process translates its own cases
   members, fusion, regressor, segmenter, volume = load_models(config, mesh)
   translator = translator_lib.VolumeTranslator(config, members, fusion, mesh, regressor, volume)
   summary = evaluate_cases(config, workdir, translator, segmenter)

@@ -32,8 +32,12 @@ def scores(prediction, truth, brain):
 
 
 def set_mmd(outputs, truths):
-  """MMD (linear kernel) between a method's normalised outputs and the ground truths."""
-  return image_metrics.mmd_linear(np.stack(truths), np.stack(outputs))
+  """MMD (linear kernel) between a method's normalised outputs and the ground truths, from
+  the running (float64 sum, count) of each set: |mean(truths) - mean(outputs)|^2, which is
+  `image_metrics.mmd_linear` of the two sets without keeping every volume."""
+  (output_sum, outputs_n), (truth_sum, truths_n) = outputs, truths
+  delta = (np.asarray(truth_sum) / truths_n - np.asarray(output_sum) / outputs_n).reshape(-1)
+  return float(delta @ delta)
 
 
 def dice(probability, labels):

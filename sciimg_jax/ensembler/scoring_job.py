@@ -30,15 +30,18 @@ go on. Writes, atomically:
                         perfect case's inf PSNR is in scores.csv, not in the mean), and
                         `failed`: [{case, error}]
 The job raises InputError (main.py exits non-zero) when a method has no scorable case.
+Several processes split the cases by name and process 0 writes the merged files.
 """
 
 import pathlib
 
+import jax
 import numpy as np
 from absl import logging
 
 from data_pipelines import brats_layout
 from sciimg_jax.core import atomic_files
+from sciimg_jax.core import distributed
 from sciimg_jax.core import nifti
 from sciimg_jax.core import reports
 from sciimg_jax.core.errors import InputError
@@ -140,8 +143,10 @@ def evaluate_folder(config, workdir):
 
   rows = []
   failed = {m: [dict(case=name, error=f"ground truth: {reason}")
-                for name, reason in incomplete.items()] for m in folders}
-  for case_dir, _ in reports.each_case(cases, desc="score", progress=cfg.progress_bar):
+                for name, reason in incomplete.items()] if jax.process_index() == 0 else []
+            for m in folders}
+  mine = distributed.process_share(cases, key=lambda case_dir: case_dir.name)
+  for case_dir, _ in reports.each_case(mine, desc="score", progress=cfg.progress_bar):
     truth_path = brats_layout.case_file(case_dir, target)
     try:
       truth, truth_error = nifti.load_volume(truth_path), None
@@ -160,13 +165,18 @@ def evaluate_folder(config, workdir):
         continue
       rows.append(dict(case=case_dir.name, method=method, **scores))
 
-  reports.write_table(workdir / "scores.csv", rows, CASE_COLUMNS)
+  names = [case_dir.name for case_dir in cases]
+  rows, *failed_lists = distributed.merge_lists(
+      distributed.gather([rows, *failed.values()]), names, key="case")
+  failed = dict(zip(failed, failed_lists))  # rows: by case, then method (each case's in order)
   summary = dict(predictions=str(cfg.predictions), ground_truth=str(cfg.ground_truth),
                  target=target,
                  methods={m: summarize([r for r in rows if r["method"] == m], failed[m])
                           for m in folders})
-  atomic_files.write_json(workdir / "summary.json", summary)
-  print(format_table(summary))
+  if jax.process_index() == 0:
+    reports.write_table(workdir / "scores.csv", rows, CASE_COLUMNS)
+    atomic_files.write_json(workdir / "summary.json", summary)
+    print(format_table(summary))
   empty = [m for m, s in summary["methods"].items() if not s["count"]]
   if empty:
     raise InputError(cfg.predictions, f"no case could be scored for {', '.join(empty)} (in "
