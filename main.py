@@ -87,6 +87,7 @@ def main(argv):
   except (InputError, FloatingPointError) as e:
     distributed.stop(f"error: {e}")
   except interrupts.Interrupted as e:
+    distributed.abandon()  # the other processes stop too, with one line
     sys.stderr.write(f"stopped: {e}\n")  # completes the Ctrl-C line: one line in all
     sys.stdout.flush()
     sys.stderr.flush()

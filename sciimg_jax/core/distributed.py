@@ -170,13 +170,20 @@ def finished():
     _watchdog.finish()
 
 
+def abandon():
+  """Tells the other processes that this one leaves before its job is done (they stop with
+  one line); nothing with one process."""
+  if _watchdog is not None:
+    _watchdog.stop()
+
+
 def stop(message, status=1):
   """Ends the program with `message` (one line): with several processes, tells the others
   first and skips JAX's shutdown barrier, which would abort with XLA's stack trace once
   the others have stopped; with one, `sys.exit`."""
   if _watchdog is None:
     sys.exit(message)
-  _watchdog.stop()  # the others read "exited" and stop with one line
+  abandon()
   sys.stderr.write(message + "\n")
   sys.stderr.flush()
   sys.stdout.flush()
