@@ -142,10 +142,9 @@ def test_two_process_training_run_matches_one_and_resumes(tiny_config, data_cach
 def test_killed_process_stops_the_other_with_one_line_and_the_rerun_resumes(
     tiny_config, data_cache, tmp_path):
   """Process 1 killed (SIGKILL) after the checkpoint of step 4: process 0 stops within the
-  multihost timeout with one line, and the same command again resumes and finishes. The
-  cache starts empty: both processes prepare the embedded data and its slices, process 0
-  first (data_pipelines/processes.py)."""
-  data_cache = tmp_path / "cache"
+  multihost timeout with one line, and the same command again resumes and finishes.
+  (Preparing data on 2 processes, process 0 first, is exercised by the ensembler test.)"""
+  slice_inputs.InpaintingSlices().sources(tiny_config, tmp_path)  # prepared once, here
   timeout_s, num_steps = 8, 24
   overrides = {"train.num_steps": num_steps, "train.checkpoint_every": 2, "train.log_every": 1,
                "train.eval_every": 0, "train.progress_bar": False}
@@ -245,7 +244,8 @@ def test_inference_and_scoring_split_cases_by_name_over_two_processes(
 def test_ensembler_evaluation_and_scoring_split_cases_over_two_processes(tiny_config, tmp_path):
   """Diff-Ensembler's evaluation (the cubic baseline) and file-space scoring on 2 processes:
   the outputs, rows and summary of one process (the MMD to float64 rounding); a case without
-  a prediction is listed once."""
+  a prediction is listed once. Both processes prepare the volumes into one empty cache,
+  process 0 first (data_pipelines/processes.py)."""
   from data_pipelines import sources  # pylint: disable=g-import-not-at-top
   from configs.ensembler import score as score_config  # pylint: disable=g-import-not-at-top
   from sciimg_jax.ensembler import scoring_job  # pylint: disable=g-import-not-at-top
