@@ -92,6 +92,9 @@ def main(argv):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(interrupts.EXIT_STATUS)  # skip interpreter teardown while XLA threads run
+  except Exception as e:  # pylint: disable=broad-except  # a bug, or a dead peer's collective
+    distributed.failed(e)  # several processes: does not return
+    raise
 
 
 if __name__ == "__main__":

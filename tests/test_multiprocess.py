@@ -159,7 +159,9 @@ def test_killed_process_stops_the_other_with_one_line_and_the_rerun_resumes(
   err = procs[0].communicate(timeout=60)[1]
   waited = time.monotonic() - killed
   procs[1].communicate()
-  assert procs[0].returncode == distributed.PEER_FAILED_STATUS, err[-3000:]
+  # Its collective hangs, or fails at once when it was reading from the killed process
+  # (distributed.failed then waits for the watchdog's verdict): the same line either way.
+  assert procs[0].returncode == distributed.PEER_FAILED_STATUS, err[:3000] + err[-3000:]
   # The watchdog's bound: no sign of life for timeout/4, noticed within timeout/40 (+ slack
   # for a busy machine); XLA's own abort (exit -6, ~100 lines) comes at `timeout_s`.
   assert waited < timeout_s, err[-3000:]

@@ -14,7 +14,9 @@
     process from C++ with a stack trace, Python's fault handler and orbax's timed-out
     barrier: 100-170 lines. Its client takes a `missed_heartbeat_callback`, but jaxlib
     0.10 cannot pass it XLA's status: a Python callback ends in `std::bad_cast`.) A job
-    that fails in one process ends it through `stop`, which tells the others;
+    that fails in one process ends it through `stop`, which tells the others; an
+    unexpected error (`failed`) first gives the watchdog the time it needs to notice a dead
+    process, since a collective can fail, rather than hang, when its peer is killed;
   * jobs over a folder of cases split it by name (`process_share`) and merge what each
     process found at the end (`gather`, `gather_arrays`): every case on exactly one
     process, its random key from its name, so the outputs are those of one process.
@@ -27,6 +29,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 
 import jax
 import numpy as np
@@ -103,6 +106,11 @@ class Watchdog:
                      "with the same command to resume from the last complete checkpoint.\n")
     sys.stderr.flush()
     os._exit(PEER_FAILED_STATUS)  # pylint: disable=protected-access
+
+  def wait_for_verdict(self):
+    """Blocks until the watchdog would have noticed a process that died just now (then
+    this process has ended with its line), or returns after that time."""
+    self._thread.join(timeout=self.stale_s + 3 * self.interval_s)
 
   def finish(self):
     """The job ended well: peers stop watching this process."""
@@ -188,6 +196,22 @@ def stop(message, status=1):
   sys.stderr.flush()
   sys.stdout.flush()
   os._exit(status)  # pylint: disable=protected-access
+
+
+def failed(error):
+  """The job raised `error`, which is not bad input. One process: returns (the caller raises
+  it again). Several: does not return. If another process died (a collective can fail when
+  its peer is killed, instead of hanging), the watchdog stops this one with its line first;
+  otherwise the traceback and a line naming this process, and the others are told (no
+  hang, no XLA abort at JAX's shutdown barrier). The wait is the watchdog's `stale_s`: a
+  quarter of `--multihost_timeout`."""
+  if _watchdog is None:
+    return
+  _watchdog.wait_for_verdict()
+  traceback.print_exception(error)
+  first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+  stop(f"error: process {_watchdog.index}: the job failed: {type(error).__name__}"
+       + (f": {first}" if first else ""))
 
 
 def _host_port(address):
