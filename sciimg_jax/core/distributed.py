@@ -95,8 +95,7 @@ class Watchdog:
       except Exception as e:  # pylint: disable=broad-except  # the coordinator is gone
         if self._stop.is_set():
           return
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        self._fail(f"the coordinator (process 0) no longer answers: {reason}")
+        self._fail(f"the coordinator (process 0) no longer answers: {_first_line(e, 120)}")
 
   def _fail(self, reason):
     if self._stop.is_set():
@@ -209,9 +208,14 @@ def failed(error):
     return
   _watchdog.wait_for_verdict()
   traceback.print_exception(error)
-  first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-  stop(f"error: process {_watchdog.index}: the job failed: {type(error).__name__}"
-       + (f": {first}" if first else ""))
+  summary = traceback.format_exception_only(error)[0].splitlines()[0][:200]  # "Type: message"
+  stop(f"error: process {_watchdog.index}: the job failed: {summary}")
+
+
+def _first_line(error, limit):
+  """The first line of `error`'s message (its type's name if it has none), cut at `limit`."""
+  text = str(error).strip()
+  return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
 def _host_port(address):
@@ -257,9 +261,8 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
                                heartbeat_timeout_seconds=int(heartbeat_s))
   except (RuntimeError, ValueError) as e:  # XlaRuntimeError is a RuntimeError
     where = coordinator_address or "the cluster's coordinator"
-    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise InputError(where, f"could not start process {process_id} of {num_processes} "
-                     f"within {timeout_s} s: {reason}") from e
+                     f"within {timeout_s} s: {_first_line(e, 200)}") from e
   if jax.process_count() > 1:
     global _watchdog
     from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
