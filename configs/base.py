@@ -63,6 +63,9 @@ def get_base_config():
   c.diffusion.beta_start = 1e-4
   c.diffusion.beta_end = 0.02
   c.diffusion.parameterization = "eps"  # eps | x0 | v | edm (schedules.edm_coefficients)
+  # edm: the data's standard deviation of the preconditioning; 0 = measured from the training
+  # targets (in the loss's voxels) before the first step and saved with the run's config.
+  c.diffusion.sigma_data = 0.5
 
   # How every job samples (and a training job's evaluation): see
   # sciimg_jax/core/diffusion/sampling_config.py.
@@ -117,6 +120,7 @@ def sampling_block(**overrides):
       stepper="ddim",            # ddim | ddpm | dpm++2m (DPM-Solver++ 2M; no RePaint loops)
       eta=0.0,                   # DDIM noise scale
       spacing="uniform",         # uniform: 0, T/n, 2T/n, ... | linspace: round(linspace(0, T-1, n))
+                                 # | karras: rho-7 noise levels, most steps at low noise
       clip_x0=1.0,               # clip predicted x0 to [-c, c] at every step; 0 = no clipping
       num_samples=1,             # N > 1: N samples in one jitted call; their mean is the result
       chunk_size=32,             # most slices per 2D network call, all samples together

@@ -235,3 +235,59 @@ def test_unknown_prediction_key_is_refused(tmp_path):
   with pytest.raises(InputError, match="evaluate.prediction_key: must be t1n-inference or "
                      "t1n-sample, got 't1n'"):
     scoring_job.evaluate_folder(config, tmp_path / "work")
+
+
+@pytest.mark.parametrize("num_samples", [2, 4, 16])
+def test_sample_spread_is_calibrated_for_posterior_samples(num_samples):
+  """N samples and the truth drawn from one Gaussian posterior per voxel give calibration
+  near 1 and spread = the posterior's std on the [0, 1] scale; samples that do not vary give
+  0; samples twice as wide give 2."""
+  pred, gt, voided, healthy = toy_case(shape=(24, 24, 16))
+  rng = np.random.default_rng(1)
+  lo, hi = bm.intensity.percentile_range(voided, *bm.PERCENTILES, nonzero_fallback=False)
+  sigma = 0.05 * (hi - lo)  # small against the range: the [0, 1] clip leaves it alone
+  centre = np.where(healthy > 0, gt + 0.3 * sigma * rng.standard_normal(gt.shape), gt)
+  truth = np.where(healthy > 0, centre + sigma * rng.standard_normal(gt.shape), gt)
+  for width, want in ((1.0, 1.0), (2.0, 2.0)):
+    samples = centre + width * sigma * rng.standard_normal((num_samples,) + gt.shape)
+    samples = np.where(healthy > 0, samples, gt)
+    scores = bm.sample_spread(samples.std(axis=0), samples.mean(axis=0), truth, voided,
+                              healthy, num_samples)
+    # not rounding: both the sample variance and the truth's squared error average
+    # M = healthy.sum() (about 1000) chi-square terms; with N samples the ratio's relative
+    # std is about sqrt(2 / (M (N - 1)) + 2 / M) < 0.07; a 4-sigma band
+    m = int(healthy.sum())
+    band = 4 * np.sqrt(2 / (m * (num_samples - 1)) + 2 / m)
+    assert abs(scores["calibration"] / want - 1) < band, (width, scores)
+    assert abs(scores["spread"] / (width * sigma / (hi - lo)) - 1) < 4 * np.sqrt(
+        2 / (m * (num_samples - 1))) + float32_tolerance(1.0, 8)
+  still = np.zeros_like(centre)  # the std of samples that do not vary
+  flat = bm.sample_spread(still, centre, truth, voided, healthy, num_samples)
+  assert flat["spread"] == 0.0 and flat["calibration"] == 0.0
+  with pytest.raises(InputError, match="N >= 2"):
+    bm.sample_spread(still, centre, truth, voided, healthy, 1)
+
+
+def test_evaluate_folder_scores_the_spread_and_refuses_one_sample(tmp_path):
+  affine = np.eye(4)
+  gt_root, pred_root = tmp_path / "gt", tmp_path / "pred"
+  name = "BraTS-GLI-00000-000"
+  pred = _write_case(gt_root, name, seed=0, affine=affine)
+  std = np.full(pred.shape, 2.0, np.float32)
+  nifti.save_volume(pred_root / f"{name}-t1n-inference.nii.gz", pred, affine)
+  config = inpaint_evaluate.get_config("tiny")
+  config.evaluate.predictions, config.evaluate.ground_truth = str(pred_root), str(gt_root)
+  config.evaluate.num_samples = 1
+  with pytest.raises(InputError, match="evaluate.num_samples.*needs N >= 2 samples"):
+    scoring_job.evaluate_folder(config, tmp_path / "w1")
+  config.evaluate.num_samples = 4
+  with pytest.raises(InputError, match="no case could be scored"):  # the std file is missing
+    scoring_job.evaluate_folder(config, tmp_path / "w2")
+  assert "t1n-inference-std.nii.gz: missing" in json.loads(
+      (tmp_path / "w2" / "summary.json").read_text())["failed"][0]["error"]
+  nifti.save_volume(pred_root / f"{name}-t1n-inference-std.nii.gz", std, affine)
+  summary = scoring_job.evaluate_folder(config, tmp_path / "w3")
+  _, gt, voided, healthy = toy_case(seed=0)
+  want = bm.sample_spread(std, pred, gt, voided, healthy, 4)
+  for key in scoring_job.SPREAD_METRICS:
+    assert summary["metrics"][key]["mean"] == pytest.approx(want[key], rel=1e-6)

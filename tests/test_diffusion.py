@@ -96,7 +96,7 @@ def test_schedule_matches_monai(name, expected):
     _close(s.alphas_cumprod[t], want, rtol=float32_tolerance(1.0, ops[t]), atol=0)
 
 
-@pytest.mark.parametrize("spacing", ["uniform", "linspace"])
+@pytest.mark.parametrize("spacing", ["uniform", "linspace", "karras"])
 def test_respace_keeps_alphas_cumprod(spacing):
   full = schedules.make_schedule("cosine", 1000)
   s = schedules.respace(full, 50, spacing)
@@ -117,11 +117,33 @@ def test_respace_keeps_alphas_cumprod(spacing):
   for k in range(len(betas)):
     assert abs(product[k] - abar[k]) <= float32_tolerance(abar[k], ops[k]), k
   assert s.num_train_timesteps == 1000
+  if spacing == "karras":  # its levels depend on the chain's range: no composition law
+    return
   # Respacing twice maps back to the original timesteps.
   twice = schedules.respace(s, 10, spacing)
   np.testing.assert_array_equal(np.asarray(twice.timesteps),
                                 t[np.asarray(schedules.respace(
                                     schedules.make_schedule("cosine", 50), 10, spacing).timesteps)])
+
+
+@pytest.mark.parametrize("num_steps", [2, 10, 25, 200, 1000])
+def test_karras_spacing_follows_the_rho_law(num_steps):
+  """Distinct increasing indices from 0 to K-1 whose noise levels follow Karras et al.'s
+  sigma_j^(1/7) = lerp(sigma_min^(1/7), sigma_max^(1/7), j / (n - 1)) up to the index grid."""
+  full = schedules.make_schedule("linear", 1000)
+  t = schedules.karras_indices(full.alphas_cumprod, num_steps)
+  assert t.shape == (num_steps,) and t[0] == 0 and t[-1] == 999 and np.all(np.diff(t) > 0)
+  abar = np.asarray(full.alphas_cumprod, np.float64)
+  log_sigma = 0.5 * (np.log1p(-abar) - np.log(abar))
+  lo, hi = np.exp(log_sigma[0] / 7), np.exp(log_sigma[-1] / 7)
+  wanted = 7 * np.log(lo + np.linspace(0, 1, num_steps) * (hi - lo))
+  # where the wanted levels are farther apart than the grid's steps, each index is the
+  # nearest one: within half the largest log-sigma step of the grid around it
+  grid_step = np.abs(np.diff(log_sigma)).max()
+  spread_out = np.concatenate([[True], np.diff(wanted) > 2 * grid_step])
+  assert np.all(np.abs(log_sigma[t] - wanted)[spread_out] <= grid_step), (t, wanted)
+  if num_steps == 25:  # most steps where the noise is small: half below t = 400
+    assert (t < 400).sum() >= 10
 
 
 def test_q_sample_mean_and_variance():
@@ -209,6 +231,38 @@ def _oracle(full, x0, parameterization):
             "v": jnp.sqrt(abar) * eps - jnp.sqrt(1.0 - abar) * x0,
             "edm": (x0 - c_skip * x_t) / c_out}[parameterization]
   return model_fn
+
+
+@pytest.mark.parametrize("sigma_data", [0.09, 0.5, 2.0])
+def test_edm_sigma_data_is_the_wiener_gain_and_round_trips(sigma_data):
+  """With the schedule's sigma_data, c_skip sqrt(abar) is the posterior-mean gain of
+  zero-mean Gaussian data of that std, sd^2 / (sd^2 + sigma^2) with sigma^2 = (1 - abar) /
+  abar, and the target and the x0 estimate invert each other."""
+  s = schedules.make_schedule("linear", 1000, sigma_data=sigma_data)
+  assert s.sigma_data == sigma_data
+  assert schedules.respace(s, 10, "karras").sigma_data == sigma_data
+  t = jnp.array([0, 40, 300, 999], jnp.int32)
+  abar = np.asarray(s.alphas_cumprod, np.float64)[np.asarray(t)]
+  c_skip, _ = schedules.edm_coefficients(jnp.asarray(abar, jnp.float32), s.sigma_data)
+  gain = sigma_data**2 / (sigma_data**2 + (1 - abar) / abar)
+  # float32 against float64: sqrt, sqrt, 3 products, the sum, the quotient, and abar's own
+  # rounding amplified by at most 1 / abar (the product a^2 sd^2 against s^2)
+  np.testing.assert_allclose(np.asarray(c_skip) * np.sqrt(abar), gain,
+                             rtol=float32_tolerance(1.0 / abar.min(), 8))
+  k1, k2 = jax.random.split(KEY)
+  x0 = sigma_data * jax.random.normal(k1, (4, 5, 5, 1))
+  noise = jax.random.normal(k2, x0.shape)
+  x_t = schedules.q_sample(s, x0, t, noise)
+  target = schedules.training_target(s, "edm", x0, noise, t)
+  pred_x0, _ = schedules.predict_x0_eps(s, "edm", x_t, t, target)
+  # as test_target_and_prediction_round_trip: 3 + 6 + 6 roundings on |x0| + |noise|
+  _close(pred_x0, x0, atol=float32_tolerance(max_abs(x0) + max_abs(noise), 15))
+  # the target has unit scale at every level: its std over 100 values is near 1 (not
+  # rounding: a 100-sample std of a unit Gaussian lies within 0.3 of 1 with probability
+  # > 0.999); with sigma_data = 0.5 for data of std 0.09 it would be near 0.2 at t = 0
+  assert np.all(np.abs(np.std(np.asarray(target).reshape(4, -1), axis=1) - 1.0) < 0.3)
+  with pytest.raises(InputError, match="diffusion.sigma_data"):
+    schedules.make_schedule("linear", 1000, sigma_data=0.0)
 
 
 def test_edm_preconditioning_has_no_floor_at_either_end():

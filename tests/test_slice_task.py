@@ -81,3 +81,35 @@ def test_deterministic_networks_run_slice_by_slice_over_a_volume():
   reg = trained_models.restore(r, mesh)
   np.testing.assert_allclose(translator.slicewise_network(reg, r.data, cond, 8, mesh),
                              cond[..., 0], atol=1e-6)
+
+
+def test_sigma_data_is_the_rms_of_the_generated_targets():
+  """`measure_sigma_data` = sqrt(sum w t^2 / sum w) over the first batches, with the
+  method's generated-pixel weights (all pixels where it gives None)."""
+  rng = np.random.default_rng(0)
+  batches = [{"target": rng.normal(0, 0.2, (4, 6, 6, 1)).astype(np.float32),
+              "mask": (rng.uniform(size=(4, 6, 6, 1)) < 0.3).astype(np.float32)}
+             for _ in range(3)]
+
+  class Inputs:
+    def __init__(self, weighted):
+      self.weighted = weighted
+
+    def train_iterator(self, config, source, batch_size):
+      return iter(batches)
+
+    def generated(self, config, batch):
+      return batch["mask"] if self.weighted else None
+
+  config = types.SimpleNamespace(data=types.SimpleNamespace(batch_size=4))
+  t = np.stack([b["target"] for b in batches]).astype(np.float64)
+  m = np.stack([b["mask"] for b in batches]).astype(np.float64)
+  got = slice_task.measure_sigma_data(config, Inputs(True), None, num_batches=3)
+  # float64 sums of 432 terms against the same in another order
+  assert got == pytest.approx(np.sqrt((m * t**2).sum() / m.sum()), rel=1e-12)
+  got = slice_task.measure_sigma_data(config, Inputs(False), None, num_batches=3)
+  assert got == pytest.approx(np.sqrt(np.mean(t**2)), rel=1e-12)
+  for b in batches:
+    b["mask"][:] = 0
+  with pytest.raises(InputError, match="diffusion.sigma_data.*cannot be measured"):
+    slice_task.measure_sigma_data(config, Inputs(True), None, num_batches=3)

@@ -22,5 +22,7 @@ def get_config(variant=""):
   c.evaluate.ground_truth = ""         # BraTS-layout folder with -t1n, -t1n-voided, -mask-healthy
   c.evaluate.dilation = 2              # voxels the healthy mask grows by for `discontinuity`
   c.evaluate.timings = "timings.json"  # {case: seconds} in the predictions folder, if present
+  # N >= 2: the predictions are means of N samples; score their spread (std file) too
+  c.evaluate.num_samples = 0
   c.evaluate.progress_bar = True
   return base.apply_variant(c, variant, VARIANTS)

@@ -15,6 +15,11 @@ Variants change one lever of the slice models at a time (docs/inpainting.md, "Le
             and the mean of 4; fixed resampling: one sample)
   best      the best combination (context, prior, residual, healthy)
   scaled    + the residual, divided by 0.5 instead of 2 (`data.residual_scale`)
+  edm       realism: the edm preconditioning with sigma_data measured from the training
+            targets (`diffusion.sigma_data = 0`), so c_skip is the residual's Wiener gain
+  karras    realism: sampling steps at the karras noise levels (most where the noise is
+            small, down to the chain's first index; `sampling.spacing = 'karras'`)
+  realism   the compared rows of the realism levers: mean of 4 and one sample of each model
 
   python main.py --config=configs/inpainting/study.py --workdir=runs/inpaint_study
   python main.py --config=configs/inpainting/study.py:residual --workdir=runs/study-residual
@@ -63,6 +68,10 @@ LEVERS = {
     # The residual (t1n - fill) / 0.5 instead of / 2: its std in the training holes is about
     # 0.35 instead of 0.09, above the noise of more of the walk's steps (realism).
     "scaled": slice_levers(prior="biharmonic", residual=True, residual_scale=0.5),
+    "edm": {f"{name}.diffusion.{k}": v for name in ("axial", "coronal")
+            for k, v in (("parameterization", "edm"), ("sigma_data", 0.0))},
+    "karras": {"sampling.spacing": "karras"},
+    "realism": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/none/mean4")},
     "short": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/none/mean4",
                           "hierarchical/fixed")},
 }

@@ -24,7 +24,9 @@ from typing import Protocol
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
+import numpy as np
 import optax
+import tqdm
 
 from sciimg_jax.core import models
 from sciimg_jax.core import sharding
@@ -40,6 +42,31 @@ def soft_dice(probability, labels, eps=1.0):
   """1 - soft Dice over the batch (sum over every voxel), smoothed by `eps`."""
   inter = jnp.sum(probability * labels)
   return 1.0 - (2.0 * inter + eps) / (jnp.sum(probability) + jnp.sum(labels) + eps)
+
+
+SIGMA_DATA_BATCHES = 16  # training batches `measure_sigma_data` reads
+
+
+def measure_sigma_data(config, inputs, source, num_batches=SIGMA_DATA_BATCHES):
+  """The edm preconditioning's sigma_data from the data: the root mean square of the
+  training targets over the pixels the model generates (`inputs.generated`, weighted; all
+  pixels where it gives None) of the first `num_batches` global training batches, summed
+  over every process (float64), so every process gets the same value."""
+  iterator = inputs.train_iterator(config, source, config.data.batch_size // jax.process_count())
+  sums = np.zeros(2, np.float64)
+  for _ in range(num_batches):
+    batch = next(iterator)
+    target = np.asarray(batch["target"], np.float64)
+    w = inputs.generated(config, batch)
+    w = np.ones_like(target) if w is None else np.broadcast_to(np.asarray(w, np.float64),
+                                                                target.shape)
+    sums += (np.sum(w * target**2), np.sum(w))
+  sums = np.asarray(multihost_utils.process_allgather(sums)).reshape(-1, 2).sum(axis=0)
+  if not sums[1] > 0 or not sums[0] > 0:
+    raise InputError("diffusion.sigma_data", f"cannot be measured: the first {num_batches} "
+                     "training batches have no generated pixel, or all their targets are 0; "
+                     "set it (e.g. 0.5)")
+  return float(np.sqrt(sums[0] / sums[1]))
 
 
 def _no_time(cond):
@@ -118,6 +145,7 @@ class SliceInputs(Protocol):
   def sources(self, config, workdir) -> dict: ...        # {'train': source, 'eval': source}
   def train_iterator(self, config, source, batch_size): ...
   def loss_weights(self, config, batch): ...             # None or per-pixel weights
+  def generated(self, config, batch): ...                # None or the pixels it generates
   def eval_batch(self, config, source) -> dict: ...      # {'cond': ..., 'target': ...}
   def constraint(self, config, cond, schedule): ...      # (post_step_fn, finish)
   def chain_clip(self, config, clip): ...                # sampling.clip_x0 in the chain's units
@@ -129,6 +157,9 @@ def check_config(config, inputs):
   trainer.check_steps(config.train)  # before the inputs are prepared
   objective = objective_of(config)
   schedules.check_parameterization(config.diffusion.parameterization)
+  if not config.diffusion.get("sigma_data", 0.5) >= 0:
+    raise InputError("diffusion.sigma_data", f"must be > 0, or 0 to measure it from the "
+                     f"training targets; got {config.diffusion.sigma_data!r}")
   slice_context.check(config.data.get("context", 0), None)
   inputs.check_config(config)
   names = tuple(inputs.channel_names(config))
@@ -157,8 +188,13 @@ class SliceTask:
     check_config(config, inputs)
     self.config, self.inputs = config, inputs
     self.objective = objective_of(config)
-    self.schedule = schedules.schedule_from_config(config.diffusion)
     self.sources = inputs.sources(config, workdir)
+    d = config.diffusion
+    if self.objective.noisy_input and d.parameterization == "edm" and not d.sigma_data:
+      d.sigma_data = measure_sigma_data(config, inputs, self.sources["train"])
+      tqdm.tqdm.write(f"diffusion.sigma_data = {d.sigma_data:.4f}, measured from "
+                      f"{SIGMA_DATA_BATCHES} training batches")
+    self.schedule = schedules.schedule_from_config(d)
     self.mesh = sharding.make_mesh()
     self._predict = None  # built at the first evaluation
 

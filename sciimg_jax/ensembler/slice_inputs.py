@@ -74,6 +74,9 @@ class VolumeSlices:
   def loss_weights(self, config, batch):
     return None
 
+  def generated(self, config, batch):
+    return None
+
   def eval_batch(self, config, source):
     picks = np.linspace(0, len(source) - 1, config.train.num_sample_images).round().astype(int)
     items = [source[int(i)] for i in picks]

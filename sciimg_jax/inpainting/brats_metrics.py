@@ -105,6 +105,34 @@ def case_scores(prediction, ground_truth, voided, healthy_mask, where="scores"):
   return dict(_official(*normalized), ssim_3d=_ssim_3d(*normalized))
 
 
+def sample_spread(std, prediction, ground_truth, voided, healthy_mask, num_samples,
+                  where="scores"):
+  """How much N posterior samples vary, against how far their mean is from the truth.
+
+  `std` is the per-voxel standard deviation of the N samples (ddof 0, as the inpainting job
+  writes `-t1n-inference-std`) and `prediction` their mean; both are put on the challenge's
+  [0, 1] scale (the voided image's 0.5/99.5 percentiles, `normalized_in_mask`). Over the
+  healthy mask M, with s^2 = std^2 N / (N - 1) the unbiased sample variance:
+
+      spread      = sqrt(mean_M s^2)                    the samples' own std
+      calibration = sqrt(mean_M s^2 (1 + 1/N) / MSE)    MSE of the mean, as `official_scores`
+
+  For samples from the true posterior, E (truth - mean_N)^2 = sigma^2 (1 + 1/N), so a
+  calibrated model scores calibration = 1; samples that do not vary score 0 (a
+  deterministic regressor), over-dispersed ones more than 1.
+  """
+  if int(num_samples) < 2:
+    raise InputError(where, f"the spread of samples needs N >= 2 samples, got {num_samples}")
+  pred, gt, mask = normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where)
+  check_volumes(where, std=std, prediction=prediction)
+  lo, hi = intensity.percentile_range(voided, *PERCENTILES, where=where, nonzero_fallback=False)
+  n = int(num_samples)
+  variance = np.mean((np.asarray(std, np.float64)[mask] / (hi - lo))**2) * n / (n - 1)
+  mse = np.mean((pred[mask] - gt[mask])**2)
+  calibration = np.sqrt(variance * (1.0 + 1.0 / n) / mse) if mse > 0 else float("nan")
+  return dict(spread=float(np.sqrt(variance)), calibration=float(calibration))
+
+
 def _official(pred, gt, mask):
   ssim = ssim_map(pred, gt, axes=(1, 2))[mask].mean()
   mse = np.mean((pred[mask] - gt[mask])**2)

@@ -11,7 +11,10 @@
 
 An entry of `config.compare` is 'method/resampling' (one sample) or
 'method/resampling/meanN': N samples in one batched call, scored twice, as their
-mean (row 'method/resampling/meanN') and as sample 0 alone ('method/resampling/sample').
+mean (row 'method/resampling/meanN': the accuracy columns, and the samples' spread and
+its calibration against the mean's error, `brats_metrics.sample_spread`) and as sample 0
+alone ('method/resampling/sample': its texture and seams are those of one realistic
+sample, which a mean smooths).
 
 A rerun reuses the trained models: a finished one (`reports.run_is_finished`) is not
 trained again, a stopped one resumes from its last checkpoint; inpainting and scoring are
@@ -33,7 +36,8 @@ from sciimg_jax.inpainting import slice_inputs
 from sciimg_jax.inpainting import volume_inpainter
 
 COLUMNS = (("ssim", "SSIM"), ("psnr", "PSNR"), ("mse", "MSE"), ("discontinuity_mean", "discont."),
-           ("texture", "texture"), ("seconds", "s/volume"))
+           ("texture", "texture"), ("spread", "spread"), ("calibration", "calib."),
+           ("seconds", "s/volume"))
 TABLE = (reports.Column("method", "method"),) + tuple(
     reports.Column.mean_std(title, key, 4) for key, title in COLUMNS)
 
@@ -84,6 +88,7 @@ def run_quickstart(config, workdir):
       scored[f"{method}/{mode}/sample"] = ("t1n-sample", run_dir / "scores-sample")
     for row, (key, score_dir) in scored.items():
       c.evaluate.prediction_key = key
+      c.evaluate.num_samples = num if key == "t1n-inference" and num > 1 else 0
       rows[row] = scoring_job.evaluate_folder(c, score_dir)["metrics"]
       if key == "t1n-sample":  # its seconds are the N-sample run's, shown in the mean's row
         rows[row].pop("seconds", None)

@@ -14,7 +14,10 @@ summary and the others go on. Writes, atomically:
                         scores, `brats_metrics.official_scores`), ssim_3d,
                         discontinuity_x/y/z/mean, texture (`image_metrics.texture_ratio`
                         in the healthy mask), and seconds when the prediction folder
-                        has `evaluate.timings` (a JSON object {case: seconds})
+                        has `evaluate.timings` (a JSON object {case: seconds}); with
+                        `evaluate.num_samples` N >= 2 (predictions that are the mean of
+                        N samples, with `-t1n-inference-std` beside them) also spread and
+                        calibration (`brats_metrics.sample_spread`)
   workdir/summary.json  count (scored), total, `means_cover`, mean and std (`reports.mean_std`:
                         ddof=1, as the challenge's pandas summary; null for one case) of
                         each metric, and `failed`: [{case, error}].
@@ -59,8 +62,20 @@ def prediction_path(folder, case, key="t1n-inference"):
   raise InputError(case, f"no prediction: looked for {nested} and {folder / nested.name}")
 
 
-def score_case(case_dir, pred_path, dilation):
-  """All metrics of one case as a dict; raises InputError if it cannot be scored."""
+SPREAD_METRICS = ("spread", "calibration")
+
+
+def check_num_samples(num_samples, key="evaluate.num_samples"):
+  """Stops unless `num_samples` is 0 (no spread columns) or N >= 2."""
+  if num_samples == 1 or num_samples < 0:
+    raise InputError(key, f"is {num_samples}: the spread of samples (their std) needs "
+                     "N >= 2 samples (inpaint with sampling.num_samples >= 2), or 0 for none")
+
+
+def score_case(case_dir, pred_path, dilation, num_samples=0):
+  """All metrics of one case as a dict; raises InputError if it cannot be scored. With
+  `num_samples` N >= 2 the prediction is the mean of N samples and their std file
+  (`-t1n-inference-std` beside it) gives the spread metrics."""
   case = brats_layout.load_case(case_dir, keys=GROUND_TRUTH_KEYS)
   gt, voided, mask = (case.volumes[k] for k in GROUND_TRUTH_KEYS)
   pred, pred_img = nifti.load_volume(pred_path, allow_all_zero=True)
@@ -72,6 +87,15 @@ def score_case(case_dir, pred_path, dilation):
   seams = brats_metrics.discontinuity(pred, gt, mask, dilation=dilation)
   scores.update({f"discontinuity_{k}": v for k, v in seams.items()})
   scores["texture"] = image_metrics.texture_ratio(pred, gt, mask)
+  if num_samples:
+    std_path = pred_path.with_name(pred_path.name.replace("t1n-inference", "t1n-inference-std"))
+    if not std_path.is_file():
+      raise InputError(std_path, f"missing: evaluate.num_samples={num_samples} scores the "
+                       "spread of samples from the std the inpainting job writes")
+    std, std_img = nifti.load_volume(std_path, allow_all_zero=True)
+    nifti.check_same_grid(ref_path, nifti.load_image(ref_path), std_path, std_img)
+    scores.update(brats_metrics.sample_spread(std, pred, gt, voided, mask, num_samples,
+                                              where=case.name))
   return scores
 
 
@@ -122,6 +146,11 @@ def evaluate_folder(config, workdir):
   if cfg.prediction_key not in ("t1n-inference", "t1n-sample"):
     raise InputError("evaluate.prediction_key", f"must be t1n-inference or t1n-sample, got "
                      f"{cfg.prediction_key!r}")
+  num_samples = int(cfg.get("num_samples", 0))
+  check_num_samples(num_samples)
+  if num_samples and cfg.prediction_key != "t1n-inference":
+    raise InputError("evaluate.num_samples", "the spread of samples belongs to the mean "
+                     "(evaluate.prediction_key=t1n-inference)")
   predictions = pathlib.Path(cfg.predictions)
   if not predictions.is_dir():
     raise InputError(predictions, "predictions folder not found")
@@ -136,7 +165,7 @@ def evaluate_folder(config, workdir):
     error = None
     try:
       scores = score_case(case_dir, prediction_path(predictions, case_dir.name, cfg.prediction_key),
-                          cfg.dilation)
+                          cfg.dilation, num_samples)
     except InputError as e:
       error = str(e)
     if error:
@@ -150,7 +179,8 @@ def evaluate_folder(config, workdir):
 
   rows, failed = distributed.merge_lists(distributed.gather([rows, failed]),
                                          [case_dir.name for case_dir in cases], key="case")
-  columns = METRICS + (("seconds",) if timings is not None else ())
+  columns = (METRICS + (SPREAD_METRICS if num_samples else ())
+             + (("seconds",) if timings is not None else ()))
   summary = summarize(rows, failed, columns)
   summary.update(predictions=str(predictions), ground_truth=str(cfg.ground_truth))
   if jax.process_index() == 0:

@@ -193,6 +193,11 @@ class InpaintingSlices:
       weights = batch["scored"] if weights is None else weights * batch["scored"]
     return weights
 
+  def generated(self, config, batch):
+    """The unknown (mask) pixels, less those left out of the loss (`data.loss_exclude`)."""
+    _, mask = known_and_mask(config.data.conditions, batch["cond"])
+    return mask * batch["scored"] if config.data.get("loss_exclude") else mask
+
   def eval_batch(self, config, source):
     return self.source(config).eval_batch(config, source)
 

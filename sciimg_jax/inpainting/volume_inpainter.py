@@ -201,8 +201,9 @@ class VolumeInpainter:
     d = axial.config.diffusion
     for m in models:
       check_conditions(m.config, m.name)
-      for key in ("schedule", "num_timesteps", "beta_start", "beta_end", "parameterization"):
-        if m.config.diffusion[key] != d[key]:
+      for key in ("schedule", "num_timesteps", "beta_start", "beta_end", "parameterization",
+                  "sigma_data"):
+        if m.config.diffusion.get(key) != d.get(key):
           raise InputError("pipeline", f"the axial and coronal models differ in diffusion.{key}")
     self.sampler = volume_sampler.VolumeSampler(
         models, parameterization=d.parameterization, mesh=mesh, chunk_size=s.chunk_size,

@@ -3,7 +3,7 @@
   sampling.steps        respaced chain length
   sampling.stepper      a key of `steppers.STEPPERS` (ddim | ddpm | dpm++2m)
   sampling.eta          DDIM noise scale (>= 0)
-  sampling.spacing      a key of `schedules.SPACINGS` (uniform | linspace)
+  sampling.spacing      a key of `schedules.SPACINGS` (uniform | linspace | karras)
   sampling.clip_x0      clip the predicted x0 to [-c, c] at every step; 0 = no clipping
   sampling.num_samples  N > 1: N samples in one jitted call (their mean is the result)
   sampling.chunk_size   most slices per 2D network call, all samples together

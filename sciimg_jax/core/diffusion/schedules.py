@@ -11,10 +11,15 @@ Network outputs are read in one of four parameterizations:
   v:   sqrt(abar) * eps - sqrt(1 - abar) * x0   (Salimans & Ho 2022),
   edm: F in x0 = c_skip x_t + c_out F, the preconditioning of Karras et al. 2022 written
        for this variance-preserving chain (`edm_coefficients`): c_skip x_t is the best
-       linear estimate of x0 for data of standard deviation `SIGMA_DATA`, so the estimate
-       tends to x_t as the noise vanishes and to SIGMA_DATA * F as it grows, and the
-       network's target has unit scale at every noise level. Neither end has a floor: an
-       eps network's x0 is noisy at high noise, an x0 network's error stays at low noise.
+       linear estimate of x0 for data of standard deviation sigma_data (the schedule's
+       `sigma_data`, `diffusion.sigma_data`; `SIGMA_DATA` = 0.5 by default, and measured
+       from the training targets when the config says 0), so the estimate tends to x_t as
+       the noise vanishes and to sigma_data * F as it grows, and the network's target has
+       unit scale at every noise level. Neither end has a floor: an eps network's x0 is
+       noisy at high noise, an x0 network's error stays at low noise. c_skip sqrt(abar) is
+       the Wiener gain sigma_data^2 / (sigma_data^2 + sigma^2), sigma^2 = (1 - abar) / abar:
+       with the data's true spread, an untrained network already weighs x_t as the
+       posterior mean of Gaussian data does.
 
 Steppers (`steppers`) and the sampler (`sampler`) build on these; nothing here
 knows about networks, denoisers or inpainting.
@@ -31,7 +36,8 @@ from sciimg_jax.core.errors import InputError
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "edm")
 SIGMA_DATA = 0.5   # the data's standard deviation the edm preconditioning assumes ([-1, 1] images)
-SPACINGS = ("uniform", "linspace")
+SPACINGS = ("uniform", "linspace", "karras")
+KARRAS_RHO = 7.0   # the karras spacing's exponent (Karras et al. 2022, eq. 5)
 
 
 @struct.dataclass
@@ -41,6 +47,7 @@ class Schedule:
   alphas_cumprod: jax.Array  # (K,) float32.
   timesteps: jax.Array       # (K,) int32 original training timestep of each index.
   num_train_timesteps: int = struct.field(pytree_node=False)
+  sigma_data: float = struct.field(pytree_node=False, default=SIGMA_DATA)  # edm's data std
 
 
 def linear_betas(num_timesteps, beta_start, beta_end):
@@ -61,10 +68,11 @@ SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
 
 
 def make_schedule(name="linear", num_timesteps=1000, beta_start=1e-4,
-                  beta_end=0.02):
+                  beta_end=0.02, sigma_data=SIGMA_DATA):
   """Returns the full training schedule `name` with `num_timesteps` steps.
 
-  The constants are computed in float64 on the host and stored as float32.
+  The constants are computed in float64 on the host and stored as float32. `sigma_data`
+  is the data's standard deviation the edm parameterization assumes.
   """
   if name not in SCHEDULES:
     raise InputError("diffusion.schedule",
@@ -72,18 +80,23 @@ def make_schedule(name="linear", num_timesteps=1000, beta_start=1e-4,
   if num_timesteps < 1:
     raise InputError("diffusion.num_timesteps",
                      f"must be at least 1, got {num_timesteps}")
+  if not sigma_data > 0:
+    raise InputError("diffusion.sigma_data", f"must be > 0 (or 0 in a training config: "
+                     f"measured from the data), got {sigma_data!r}")
   betas = SCHEDULES[name](num_timesteps, beta_start, beta_end)
   alphas_cumprod = np.cumprod(1.0 - betas)
   return Schedule(
       betas=jnp.asarray(betas, jnp.float32),
       alphas_cumprod=jnp.asarray(alphas_cumprod, jnp.float32),
       timesteps=jnp.arange(num_timesteps, dtype=jnp.int32),
-      num_train_timesteps=num_timesteps)
+      num_train_timesteps=num_timesteps, sigma_data=float(sigma_data))
 
 
 def schedule_from_config(d):
-  """The training schedule of a `config.diffusion` block."""
-  return make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
+  """The training schedule of a `config.diffusion` block (runs saved before
+  `diffusion.sigma_data` existed assumed `SIGMA_DATA`)."""
+  return make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end,
+                       float(d.get("sigma_data", SIGMA_DATA)))
 
 
 def respace(schedule, num_steps, spacing="uniform"):
@@ -103,6 +116,12 @@ def respace(schedule, num_steps, spacing="uniform"):
     linspace: indices round(linspace(0, K-1, n)), which includes K-1; this is
       improved-DDPM's "uniform" section spacing and the list MONAI 1.6's
       `set_timesteps` produces.
+    karras:   the noise levels sigma = sqrt((1 - abar) / abar) of Karras et al. (2022,
+      eq. 5, rho = `KARRAS_RHO`) from the chain's largest to its smallest, each taken at
+      the index of the nearest log sigma, made distinct: most steps where the noise is
+      small. It reaches index 0 (sigma about 0.01 for the linear schedule), where a
+      uniform walk of 25 steps stops at index 40 (sigma 0.14): the levels where the fine
+      detail of a low-variance target (an inpainting residual) stands above the noise.
 
   Must be called outside `jit` (the subset is chosen on the host).
   """
@@ -114,6 +133,8 @@ def respace(schedule, num_steps, spacing="uniform"):
     keep = np.arange(num_steps) * (size // num_steps)
   elif spacing == "linspace":
     keep = np.round(np.linspace(0, size - 1, num_steps)).astype(np.int64)
+  elif spacing == "karras":
+    keep = karras_indices(schedule.alphas_cumprod, num_steps)
   else:
     raise InputError("sampling.spacing",
                      f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
@@ -124,7 +145,22 @@ def respace(schedule, num_steps, spacing="uniform"):
       betas=jnp.asarray(betas, jnp.float32),
       alphas_cumprod=jnp.asarray(alphas_cumprod, jnp.float32),
       timesteps=jnp.asarray(np.asarray(schedule.timesteps)[keep], jnp.int32),
-      num_train_timesteps=schedule.num_train_timesteps)
+      num_train_timesteps=schedule.num_train_timesteps, sigma_data=schedule.sigma_data)
+
+
+def karras_indices(alphas_cumprod, num_steps, rho=KARRAS_RHO):
+  """(num_steps,) increasing distinct indices of the `karras` spacing (see `respace`)."""
+  abar = np.asarray(alphas_cumprod, np.float64)
+  size = abar.shape[0]
+  log_sigma = 0.5 * (np.log1p(-abar) - np.log(abar))  # increases with the index
+  if num_steps == 1:
+    return np.asarray([size - 1])
+  lo, hi = np.exp(log_sigma[0]) ** (1 / rho), np.exp(log_sigma[-1]) ** (1 / rho)
+  wanted = np.log((lo + np.linspace(0.0, 1.0, num_steps) * (hi - lo)) ** rho)
+  nearest = np.abs(log_sigma[None, :] - wanted[:, None]).argmin(axis=1)
+  steps = np.arange(num_steps)
+  keep = np.maximum.accumulate(nearest - steps) + steps  # strictly increasing
+  return np.minimum(keep, size - num_steps + steps).astype(np.int64)
 
 
 def equivalent_timesteps(chain_train, model_train):
@@ -189,7 +225,7 @@ def predict_x0_eps(schedule, parameterization, x_t, t, model_out):
   if parameterization == "x0":
     return model_out, (x_t - a * model_out) / s
   if parameterization == "edm":
-    c_skip, c_out = edm_coefficients(abar)
+    c_skip, c_out = edm_coefficients(abar, schedule.sigma_data)
     x0 = c_skip * x_t + c_out * model_out
     return x0, (x_t - a * x0) / s
   return a * x_t - s * model_out, a * model_out + s * x_t  # v
@@ -204,7 +240,7 @@ def training_target(schedule, parameterization, x0, noise, t):
     return x0
   abar = _at(schedule.alphas_cumprod, t, x0.ndim)
   if parameterization == "edm":
-    c_skip, c_out = edm_coefficients(abar)
+    c_skip, c_out = edm_coefficients(abar, schedule.sigma_data)
     x_t = jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
     return (x0 - c_skip * x_t) / c_out
   return jnp.sqrt(abar) * noise - jnp.sqrt(1.0 - abar) * x0  # v
