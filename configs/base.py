@@ -22,8 +22,10 @@ def get_base_config():
   c.data.slices = "mask"         # mask: slices that intersect the mask; brain: all brain slices
   # Random lesion-shaped holes added to training examples (input_pipeline.RandomLesionMasks):
   # probability per example, radii as fractions of the smaller image side, blobs per hole.
+  # `families` (data.source = 'volumes'): the 3D shapes holes are drawn from, one at random
+  # per hole (data_pipelines/mask_families.py: lesion | ellipsoid | box | blob).
   c.data.random_masks = ml_collections.ConfigDict(dict(
-      probability=0.0, radius_fraction=(0.03, 0.12), max_blobs=3))
+      probability=0.0, radius_fraction=(0.03, 0.12), max_blobs=3, families=("lesion",)))
   c.data.target = "t1n"
   c.data.conditions = ("t1n-voided", "mask")
   # Slice models: the k slices on each side of chosen condition channels (2.5D;

@@ -91,6 +91,36 @@ def test_holes_are_3d_and_cross_the_context_slices(source):
   assert crossed == holes  # every hole reaches a neighbouring slice: nothing to copy from
 
 
+def test_holes_come_from_the_configured_families(source, data_cache):
+  """`data.random_masks.families = ('box',)`: every new hole is an axis-aligned box (cut to
+  the brain), so its slice is a rectangle of the brain's pixels; two families mix."""
+  data = ml_collections.ConfigDict(source.data.to_dict())
+  data.random_masks.families = ("box",)
+  boxes = training_volumes.SlabSource(source.cases, data)
+  mask = list(boxes.names).index("mask")
+  seen = 0
+  for record in range(0, len(boxes), max(len(boxes) // 12, 1)):
+    plain = boxes.example(record)
+    new = (boxes.example(record, np.random.default_rng(record))["cond"][..., mask] > 0) & (
+        plain["cond"][..., mask] == 0)
+    if not new.any():
+      continue
+    seen += 1
+    rows, cols = np.nonzero(new)
+    box = np.zeros_like(new)
+    box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+    brain = plain["cond"][..., list(boxes.names).index("t1n-voided")] > -1.0
+    np.testing.assert_array_equal(new, box & brain)  # a rectangle, cut to the brain
+  assert seen >= 3
+  data.random_masks.families = ("box", "blob")
+  mixed = training_volumes.SlabSource(source.cases, data)
+  assert mixed.example(0, np.random.default_rng(0))["cond"].shape == plain["cond"].shape
+  with pytest.raises(InputError, match="unknown mask family 'cube'; known: lesion"):
+    c = volume_config(data_cache)
+    c.data.random_masks.update(probability=0.5, families=("cube",))
+    slice_inputs.check_data_config(c.data)
+
+
 def test_prior_of_a_hole_is_its_fill(source):
   array = np.array(source.cases[0].array)
   k = source.index[len(source) // 2][1]

@@ -16,6 +16,10 @@ its calibration against the mean's error, `brats_metrics.sample_spread`) and as 
 alone ('method/resampling/sample': its texture and seams are those of one realistic
 sample, which a mean smooths).
 
+`config.compare_families` (names of `data_pipelines.mask_families.FAMILIES`) repeats the
+comparison on the same held-out cases with new healthy masks of each family (rows
+'<entry> [<family>]'): mask shapes the models may never have seen in training.
+
 A rerun reuses the trained models: a finished one (`reports.run_is_finished`) is not
 trained again, a stopped one resumes from its last checkpoint; inpainting and scoring are
 done again.
@@ -25,6 +29,7 @@ import pathlib
 
 import ml_collections
 
+from data_pipelines import mask_families
 from data_pipelines import sources
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import reports
@@ -60,25 +65,15 @@ def format_table(rows):
                                  TABLE)
 
 
-def run_quickstart(config, workdir):
-  workdir = pathlib.Path(workdir)
-  entries = [(entry, *parse_entry(entry)) for entry in config.compare]  # checked before training
-  for name in ("axial", "coronal"):
-    if reports.run_is_finished(workdir / name, config[name].train.num_steps):
-      print(f"== {name} model: finished already in {workdir / name}")
-    else:
-      slice_inputs.train_slice_model(config[name], workdir / name)
-  eval_dir = sources.source_dirs(config.axial.data, workdir / "axial")["eval"]
-
-  mesh = sharding.make_mesh()
-  models = {name: volume_inpainter.load_slice_model(workdir / name, name, mesh)
-            for name in ("axial", "coronal")}
+def compare(config, workdir, models, mesh, entries, eval_dir, suffix=""):
+  """{row: metrics} of every `compare` entry inpainted and scored on the cases of `eval_dir`
+  (row names end in `suffix`; files under `workdir/inpaint/<entry><suffix>`)."""
   rows = {}
   for entry, method, mode, num in entries:
     c = ml_collections.ConfigDict(config.to_dict())
     c.pipeline.method, c.pipeline.resampling.mode = method, mode
     c.sampling.num_samples, c.inpaint.write_sample = num, num > 1
-    run_dir = workdir / "inpaint" / entry.replace("/", "-")
+    run_dir = workdir / "inpaint" / (entry.replace("/", "-") + suffix.replace(" ", "-"))
     c.inpaint.input_dir = str(eval_dir)
     c.inpaint.output_dir = str(run_dir / "predictions")
     inpaint_job.inpaint_cases(c, run_dir, inpaint_job.build_inpainter(c, models, mesh))
@@ -89,9 +84,33 @@ def run_quickstart(config, workdir):
     for row, (key, score_dir) in scored.items():
       c.evaluate.prediction_key = key
       c.evaluate.num_samples = num if key == "t1n-inference" and num > 1 else 0
-      rows[row] = scoring_job.evaluate_folder(c, score_dir)["metrics"]
+      rows[row + suffix] = scoring_job.evaluate_folder(c, score_dir)["metrics"]
       if key == "t1n-sample":  # its seconds are the N-sample run's, shown in the mean's row
-        rows[row].pop("seconds", None)
+        rows[row + suffix].pop("seconds", None)
+  return rows
+
+
+def run_quickstart(config, workdir):
+  workdir = pathlib.Path(workdir)
+  entries = [(entry, *parse_entry(entry)) for entry in config.compare]  # checked before training
+  families = tuple(config.get("compare_families", ()))
+  if families:
+    mask_families.check_families(families, key="compare_families")
+  for name in ("axial", "coronal"):
+    if reports.run_is_finished(workdir / name, config[name].train.num_steps):
+      print(f"== {name} model: finished already in {workdir / name}")
+    else:
+      slice_inputs.train_slice_model(config[name], workdir / name)
+  eval_dir = sources.source_dirs(config.axial.data, workdir / "axial")["eval"]
+
+  mesh = sharding.make_mesh()
+  models = {name: volume_inpainter.load_slice_model(workdir / name, name, mesh)
+            for name in ("axial", "coronal")}
+  rows = compare(config, workdir, models, mesh, entries, eval_dir)
+  for family in families:  # the same cases with healthy masks of another shape family
+    remasked = mask_families.remask_cases(eval_dir, workdir / f"eval-{family}", family,
+                                          seed=config.seed)
+    rows.update(compare(config, workdir, models, mesh, entries, remasked, f" [{family}]"))
 
   print("\nHeld-out embedded subjects, inpainted and scored as in BraTS "
         "(mean ± std over subjects):\n" + format_table(rows))

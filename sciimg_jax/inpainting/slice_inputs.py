@@ -25,6 +25,7 @@ import numpy as np
 
 from data_pipelines import brats_layout
 from data_pipelines import input_pipeline
+from data_pipelines import mask_families
 from data_pipelines import sources as data_sources
 from sciimg_jax.core import figures
 from sciimg_jax.core import slice_context
@@ -130,9 +131,11 @@ def check_data_config(data):
     raise InputError("data.residual", "a residual target (target - prior) / s needs data.prior")
   if not training_volumes.residual_scale(data) > 0:
     raise InputError("data.residual_scale", f"must be > 0, got {data.residual_scale!r}")
+  families = mask_families.check_families(data.random_masks.get("families", ("lesion",)))
   if source == "slices":
     for key, on in (("context", data.get("context", 0)), ("prior", prior),
-                    ("loss_exclude", data.get("loss_exclude", ""))):
+                    ("loss_exclude", data.get("loss_exclude", "")),
+                    ("random_masks.families", families != ("lesion",))):
       if on:
         raise InputError(f"data.{key}", "needs data.source = 'volumes' (the TFDS slice "
                          "dataset holds one slice and no prior)")

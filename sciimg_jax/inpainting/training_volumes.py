@@ -28,7 +28,8 @@ normalises. Every example carries 'scored' (H, W, 1): 0 on the left-out voxels.
 A record is one slice along `data.axis` (every brain slice, or with `data.slices = 'mask'`
 those that meet the mask). `RandomHoles` gives it, with probability
 `data.random_masks.probability`, a fresh random 3D lesion-shaped hole
-(`input_pipeline.lesion_mask_3d`) through the slice, inside the brain and outside the
+(`input_pipeline.lesion_mask_3d`; with `data.random_masks.families` one of several
+`mask_families` shapes, drawn per hole) through the slice, inside the brain and outside the
 case's own mask: voided to -1 and added to the mask on every slice it crosses, so the
 context slices hold the same hole a real lesion leaves (a model cannot copy the answer
 from a neighbour). The prior inside the hole is the fill of the hole with the case's own
@@ -44,6 +45,7 @@ import numpy as np
 
 from data_pipelines import brats_layout
 from data_pipelines import input_pipeline
+from data_pipelines import mask_families
 from data_pipelines import volume_cases
 from sciimg_jax.core import intensity
 from sciimg_jax.core import slice_context
@@ -187,9 +189,11 @@ class SlabSource(grain.sources.RandomAccessDataSource):
     lo = np.maximum(centre - half, 0)
     box = tuple(slice(a, min(a + 2 * half + 1, n)) for a, n in zip(lo, moved.shape[:3]))
     region = (moved[box + (TARGET,)] > -1.0) & (moved[box + (MASK,)] == 0)
+    families = tuple(r.get("families", ("lesion",)))
+    family = families[rng.integers(len(families))] if len(families) > 1 else families[0]
     hole = np.zeros(moved.shape[:3], bool)
-    hole[box] = input_pipeline.lesion_mask_3d(region.shape, region, centre - lo, rng,
-                                              radius_range=radii, max_blobs=r.max_blobs)
+    hole[box] = mask_families.FAMILIES[family](region.shape, region, centre - lo, rng,
+                                               radius_range=radii, max_blobs=r.max_blobs)
     if not hole.any():
       return
     if self.data.get("prior"):
