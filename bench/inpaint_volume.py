@@ -22,10 +22,15 @@ Axial slices are padded to a multiple of 16, coronal slices likewise. Prints sec
                  smaller, no padding), known-region replacement after every step, under
                  torch.inference_mode with as many torch threads as there are cores
 Each is timed after one warm-up call (compilation excluded; reported separately).
+`--skip=stage1` leaves out the axial-only calls that split stage 1 from the total (half the
+compilation); `--json` also writes the rows to a file (bench/accelerator_check.py reads it):
+
+  python bench/inpaint_volume.py --steps=3 --skip=stage1,jit-all,python-loop --json=/tmp/i.json
 """
 
 import argparse
 import functools
+import json
 import os
 import sys
 import tempfile
@@ -196,7 +201,10 @@ def main():
   parser.add_argument("--steps", type=int, default=50, help="sampling steps per stage")
   parser.add_argument("--t0", type=float, default=0.5)
   parser.add_argument("--chunk_size", type=int, default=32)
-  parser.add_argument("--skip", default="", help="comma list of runs to skip: jit-all,python-loop")
+  parser.add_argument("--skip", default="",
+                      help="comma list of runs to skip: jit-all,python-loop, and stage1 (the "
+                      "axial-only calls that time stage 1 alone)")
+  parser.add_argument("--json", default="", help="also write the rows to this JSON file")
   parser.add_argument("--peer", default="none", choices=["none", "monai"])
   parser.add_argument("--peer-python", default=sys.executable,
                       help="python with torch and monai, for --peer monai")
@@ -228,26 +236,37 @@ def main():
   runs = {"jit": True, "jit-all": False}
   skip = set(filter(None, args.skip.split(",")))
   print(f"{'run':<14}{'stage 1 s':>12}{'stage 2 s':>12}{'total s':>12}{'compile+1st s':>16}")
-  totals = {}
+  totals, rows = {}, {}
+
+  def show(name, s1, total, first, note=""):
+    split = f"{'':>12}{'':>12}" if s1 is None else f"{s1:>12.2f}{total - s1:>12.2f}"
+    print(f"{name:<14}{split}{total:>12.2f}{first:>16.2f}{note}", flush=True)
+    rows[name] = dict(stage1_s=s1, total_s=total, first_s=first)
+
   for name, restrict in runs.items():
     if name in skip:
       continue
-    _, s1 = timed(inpainter("axial", restrict), voided, mask, key)
+    s1 = None if "stage1" in skip else timed(inpainter("axial", restrict), voided, mask, key)[1]
     first, total = timed(inpainter("hierarchical", restrict), voided, mask, key)
     totals[name] = total
-    print(f"{name:<14}{s1:>12.2f}{total - s1:>12.2f}{total:>12.2f}{first:>16.2f}")
+    show(name, s1, total, first)
   if args.peer == "monai":
     monai = run_peer(args, inpainter("hierarchical", True), voided, mask)
     if monai:
-      print(f"{'monai-loop':<14}{monai['stage1']:>12.2f}{monai['total'] - monai['stage1']:>12.2f}"
-            f"{monai['total']:>12.2f}{monai['first']:>16.2f}   (torch {monai['torch']})")
+      show("monai-loop", monai["stage1"], monai["total"], monai["first"],
+           f"   (torch {monai['torch']})")
       if "jit" in totals:
         print(f"monai-loop / jit = {monai['total'] / totals['jit']:.2f}")
   if "python-loop" not in skip:
     hier, axial = inpainter("hierarchical", True), inpainter("axial", True)
-    _, s1 = timed(python_loop, axial, voided, mask, key)
+    s1 = None if "stage1" in skip else timed(python_loop, axial, voided, mask, key)[1]
     first, total = timed(python_loop, hier, voided, mask, key)
-    print(f"{'python-loop':<14}{s1:>12.2f}{total - s1:>12.2f}{total:>12.2f}{first:>16.2f}")
+    show("python-loop", s1, total, first)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(dict(shape=list(shape), padded=list(padded), steps=args.steps, t0=args.t0,
+                     chunk_size=args.chunk_size, mask_voxels=int(mask.sum()),
+                     device_kind=jax.devices()[0].device_kind, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,16 @@ figure the trainer checks before its first step) is printed in GiB per device:
   bfloat16         train.compute_dtype=bfloat16 (what 'auto' picks on GPU/TPU)
 
 With `--steps N` each row that fits is also run N times after a first call, and the median
-seconds per step printed (CPU: minutes per step at 256x256; use it on an accelerator).
+seconds per step printed (CPU: minutes per step at 256x256; use it on an accelerator), with
+the device's peak memory in use (`memory_stats()['peak_bytes_in_use']`, where the backend
+reports it: GPU/TPU) after the row. `--dtype=bfloat16` runs every row in bfloat16; `--json`
+writes the rows to a file as well (bench/accelerator_check.py reads it). A config path may
+name a variant (`configs/inpainting/axial.py:tiny`).
 
     python bench/train_memory.py                               # the BraTS axial config
     python bench/train_memory.py --config=configs/inpainting/coronal.py --size=240
     python bench/train_memory.py --size=64 --batch=8 --steps=3  # small and timed
+    python bench/train_memory.py --dtype=bfloat16 --rows=remat --steps=5 --json=/tmp/remat.json
 
 The figures are XLA's buffer assignment for the backend it runs on: on CPU the CPU
 compiler's, on GPU the GPU compiler's (which fuses and schedules differently, so they differ
@@ -27,6 +32,7 @@ by tens of percent); they are what the trainer compares with the device's memory
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -55,15 +61,22 @@ def rows(ks):
 
 
 def load_config(path, args):
+  path, _, variant = path.partition(":")
   spec = importlib.util.spec_from_file_location("bench_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  c = module.get_config()
+  c = module.get_config(variant) if variant else module.get_config()
   c.data.batch_size = args.batch or c.data.batch_size
   if args.size:
     c.data.image_size = (args.size, args.size)
-  c.train.compute_dtype = "float32"
+  c.train.compute_dtype = args.dtype
   return c
+
+
+def peak_bytes():
+  """The device's peak memory in use so far, or None where the backend does not say (CPU)."""
+  stats = jax.devices()[0].memory_stats()
+  return (stats or {}).get("peak_bytes_in_use")
 
 
 def measure(config, steps):
@@ -82,7 +95,7 @@ def measure(config, steps):
   key = jax.random.key(0)
   compiled = step.lower(state, batch, key, None).compile()
   gib = memory.compiled_bytes(compiled) / memory.GIB
-  if not steps or gib * memory.GIB > memory.device_bytes():
+  if not steps or gib * memory.GIB > (memory.device_bytes() or float("inf")):
     return gib, None
   state, metrics = compiled(state, batch, key, None)
   jax.block_until_ready(metrics)
@@ -103,6 +116,9 @@ def main():
   parser.add_argument("--accumulate", default="2,4", help="micro-batch counts, comma-separated")
   parser.add_argument("--rows", default="", help="rows to run, comma-separated (default: all)")
   parser.add_argument("--steps", type=int, default=0, help="timed steps per row (0: memory only)")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="compute dtype of every row (parameters stay float32)")
+  parser.add_argument("--json", default="", help="also write the rows to this JSON file")
   args = parser.parse_args()
   base_config = load_config(args.config, args)
   device = jax.devices()[0]
@@ -111,8 +127,9 @@ def main():
         f"{c.data.batch_size}, channels {tuple(c.model.channels)}, {jax.device_count()} "
         f"{device.platform} device(s) ({device.device_kind}); device memory "
         f"{memory.device_bytes() / memory.GIB:.1f} GiB; jax {jax.__version__}")
-  print("| row | GiB per device (XLA) | s / step |")
-  print("| --- | --- | --- |", flush=True)
+  print("| row | GiB per device (XLA) | s / step | peak in use (GiB) |")
+  print("| --- | --- | --- | --- |", flush=True)
+  results = []
   selected = rows([int(k) for k in args.accumulate.split(",") if k])
   for name, overrides in selected.items():
     if args.rows and name not in args.rows.split(","):
@@ -122,8 +139,20 @@ def main():
       group, field = key.split(".")
       config[group][field] = value
     gib, seconds = measure(config, args.steps)
+    peak = peak_bytes()
     timed = "" if seconds is None else f"{seconds:.2f}"
-    print(f"| {name} | {gib:.2f} | {timed} |", flush=True)
+    shown = "" if peak is None else f"{peak / memory.GIB:.2f}"
+    print(f"| {name} | {gib:.2f} | {timed} | {shown} |", flush=True)
+    results.append(dict(
+        row=name, dtype=trainer.compute_dtype(config).name, xla_gib=gib,
+        seconds_per_step=seconds, steps=args.steps, batch=config.data.batch_size,
+        image_size=list(config.data.image_size), channels=list(config.model.channels),
+        peak_gib=None if peak is None else peak / memory.GIB,
+        device_gib=None if memory.device_bytes() is None else memory.device_bytes() / memory.GIB,
+        backend=device.platform, device_kind=device.device_kind))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,14 @@ runs in a subprocess with `--peer-python`, and the ratio is printed.
 
     python bench/unet_train_step.py --peer monai --peer-python /tmp/peer/bin/python
     python bench/unet_train_step.py --batch=1 --size=8 --steps=1 --warmup=1   # a smoke run
+    python bench/unet_train_step.py --config=configs/inpainting/axial.py --size=256 \
+        --peer monai --peer-only --json=/tmp/monai.json   # MONAI alone, the BraTS axial network
+
+`--config` takes the network (`model.*`) from a config file (`path` or `path:variant`)
+instead of the reference one, for both sides; `--peer-only` runs MONAI's side alone (no JAX
+step; bench/accelerator_check.py compares it with bench/train_memory.py's step); `--json`
+also writes the figures to a file. The peer runs on a CUDA device where torch sees one
+(synchronising after each step), else on the CPU.
 
 XLA CPU flag. Unless `--no-cpu-flags`, the bench sets (before importing JAX)
 
@@ -66,6 +74,8 @@ plus one dot, or one dot per kernel offset, in a custom_vjp) was 1.3-2.5x slower
 """
 
 import argparse
+import importlib.util
+import json
 import os
 import sys
 import time
@@ -92,22 +102,28 @@ from monai.networks.nets import DiffusionModelUNet
 a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])
 torch.manual_seed(0)
-m = DiffusionModelUNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64, 128),
-                       attention_levels=(False, False, True), num_res_blocks=2,
-                       num_head_channels=32, norm_num_groups=8)
+dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+net = a.get("net", dict(in_channels=3, channels=[32, 64, 128],
+                        attention_levels=[False, False, True], num_res_blocks=2,
+                        num_head_channels=32, norm_num_groups=8))
+kw = {k: tuple(v) if isinstance(v, list) else v for k, v in net.items()}
+m = DiffusionModelUNet(spatial_dims=2, out_channels=1, **kw).to(dev)
 opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-4)
-b, s = a["batch"], a["size"]
-x, eps = torch.randn(b, 3, s, s), torch.randn(b, 1, s, s)
-t = torch.randint(0, 1000, (b,))
+b, s, c = a["batch"], a["size"], net["in_channels"]
+x, eps = torch.randn(b, c, s, s, device=dev), torch.randn(b, 1, s, s, device=dev)
+t = torch.randint(0, 1000, (b,), device=dev)
 def step():
   opt.zero_grad(set_to_none=True)
   loss = (m(x, t) - eps).square().mean()
   loss.backward()
   opt.step()
+  if dev.type == "cuda":
+    torch.cuda.synchronize()
 times = time_steps(step, a["warmup"], a["steps"])
 print(json.dumps(dict(params=sum(p.numel() for p in m.parameters()),
                       median_ms=1e3 * float(np.median(times)), min_ms=1e3 * min(times),
-                      torch=torch.__version__)))
+                      torch=torch.__version__, device=str(dev),
+                      device_name=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")))
 """
 
 
@@ -124,12 +140,39 @@ def parse_args():
                  help="python with torch and monai, for --peer monai")
   p.add_argument("--no-cpu-flags", action="store_true",
                  help=f"do not add {xla_flags.CPU_FLAGS} to XLA_FLAGS")
-  return p.parse_args()
+  p.add_argument("--config", default="",
+                 help="take the network from this config (path[:variant]); default: REFERENCE")
+  p.add_argument("--peer-only", action="store_true", help="run the peer alone (no JAX step)")
+  p.add_argument("--json", default="", help="also write the figures to this JSON file")
+  args = p.parse_args()
+  if args.peer_only and args.peer == "none":
+    p.error("--peer-only needs --peer monai")
+  return args
+
+
+def network(args):
+  """The network's config keys: REFERENCE, or those of `--config`."""
+  if not args.config:
+    return dict(REFERENCE)
+  path, _, variant = args.config.partition(":")
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  m = (module.get_config(variant) if variant else module.get_config()).model
+  return {k: tuple(m[k]) if isinstance(m[k], (list, tuple)) else m[k] for k in REFERENCE}
+
+
+def peer_net(net):
+  """`network(args)` in MONAI DiffusionModelUNet's keywords (out_channels is the script's)."""
+  return dict(in_channels=net["in_channels"], channels=list(net["channels"]),
+              attention_levels=list(net["attention_levels"]),
+              num_res_blocks=net["num_res_blocks"], num_head_channels=net["num_head_channels"],
+              norm_num_groups=net["num_groups"])
 
 
 def run_peer(args, threads):
   cfg = dict(batch=args.batch, size=args.size, steps=args.steps, warmup=args.warmup,
-             threads=threads)
+             threads=threads, net=peer_net(network(args)))
   return peer.run(args.peer_python, PEER_MONAI, cfg)
 
 
@@ -166,14 +209,35 @@ def bench_config(args):
   """The base config with the reference network, the bench's batch and dtype."""
   from configs import base  # pylint: disable=g-import-not-at-top
   c = base.get_base_config()
-  base.set_keys(c, REFERENCE, prefix="model.")
+  base.set_keys(c, network(args), prefix="model.")
   base.set_keys(c, {"data.batch_size": args.batch, "data.image_size": (args.size, args.size),
                     "train.compute_dtype": args.dtype})
   return c
 
 
+def write_json(path, figures):
+  if path:
+    with open(path, "w") as f:
+      json.dump(figures, f, indent=1)
+
+
+def print_peer(monai, threads, batch, step_s=None):
+  print(f"MONAI (torch {monai['torch']}, {monai['device']}, {threads} threads): "
+        f"{monai['params']:,} parameters, {monai['median_ms']:.1f} ms/step (min "
+        f"{monai['min_ms']:.1f}), {batch / monai['median_ms'] * 1e3:.1f} slices/s")
+  if step_s is not None:
+    print(f"ratio ours / MONAI: {1e3 * step_s / monai['median_ms']:.2f} "
+          f"(< 1 means we are faster)")
+
+
 def main():
   args = parse_args()
+  if args.peer_only:
+    monai = run_peer(args, os.cpu_count())
+    if monai:
+      print_peer(monai, os.cpu_count(), args.batch)
+    write_json(args.json, dict(batch=args.batch, size=args.size, monai=monai))
+    return
   if not args.no_cpu_flags:
     xla_flags.set_cpu_flags()
 
@@ -240,14 +304,12 @@ def main():
       print(f"MFU:             {100 * flops / step_s / peak[args.dtype]:.1f}% of "
             f"{peak[args.dtype] / 1e12:.0f} TFLOP/s ({args.dtype} dense peak)")
 
-  if args.peer == "monai":
-    peer = run_peer(args, threads)
-    if peer:
-      print(f"MONAI (torch {peer['torch']}, {threads} threads): {peer['params']:,} parameters, "
-            f"{peer['median_ms']:.1f} ms/step (min {peer['min_ms']:.1f}), "
-            f"{b / peer['median_ms'] * 1e3:.1f} slices/s")
-      print(f"ratio ours / MONAI: {1e3 * step_s / peer['median_ms']:.2f} "
-            f"(< 1 means we are faster)")
+  monai = run_peer(args, threads) if args.peer == "monai" else None
+  if monai:
+    print_peer(monai, threads, b, step_s)
+  write_json(args.json, dict(batch=b, size=s, dtype=args.dtype, params=int(num_params),
+                             median_ms=1e3 * step_s, min_ms=1e3 * min(times), flops=flops,
+                             compile_s=compile_s, device_kind=device.device_kind, monai=monai))
 
 
 if __name__ == "__main__":
