@@ -76,6 +76,7 @@ VARIANTS = {"tiny": {
     **{f"{name}.{k}": v for name in ("axial", "coronal") for k, v in TINY_SLICE_MODEL.items()},
     # axial-only sampling is tested in test_volume_inpainter
     "compare": ("hierarchical/fixed/mean2", "biharmonic/none", "harmonic/none"),
+    "compare_families": ("box",),
     "sampling.steps": 4, "sampling.chunk_size": 8,
     "pipeline.resampling.max_loops": 1,
     "inpaint.progress_bar": False, "evaluate.progress_bar": False,

@@ -18,9 +18,15 @@ def test_quickstart_notebook_runs(tmp_path):
   text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
   methods = {"hierarchical/fixed/mean2", "hierarchical/fixed/sample", "biharmonic/none",
              "harmonic/none"}
+  methods |= {f"{m} [box]" for m in methods}  # again on held-out masks of the box family
   assert all(m in text for m in methods)
   rows = json.loads((tmp_path / "run" / "comparison.json").read_text())
   assert set(rows) == methods
+  for name, stats in rows.items():  # the spread of samples: in the mean's rows only
+    assert ("spread" in stats) == ("mean2" in name), name
+    if "mean2" in name:
+      assert stats["spread"]["mean"] >= 0 and stats["calibration"]["mean"] >= 0
+  assert rows["biharmonic/none"]["mse"] != rows["biharmonic/none [box]"]["mse"]
   for stats in rows.values():
     assert 0 < stats["ssim"]["mean"] <= 1 and stats["mse"]["mean"] > 0
     assert stats["texture"]["mean"] > 0

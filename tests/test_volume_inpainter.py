@@ -127,3 +127,31 @@ def test_models_with_other_conditions_are_refused(models):
   other = dataclasses.replace(models["coronal"], config=config)
   with pytest.raises(InputError, match=r"coronal model is conditioned on .*t2w"):
     volume_inpainter.VolumeInpainter(inpaint.get_config("tiny"), models={**models, "coronal": other})
+
+
+def test_edm_models_with_their_own_sigma_data_are_read_in_x0(models, case):
+  """Two edm models whose measured sigma_data differ (each its own slices) share a chain
+  read in x0: each converts its output with its own c_skip and c_out."""
+  edm = {}
+  for name, sd in (("axial", 0.2), ("coronal", 0.3)):
+    config = models[name].config.copy_and_resolve_references()
+    config.diffusion.parameterization, config.diffusion.sigma_data = "edm", sd
+    edm[name] = dataclasses.replace(models[name], config=config)
+  inpainter = make(edm)
+  assert inpainter.parameterization == "x0"
+  m = edm["coronal"]
+  x = jax.random.normal(jax.random.key(1), (2,) + m.image_size + (1,))
+  cond = jax.numpy.zeros(x.shape[:-1] + (len(volume_inpainter.CHAIN_CHANNELS),))
+  t = jax.numpy.asarray([10, 700])
+  raw = m.output(m.params, x, m.with_context(cond), t)
+  x0 = m.output(m.params, x, m.with_context(cond), t, to="x0")
+  abar = np.asarray(volume_inpainter.schedules.schedule_from_config(m.config.diffusion)
+                    .alphas_cumprod)[[10, 700]].reshape(2, 1, 1, 1)
+  c_skip, c_out = volume_inpainter.schedules.edm_coefficients(abar, 0.3)
+  # c_skip x + c_out F: 2 products and a sum on |x| + |F|, float32 against float32
+  np.testing.assert_allclose(np.asarray(x0), c_skip * np.asarray(x) + c_out * np.asarray(raw),
+                             atol=float32_tolerance(float(np.abs(x).max() + np.abs(raw).max()), 6))
+  voided, mask = case
+  out = inpainter(voided, mask, jax.random.key(0))
+  assert np.all(np.isfinite(out))
+  np.testing.assert_array_equal(out[mask == 0], voided[mask == 0])

@@ -20,6 +20,11 @@ Variants change one lever of the slice models at a time (docs/inpainting.md, "Le
   karras    realism: sampling steps at the karras noise levels (most where the noise is
             small, down to the chain's first index; `sampling.spacing = 'karras'`)
   realism   the compared rows of the realism levers: mean of 4 and one sample of each model
+  families  training holes drawn from the lesion, ellipsoid and blob families
+            (`data.random_masks.families`); the study's unseen family, box, stays out
+
+Every comparison is repeated on the held-out subjects with new healthy masks of the
+`box` family (`compare_families`): axis-aligned boxes, a shape no variant trains on.
 
   python main.py --config=configs/inpainting/study.py --workdir=runs/inpaint_study
   python main.py --config=configs/inpainting/study.py:residual --workdir=runs/study-residual
@@ -42,9 +47,11 @@ SLICE_MODEL = {**BEFORE_LEVERS, "data.synthetic.num_train": 128, "train.num_step
 COMPARE = ("biharmonic/none", "harmonic/none", "biharmonic2d/none", "axial/none/mean4",
            "hierarchical/fixed/mean4", "hierarchical/adaptive/mean4", "hierarchical/none/mean4",
            "coronal/none/mean4", "tpdm/none/mean4", "average/none/mean4")
+UNSEEN_FAMILY = "box"  # held-out masks of a shape family no variant trains on
 STUDY = {
     **{f"{name}.{k}": v for name in ("axial", "coronal") for k, v in SLICE_MODEL.items()},
     "compare": COMPARE,
+    "compare_families": (UNSEEN_FAMILY,),
     "sampling.steps": 25,
 }
 
@@ -71,6 +78,8 @@ LEVERS = {
     "edm": {f"{name}.diffusion.{k}": v for name in ("axial", "coronal")
             for k, v in (("parameterization", "edm"), ("sigma_data", 0.0))},
     "karras": {"sampling.spacing": "karras"},
+    "families": {f"{name}.data.random_masks.families": ("lesion", "ellipsoid", "blob")
+                 for name in ("axial", "coronal")},
     "realism": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/none/mean4")},
     "short": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/none/mean4",
                           "hierarchical/fixed")},

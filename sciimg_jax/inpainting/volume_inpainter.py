@@ -201,16 +201,17 @@ class VolumeInpainter:
     d = axial.config.diffusion
     for m in models:
       check_conditions(m.config, m.name)
-      for key in ("schedule", "num_timesteps", "beta_start", "beta_end", "parameterization",
-                  "sigma_data"):
-        if m.config.diffusion.get(key) != d.get(key):
+      for key in ("schedule", "num_timesteps", "beta_start", "beta_end", "parameterization"):
+        if m.config.diffusion[key] != d[key]:
           raise InputError("pipeline", f"the axial and coronal models differ in diffusion.{key}")
+    # edm models read in x0: each converts its output with its own sigma_data (measured on
+    # its own slices, so the axial and coronal models differ), which the chain need not know
+    self.parameterization = "x0" if d.parameterization == "edm" else d.parameterization
     self.sampler = volume_sampler.VolumeSampler(
-        models, parameterization=d.parameterization, mesh=mesh, chunk_size=s.chunk_size,
+        models, parameterization=self.parameterization, mesh=mesh, chunk_size=s.chunk_size,
         num_samples=s.num_samples, where="pipeline.method")
     self.models = self.sampler.models
     self.train_schedule = schedules.schedule_from_config(d)
-    self.parameterization = d.parameterization
     self.stages = METHODS[p.method](s)
     self.schedules, self.starts = [], []
     for stage in self.stages:  # respaced chains and SDEdit start indices, on the host
