@@ -75,7 +75,8 @@ def main(argv):
     if multihost:
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                              timeout_s=FLAGS.multihost_timeout,
-                             heartbeat_s=FLAGS.multihost_timeout)
+                             heartbeat_s=FLAGS.multihost_timeout,
+                             config=FLAGS.config)  # every process stops unless all agree
   except InputError as e:
     sys.exit(f"error: {e}")
   logging.info("JAX %s, devices: %s", jax.__version__, jax.devices())

@@ -23,12 +23,15 @@ were a folder (`pkg-1.0-py3-none-any.whl/pkg/data/table.csv`). RGB images (PNG/T
 label maps (PNG/TIFF/.npy of class indices) are read with scikit-image's imageio plugin.
 Every reader raises `InputError` naming the file and the problem: a missing file, a header
 without a needed key, a file shorter than its header claims, a non-monotonic wavenumber
-axis, a missing label column, a spectrum with a missing (NaN) or non-numeric value.
+axis, a missing label column, a spectrum with a missing (NaN) or non-numeric value, a
+spectrum without a label (empty, or a missing-value text: NaN, NA, ?).
 Writers write to a temporary name and rename, so no half-written file is left.
 """
 
+import contextlib
 import csv
 import io
+import itertools
 import pathlib
 import zipfile
 
@@ -236,17 +239,41 @@ def in_archive(path):
 
 def read_bytes(path):
   """The bytes of a file, or of a member of a zip archive named as if it were a folder."""
+  with open_binary(path) as f:
+    return f.read()
+
+
+@contextlib.contextmanager
+def open_binary(path):
+  """A binary stream of a file, or of a member of a zip archive named as if it were a folder."""
   inside = in_archive(path)
   if inside is None:
-    return _exists(path).read_bytes()
+    with open(_exists(path), "rb") as f:
+      yield f
+    return
   archive, member = inside
   try:
-    with zipfile.ZipFile(archive) as z:
-      return z.read(member)
-  except KeyError:
-    raise InputError(path, f"no such file in {archive.name}") from None
+    z = zipfile.ZipFile(archive)
   except zipfile.BadZipFile:
     raise InputError(archive, "is not a zip archive") from None
+  with z:
+    try:
+      f = z.open(member)
+    except KeyError:
+      raise InputError(path, f"no such file in {archive.name}") from None
+    with f:
+      yield f
+
+
+def count_lines(path):
+  """How many lines `path` holds (the last one with or without its line break): at least
+  the number of CSV records, read in 1 MiB blocks (old Mac files: their CRs)."""
+  lf = cr = 0
+  last = b"\n"
+  with open_binary(path) as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      lf, cr, last = lf + block.count(b"\n"), cr + block.count(b"\r"), block[-1:]
+  return (lf or cr) + (last not in b"\r\n")
 
 
 def _orange_header(rows):
@@ -275,23 +302,69 @@ def _value(cell, n, w, path):
   return v
 
 
+def _missing(cell):
+  return cell.strip().lower() in MISSING
+
+
+def _label(cell, n, label_column, path):
+  """A row's label; InputError when it is empty or a missing-value text (NaN, ?, NA, ...)."""
+  label = cell.strip()
+  if not label:
+    raise InputError(path, f"line {n} has no label ('{label_column}' is empty)")
+  if _missing(label):
+    raise InputError(path, f"line {n} has no label ('{label_column}' is {label!r}, which "
+                     "stands for a missing value)")
+  return label
+
+
+def _row_values(row, cols, w, n, path):
+  """The floats of a row's band cells; InputError naming the first missing or non-numeric."""
+  try:
+    return [float(row[i]) for i in cols]
+  except ValueError:
+    return [_value(row[i], n, wn, path) for i, wn in zip(cols, w)]
+
+
+def _nonfinite(row, cols, w, n, path):
+  """InputError for the first cell of a row that is not finite in float32: a NaN or
+  infinite value, or a number beyond float32's range."""
+  for i, wn in zip(cols, w):
+    if not np.isfinite(np.float32(_value(row[i], n, wn, path))):
+      raise InputError(path, f"line {n}: {row[i].strip()} at {wn:g} cm^-1 is beyond the range "
+                       "of float32")
+
+
 def read_spectra_csv(path, label_column=None):
   """(spectra (N, bands) float32, wavenumbers, labels (N,) str) from a CSV or Orange table.
 
   Columns: the label column and one column a wavenumber (its name a number); other columns
   (an id, coordinates, Orange `meta` or `ignore` columns) are ignored. `label_column=None`
   takes Orange's `class` column, or `label`. Tab-separated for `.tab`/`.tsv`/`.txt`.
+
+  Streamed: a first pass counts the lines, the second parses one row at a time into a
+  float32 array of that many rows, so the peak memory is the result and the labels (not the
+  text, its rows of strings and lists of floats: 30 times the result).
   """
+  delimiter = "\t" if pathlib.Path(path).suffix in (".tab", ".tsv", ".txt") else ","
   try:
-    text = read_bytes(path).decode("utf-8-sig")
+    capacity = count_lines(path)
+    with open_binary(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig",
+                                                   newline="") as text:
+      reader = csv.reader(text, delimiter=delimiter)
+      try:
+        return _parse_spectra(reader, path, label_column, capacity)
+      except csv.Error as e:
+        raise InputError(path, f"line {reader.line_num}: {e}") from None
   except UnicodeDecodeError:
     raise InputError(path, "is not UTF-8 text") from None
-  delimiter = "\t" if pathlib.Path(path).suffix in (".tab", ".tsv", ".txt") else ","
-  rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
-  if not rows:
+
+
+def _parse_spectra(reader, path, label_column, capacity):
+  head = list(itertools.islice(reader, 3))  # Orange's header is 3 rows
+  if not head:
     raise InputError(path, "is empty")
-  header = [h.strip() for h in rows[0]]
-  orange = _orange_header(rows)
+  header = [h.strip() for h in head[0]]
+  orange = _orange_header(head)
   types, flags = orange or ([""] * len(header), [set()] * len(header))
   if label_column is None and orange:
     marked = [h for h, f in zip(header, flags) if f & {"class", "c"}]
@@ -315,21 +388,28 @@ def read_spectra_csv(path, label_column=None):
     raise InputError(path, "no column is named by a wavenumber")
   cols, w = zip(*numeric)
   li = header.index(label_column)
-  spectra, labels = [], []
   first = 4 if orange else 2
-  for n, row in enumerate(rows[first - 1:], start=first):
-    if not any(cell.strip() for cell in row):
-      continue
-    if len(row) != len(header):
-      raise InputError(path, f"line {n} has {len(row)} fields; the header has {len(header)}")
-    spectra.append([_value(row[i], n, wn, path) for i, wn in zip(cols, w)])
-    if not row[li].strip():
-      raise InputError(path, f"line {n} has no label ('{label_column}' is empty)")
-    labels.append(row[li].strip())
-  if not spectra:
+  spectra = np.empty((max(capacity - first + 1, 1), len(cols)), np.float32)
+  labels = []
+  k = 0
+  with np.errstate(over="ignore"):  # a value beyond float32 is named below
+    for n, row in enumerate(itertools.chain(head[first - 1:], reader), start=first):
+      if not any(cell.strip() for cell in row):
+        continue
+      if len(row) != len(header):
+        raise InputError(path, f"line {n} has {len(row)} fields; the header has {len(header)}")
+      if k == len(spectra):  # more records than lines counted: a file changed under us
+        spectra.resize((2 * k, len(cols)), refcheck=False)
+      spectra[k] = _row_values(row, cols, w, n, path)
+      if not np.isfinite(spectra[k]).all():
+        _nonfinite(row, cols, w, n, path)
+      labels.append(_label(row[li], n, label_column, path))
+      k += 1
+  if not k:
     raise InputError(path, "holds a header but no spectra")
-  return (np.asarray(spectra, np.float32), check_wavenumbers(w, len(w), path),
-          np.asarray(labels))
+  if k < len(spectra):
+    spectra.resize((k, len(cols)), refcheck=False)  # in place: no copy
+  return spectra, check_wavenumbers(w, len(w), path), np.asarray(labels)
 
 
 def read_spectra_npz(path, label_column=None):
@@ -346,6 +426,11 @@ def read_spectra_npz(path, label_column=None):
   if x.ndim != 2 or labels.shape != (len(x),):
     raise InputError(path, f"X is {x.shape} and {label_column} {labels.shape}; expected "
                      "(spectra, bands) and (spectra,)")
+  unlabelled = [i for i, label in enumerate(labels) if _missing(label)]
+  if unlabelled:
+    i = unlabelled[0]
+    raise InputError(path, f"spectrum {i} has no label ({label_column}[{i}] is "
+                     f"{str(labels[i])!r}, which stands for a missing value)")
   wn = check_wavenumbers(z["wavenumbers"], x.shape[1], path)
   bad = np.argwhere(~np.isfinite(x))
   if len(bad):

@@ -31,6 +31,7 @@ coordinate in the whole volume, in [-1, 1]. With `data.residual` the target is
 import dataclasses
 import hashlib
 import json
+import math
 import pathlib
 import threading
 
@@ -109,6 +110,12 @@ def check_data_config(data):
     raise InputError("data.residual", "a residual target needs an image target")
 
 
+def grid_multiple(data):
+  """What every axis of `data.volume_shape` must divide by: the conditions' downsampling
+  factors' least common multiple (`check_data_config`)."""
+  return math.lcm(*(parse_condition(spec)[1] for spec in data.conditions))
+
+
 def required_keys(data, with_target=True):
   keys = [data.target] if with_target else []
   keys += [parse_condition(s)[0] for s in data.conditions]
@@ -145,10 +152,13 @@ def prepare_case(case_dir, data, with_target=True):
   if cut:
     where = brats_layout.case_file(case_dir, next(k for k in case.volumes
                                                   if k not in brats_layout.MASK_KEYS))
+    multiple = grid_multiple(data)
+    divides = f", each axis divisible by the downsampling factor {multiple}" if multiple > 1 else ""
     message = (f"the case is {case.shape} and {cut:,} of {int(brain.sum()):,} brain voxels lie "
                f"outside the centre crop data.volume_shape={shape}; its outputs would be "
                f"background there. Use data.volume_shape of at least "
-               f"{vol.covering_shape(brain, shape)} (models are tied to their grid), or "
+               f"{vol.covering_shape(brain, shape, multiple)} (the smallest grid that holds the "
+               f"brain{divides}; models are tied to their grid), or "
                f"data.crop_brain=True to accept the loss")
     if not data.get("crop_brain", False):
       raise InputError(where, message)

@@ -42,7 +42,9 @@ JOBS = {
 
 
 def run(config, workdir):
+  """Runs `config.job` in `workdir` (created; removed again if the job is refused before it
+  wrote anything there)."""
   if config.job not in JOBS:
     raise InputError("job", f"unknown job {config.job!r}; known: {', '.join(sorted(JOBS))}")
-  atomic_files.writable_folder(workdir)
-  return JOBS[config.job](config, workdir)
+  with atomic_files.job_folder(workdir):
+    return JOBS[config.job](config, workdir)

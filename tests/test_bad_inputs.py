@@ -43,9 +43,11 @@ def test_a_brain_beyond_the_grid_is_refused_with_the_shapes(sr_data, tmp_path):
   root = tmp_path / "cases"
   write_case(root, "BraTS-GLI-00001-000", {"t2f": brain_block((12, 12, 12), np.s_[3:9, 3:9, 3:9])})
   write_case(root, "BraTS-GLI-00002-000", {"t2f": brain_block((12, 12, 12), np.s_[1:11, 3:9, 3:9])})
+  # (10, 8, 8) would hold the brain, but the SR task's t2f:pool4 needs axes divisible by 4
   with pytest.raises(InputError, match=r"BraTS-GLI-00002-000-t2f.nii.gz: the case is \(12, 12, 12\)"
                      r" and 72 of 360 brain voxels lie outside .*volume_shape=\(8, 8, 8\).*"
-                     r"at least \(10, 8, 8\)") as e:
+                     r"at least \(12, 8, 8\) \(the smallest grid that holds the brain, each "
+                     r"axis divisible by the downsampling factor 4;") as e:
     volume_cases.prepare(root, sr_data, tmp_path / "cache")
   assert "\n" not in str(e.value)
   assert not list((tmp_path / "cache").rglob("BraTS-GLI-00002-000.npy"))  # nothing written
@@ -69,6 +71,13 @@ def test_background_alone_is_cropped_without_a_word(sr_data, tmp_path):
   assert cases[0].meta["brain_voxels_cut"] == 0
   assert volumes.outside_center_crop(np.ones((5, 4)), (3, 4)) == 8
   assert volumes.covering_shape(np.pad(np.ones((1, 1)), ((0, 4), (0, 0))), (3, 1)) == (4, 1)
+  # issue 34: the grid suggested for a (40, 50, 45) case was (36, 45, 43), which the SR task
+  # refuses; with its factor 4: the smallest multiple of 4 that holds the brain on each axis
+  brain = np.zeros((40, 50, 45))
+  brain[2:38, 2:47, 1:44] = 1
+  assert volumes.covering_shape(brain, (32, 32, 32)) == (36, 45, 43)
+  assert volumes.covering_shape(brain, (32, 32, 32), multiple=4) == (36, 48, 44)
+  assert volumes.covering_shape(brain, (48, 32, 32), multiple=4) == (48, 48, 44)  # pads
 
 
 # --- normalisation: a brain at a tiny share of a large field of view --------------------------
@@ -183,6 +192,29 @@ def test_a_step_count_that_is_not_positive_stops_before_any_work(tiny_config, tm
   with pytest.raises(InputError, match=rf"^train.{key}: {problem}$"):
     slice_task.SliceTask(tiny_config, tmp_path / "w", slice_inputs.InpaintingSlices())
   assert not (tmp_path / "w").exists()
+
+
+def test_a_refused_config_leaves_no_workdir_behind(tiny_config, tmp_path):
+  """main.py (`jobs.run`) made the workdir before the job checked its config (issue 34): a
+  refused run left an empty folder. Now the folders it made are removed again when empty; a
+  folder that existed, or one the job wrote in, is kept."""
+  from sciimg_jax import jobs
+  tiny_config.train.num_steps = 0
+  tiny_config.data.root = str(tmp_path / "never-read")
+  for workdir in (tmp_path / "runs" / "w", tmp_path / "kept"):
+    if workdir.name == "kept":
+      workdir.mkdir()
+    with pytest.raises(InputError, match=r"^train.num_steps: must be a positive whole number"):
+      jobs.run(tiny_config, workdir)
+  assert not (tmp_path / "runs").exists() and (tmp_path / "kept").is_dir()
+  from sciimg_jax.core import atomic_files
+  with pytest.raises(InputError, match="every case failed"):
+    with atomic_files.job_folder(tmp_path / "wrote" / "w") as w:
+      (w / "logs").mkdir()
+      (w / "summary.json").write_text("{}")
+      raise InputError("cases", "every case failed")
+  assert (tmp_path / "wrote" / "w" / "summary.json").is_file()
+  assert not (tmp_path / "wrote" / "w" / "logs").exists()  # an empty folder under it: removed
 
 
 # --- float64 values beyond float32's range; an affine mismatch ---------------------------------

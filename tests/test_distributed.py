@@ -1,11 +1,17 @@
-"""The watchdog and the error path of sciimg_jax/core/distributed.py in one process, with a
-stand-in for the coordination service's key-value store (the real one, with 2 processes, is
-in test_multiprocess.py)."""
+"""The watchdog, the error path and the config check of sciimg_jax/core/distributed.py in
+one process, with a stand-in for the coordination service's key-value store (the real one,
+with 2 processes, is in test_multiprocess.py), and a coordinator started alone."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+from ml_collections import config_dict
 
 from sciimg_jax.core import distributed
 
@@ -23,6 +29,14 @@ class Store:
     self.values[key] = value
 
   def key_value_try_get(self, key):
+    return self.values[key]
+
+  def blocking_key_value_get(self, key, timeout_in_ms):
+    deadline = time.monotonic() + timeout_in_ms / 1000
+    while key not in self.values:
+      if time.monotonic() > deadline:
+        raise RuntimeError(f"DEADLINE_EXCEEDED: {key}")
+      time.sleep(0.005)
     return self.values[key]
 
 
@@ -113,3 +127,76 @@ def test_a_peer_that_exited_early_stops_this_process(monkeypatch, exits, capsys)
   assert exits == [distributed.PEER_FAILED_STATUS]
   assert "process 1 exited before the job finished" in capsys.readouterr().err
   dog.stop()
+
+
+# --- processes given different configs -----------------------------------------------------
+
+def config(**optim):
+  return config_dict.ConfigDict({"data": {"shape": (4, 4), "root": "/data"}, "seed": 0,
+                                 "optim": {"learning_rate": 1e-3, "b1": 0.9, **optim}})
+
+
+def agree(configs, timeout_s=5.0):
+  """Each process's `agree_on_config` verdict, the processes as threads on one store."""
+  store, verdicts = Store(), [None] * len(configs)
+
+  def process(i):
+    verdicts[i] = distributed.agree_on_config(store, i, len(configs),
+                                              distributed.config_text(configs[i]), timeout_s)
+
+  threads = [threading.Thread(target=process, args=(i,)) for i in range(len(configs))]
+  for t in threads[::-1]:  # process 0 last: the others wait for its verdict
+    t.start()
+  for t in threads:
+    t.join()
+  return verdicts
+
+
+def test_processes_given_different_configs_all_stop_naming_the_first_differing_key():
+  """Process 1 given --config.optim.learning_rate=0.5 used to run with process 0's value,
+  silently: now every process gets one line with the key and both values, before any work
+  (process 2 agrees with process 0, and stops too: nobody is left waiting)."""
+  assert agree([config(), config(), config()]) == [None, None, None]
+  verdicts = agree([config(), config(learning_rate=0.5), config()])
+  line = ("optim.learning_rate: process 0 has 0.001, process 1 has 0.5; every process needs "
+          "the same config (file, variant and --config overrides)")
+  assert [str(v) for v in verdicts] == [line] * 3
+  assert all(isinstance(v, distributed.InputError) for v in verdicts)
+  # a key that one of them lacks, the keys in sorted order: data.* before optim.*
+  other = config(eps=1e-8)
+  other.data.shape = (4, 8)
+  parsed = [json.loads(distributed.config_text(c)) for c in (config(), other)]
+  assert distributed.first_difference(*parsed) == ("data.shape", "[4, 4]", "[4, 8]")
+  assert distributed.first_difference({"a": {"b": 1}}, {"a": {"b": 1, "c": "x"}}) == (
+      "a.c", "absent", '"x"')
+
+
+def test_a_process_whose_peer_never_sends_its_config_stops_with_one_line():
+  store = Store()
+  verdict = distributed.agree_on_config(store, 1, 2, distributed.config_text(config()), 0.2)
+  assert str(verdict).startswith("process 0: gave no verdict on the configs within 0.2 s")
+
+
+# --- a coordinator started alone -----------------------------------------------------------
+
+def test_a_coordinator_started_alone_stops_with_one_line_naming_the_missing_process(tmp_path):
+  """Process 0 of 2 with no process 1: one line and exit status 75 after the timeout, not
+  XLA's abort (SIGABRT, a C++ stack trace and "another task died"), which our timer forestalls
+  by giving XLA 30 s more. One real process (XLA's client must release the GIL for the timer):
+  about 4 s, 2 of them the timeout."""
+  with socket.socket() as s:  # a free port
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  code = ("from sciimg_jax.core import distributed\n"
+          f"distributed.initialize('127.0.0.1:{port}', 2, 0, timeout_s=2, heartbeat_s=2)\n"
+          "print('joined')")
+  start = time.monotonic()
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=60, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == distributed.PEER_FAILED_STATUS, proc.stderr[-3000:]
+  assert proc.stderr.strip() == (f"error: 127.0.0.1:{port}: process 1 never joined within 2 s; "
+                                 "start it with the same command and --process_id=1")
+  assert proc.stdout == "" and time.monotonic() - start < 30
+  assert distributed.never_joined(None, None, None, 9).startswith(
+      "error: --multihost: not every process joined within 9 s; start the missing ones")

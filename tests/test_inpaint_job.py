@@ -384,7 +384,8 @@ def test_outputs_get_the_mode_open_would_give(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
-def test_incomplete_case_folders_are_listed_as_failed(tmp_path):
+def test_incomplete_case_folders_are_listed_as_failed(tmp_path, capsys, caplog):
+  """... and each failure is printed once, in the summary (it used to be logged as well)."""
   root = tmp_path / "in"
   good = make_case(root, "BraTS-GLI-00040-000")
   no_mask = make_case(root, "BraTS-GLI-00041-000")
@@ -405,6 +406,10 @@ def test_incomplete_case_folders_are_listed_as_failed(tmp_path):
   assert "empty case folder" in failed["BraTS-GLI-00042-000"]
   assert "BraTS-GLI-00099-000" in failed["BraTS-GLI-00044-000"]
   assert "prefix must be the folder name" in failed["BraTS-GLI-00044-000"]
+  captured = capsys.readouterr()
+  printed = captured.out + captured.err + "\n".join(r.getMessage() for r in caplog.records)
+  for name, error in failed.items():
+    assert printed.count(error) == 1 and f"  failed {name}: {error}" in captured.out, printed
 
 
 def test_a_failed_rerun_leaves_no_stale_prediction(tmp_path):

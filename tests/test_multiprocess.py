@@ -302,21 +302,26 @@ def test_ensembler_evaluation_and_scoring_split_cases_over_two_processes(tiny_co
 
 
 def test_a_process_that_stops_with_an_error_stops_the_others_with_one_line(tmp_path):
-  """Process 1's bad value stops it with its one line; process 0 follows with one line (not
-  XLA's abort in JAX's shutdown barrier, nor a hang in the first collective)."""
+  """Process 1's bad input stops it with its one line; process 0 follows with one line (not
+  XLA's abort in JAX's shutdown barrier, nor a hang in the first collective). The bad input
+  is process 1's workdir, a file: a config of its own would be refused on both processes
+  before any work (`distributed.agree_on_config`, tested in test_distributed.py)."""
   env = dict({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   port = free_port()
+  not_a_folder = tmp_path / "a_file"
+  not_a_folder.write_text("not a folder")
   procs = [subprocess.Popen(
       [sys.executable, str(HERE.parent / "main.py"), "--config=configs/inpainting/axial.py:tiny",
-       f"--workdir={tmp_path / 'w'}", f"--config.data.cache_dir={tmp_path / 'cache'}",
-       f"--config.train.num_steps={-5 if i else 20}", f"--coordinator_address=127.0.0.1:{port}",
-       "--num_processes=2", f"--process_id={i}", "--multihost_timeout=20"],
+       f"--workdir={not_a_folder if i else tmp_path / 'w'}",
+       f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.train.num_steps=20",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+       "--multihost_timeout=20"],
       cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   errs = [p.communicate(timeout=300)[1] for p in procs]
   assert procs[1].returncode == 1 and errs[1].strip() == (
-      "error: train.num_steps: must be a positive whole number of steps, got -5"), errs[1]
+      f"error: {not_a_folder}: exists and is not a folder; pass a folder for the outputs"), errs[1]
   assert procs[0].returncode == distributed.PEER_FAILED_STATUS, errs[0][-3000:]
   last = errs[0].strip().splitlines()[-1]  # after the embedded data's progress bar, if any
   assert last.startswith("error: process 0: process 1 exited before the job finished"), errs[0]

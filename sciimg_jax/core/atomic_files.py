@@ -94,6 +94,35 @@ def write_json(path, obj, **dump_kwargs):
   return write_text(path, json.dumps(obj, indent=2, **dump_kwargs) + "\n")
 
 
+@contextlib.contextmanager
+def job_folder(path):
+  """`writable_folder(path)` for the length of a job: if the job fails (a config refused
+  before any work, say), the folders this call created are removed again when they hold no
+  file, so a refused run leaves no empty workdir behind. Folders that existed are kept."""
+  path = pathlib.Path(path)
+  created = None  # the outermost folder of `path` that does not exist yet
+  for folder in (path, *path.parents):
+    if folder.exists():
+      break
+    created = folder
+  writable_folder(path)
+  try:
+    yield path
+  except BaseException:
+    if created is not None:
+      remove_empty_folders(created)
+    raise
+
+
+def remove_empty_folders(root):
+  """Removes `root` and the folders under it that hold no file (never a file)."""
+  for folder, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):  # the deepest first
+    try:
+      os.rmdir(folder)
+    except OSError:  # not empty, or gone
+      pass
+
+
 def writable_folder(path):
   """Creates `path` if needed; raises InputError unless it is a folder this process can write.
 

@@ -7,8 +7,13 @@
     processes can try a multi-host run; the setting touches only the CPU backend;
   * a coordinator that cannot be reached fails after `timeout_s` with one line (checked
     before XLA's client, which aborts with a stack trace); processes that do not all
-    arrive make the others stop after `timeout_s`, and one that dies later makes the
-    others stop within `heartbeat_s` (XLA's coordination service), never a hang;
+    arrive make the others stop after `timeout_s` with one line naming the missing one
+    (a timer of ours: XLA's client, given 30 s more, would abort with a stack trace), and
+    one that dies later makes the others stop within `heartbeat_s` (XLA's coordination
+    service), never a hang;
+  * before any work, process 0 compares a hash of every process's config with its own
+    (`agree_on_config`, through the coordination service's key-value store), and every
+    process stops with one line naming the first key that differs and both values;
   * that stop is one line and exit status `PEER_FAILED_STATUS`, from a `Watchdog` (below)
     that notices a dead process before XLA's heartbeat does. (XLA's own stop aborts the
     process from C++ with a stack trace, Python's fault handler and orbax's timed-out
@@ -23,6 +28,7 @@
 """
 
 import atexit
+import hashlib
 import json
 import os
 import socket
@@ -39,7 +45,9 @@ from sciimg_jax.core import atomic_files
 from sciimg_jax.core.errors import InputError
 
 PEER_FAILED_STATUS = 75  # EX_TEMPFAIL: rerunning every process resumes the run
+JOIN_MARGIN_S = 30  # XLA's client aborts this long after our join timer has stopped the process
 _KEY = "sciimg_jax/alive/"
+_CONFIG_KEY = "sciimg_jax/config/"
 DONE, EXITED = "done", "exited"
 
 
@@ -243,9 +251,121 @@ def wait_for_coordinator(address, timeout_s):
                    "start process 0 there first, or check the address and port")
 
 
+def never_joined(coordinator_address, num_processes, process_id, timeout_s):
+  """The line for processes that did not all join within `timeout_s`."""
+  where = coordinator_address or "--multihost"
+  if process_id == 0 and num_processes == 2:
+    return (f"error: {where}: process 1 never joined within {timeout_s} s; start it with the "
+            "same command and --process_id=1")
+  if process_id == 0:
+    return (f"error: {where}: not every process joined within {timeout_s} s; start each of "
+            f"processes 1 to {num_processes - 1} with the same command and its --process_id")
+  up = " (process 0 is up)" if coordinator_address else ""
+  return (f"error: {where}: not every process joined within {timeout_s} s{up}; start the "
+          "missing ones with the same command and their --process_id")
+
+
+class JoinTimer:
+  """Ends this process with `message` (one line, exit status `PEER_FAILED_STATUS`) unless
+  `cancel` comes within `timeout_s`. XLA's client, left to its own timeout while the others
+  do not all connect, aborts the process from C++ (`client.h`: "another task died", a stack
+  trace, exit status 134); its `connect` releases the GIL, so this thread runs meanwhile."""
+
+  def __init__(self, timeout_s, message):
+    self.timeout_s, self.message = timeout_s, message
+    self._done, self._lock = threading.Event(), threading.Lock()
+    self._thread = threading.Thread(target=self._run, name="sciimg-join-timer", daemon=True)
+
+  def start(self):
+    self._thread.start()
+    return self
+
+  def _run(self):
+    if self._done.wait(self.timeout_s):
+      return
+    with self._lock:
+      if self._done.is_set():  # joined at the last moment
+        return
+      sys.stderr.write(self.message + "\n")
+      sys.stderr.flush()
+      os._exit(PEER_FAILED_STATUS)  # pylint: disable=protected-access
+
+  def cancel(self):
+    with self._lock:
+      self._done.set()
+
+
+def config_text(config):
+  """A config as canonical JSON (keys sorted): what the processes compare."""
+  return config.to_json_best_effort(sort_keys=True)
+
+
+def _flatten(tree, prefix=""):
+  """{dotted key: value} of nested dicts (an empty dict is a value)."""
+  if not isinstance(tree, dict) or not tree:
+    return {prefix.rstrip("."): tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flatten(value, f"{prefix}{key}."))
+  return out
+
+
+def first_difference(mine, theirs):
+  """(key, my value, their value) of the first dotted key (sorted) where two configs (parsed
+  JSON) differ, the values as JSON text ('absent' for a key one lacks); None if equal."""
+  a, b = _flatten(mine), _flatten(theirs)
+  show = lambda d, k: json.dumps(d[k])[:80] if k in d else "absent"
+  for key in sorted(set(a) | set(b)):
+    if key not in a or key not in b or a[key] != b[key]:
+      return key, show(a, key), show(b, key)
+  return None
+
+
+def agree_on_config(client, index, count, text, timeout_s):
+  """Every process publishes its config (`config_text`) and its hash in the coordination
+  service's key-value store; process 0 compares every other's hash with its own and
+  publishes its verdict, which every process returns: None when all agree, else one
+  InputError naming the first key where a process differs from process 0 and both values
+  (the same line on every process, so all of them stop, none left waiting for the others)."""
+  digest = hashlib.sha256(text.encode()).hexdigest()
+  client.key_value_set(f"{_CONFIG_KEY}text/{index}", text, allow_overwrite=True)
+  # the hash second: a process that sees it finds the text there too
+  client.key_value_set(f"{_CONFIG_KEY}hash/{index}", digest, allow_overwrite=True)
+  get = lambda key: client.blocking_key_value_get(f"{_CONFIG_KEY}{key}", int(timeout_s * 1000))
+  if index:
+    try:
+      verdict = json.loads(get("verdict"))
+    except Exception as e:  # pylint: disable=broad-except  # XLA's timeout: a RuntimeError
+      return InputError("process 0", f"gave no verdict on the configs within {timeout_s} s "
+                        f"({_first_line(e, 120)})")
+    return InputError(*verdict) if verdict else None
+  verdict = None
+  for other in range(1, count):
+    try:
+      if get(f"hash/{other}") == digest:
+        continue
+      theirs = get(f"text/{other}")
+    except Exception as e:  # pylint: disable=broad-except
+      verdict = (f"process {other}", f"sent no config within {timeout_s} s "
+                 f"({_first_line(e, 120)})")
+      break
+    key, mine, their = first_difference(json.loads(text), json.loads(theirs)) or (
+        "config", "one text", "another")
+    verdict = (key, f"process 0 has {mine}, process {other} has {their}; every process needs "
+               "the same config (file, variant and --config overrides)")
+    break
+  client.key_value_set(f"{_CONFIG_KEY}verdict", json.dumps(verdict), allow_overwrite=True)
+  return InputError(*verdict) if verdict else None
+
+
 def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
-               timeout_s=300, heartbeat_s=100):
-  """Joins this process to the others; returns (process_index, process_count)."""
+               timeout_s=300, heartbeat_s=100, config=None):
+  """Joins this process to the others; returns (process_index, process_count).
+
+  InputError (one line) when the processes do not agree on `config` (`agree_on_config`):
+  raised before the watchdog starts, so every process stops with it through JAX's
+  shutdown barrier, before any work.
+  """
   given = [v is not None for v in (coordinator_address, num_processes, process_id)]
   if any(given) and not all(given):
     raise InputError("--coordinator_address/--num_processes/--process_id",
@@ -255,18 +375,27 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
   if coordinator_address is not None and process_id != 0:
     wait_for_coordinator(coordinator_address, timeout_s)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  timer = JoinTimer(timeout_s, never_joined(coordinator_address, num_processes, process_id,
+                                            timeout_s)).start()
   try:
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               initialization_timeout=int(timeout_s),
+                               initialization_timeout=int(timeout_s) + JOIN_MARGIN_S,
                                heartbeat_timeout_seconds=int(heartbeat_s))
   except (RuntimeError, ValueError) as e:  # XlaRuntimeError is a RuntimeError
     where = coordinator_address or "the cluster's coordinator"
     raise InputError(where, f"could not start process {process_id} of {num_processes} "
                      f"within {timeout_s} s: {_first_line(e, 200)}") from e
+  finally:
+    timer.cancel()
   if jax.process_count() > 1:
     global _watchdog
     from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
-    _watchdog = Watchdog(jax_distributed.global_state.client, jax.process_index(),
-                         jax.process_count(), heartbeat_s)
+    client = jax_distributed.global_state.client
+    if config is not None:
+      error = agree_on_config(client, jax.process_index(), jax.process_count(),
+                              config_text(config), timeout_s)
+      if error is not None:
+        raise error
+    _watchdog = Watchdog(client, jax.process_index(), jax.process_count(), heartbeat_s)
     _watchdog.start()
   return jax.process_index(), jax.process_count()

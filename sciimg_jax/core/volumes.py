@@ -46,15 +46,18 @@ def outside_center_crop(mask, shape):
   return int(mask.sum() - mask[tuple(box)].sum())
 
 
-def covering_shape(mask, shape):
-  """The smallest grid, at least `shape` along each axis, whose centre crop keeps every
-  non-zero voxel of `mask` (`center_pad_crop`'s offsets)."""
+def covering_shape(mask, shape, multiple=1):
+  """The smallest grid, at least `shape` along each axis and a multiple of `multiple` (a
+  downsampling factor the grid must divide by), whose centre crop keeps every non-zero voxel
+  of `mask` (`center_pad_crop`'s offsets)."""
   mask = np.asarray(mask) != 0
   out = []
   for axis, (n, m) in enumerate(zip(mask.shape, (int(s) for s in shape))):
     other = tuple(a for a in range(mask.ndim) if a != axis)
     hit = np.flatnonzero(mask.any(axis=other))
-    while m < n and hit.size and not ((n - m) // 2 <= hit[0] and hit[-1] < (n - m) // 2 + m):
+    covers = lambda m: (m >= n or not hit.size
+                        or (n - m) // 2 <= hit[0] and hit[-1] < (n - m) // 2 + m)  # noqa: B023
+    while m % multiple or not covers(m):  # a larger grid never uncovers a voxel
       m += 1
     out.append(m)
   return tuple(out)

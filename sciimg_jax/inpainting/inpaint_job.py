@@ -248,8 +248,8 @@ def interrupted(summary, num_cases):
 
 
 def record_failure(summary, out_dir, name, error):
-  """Lists a failed case and removes its older outputs, which would look current."""
-  logging.warning("%s failed: %s", name, error)
+  """Lists a failed case and removes its older outputs, which would look current. The
+  failure is printed once, in the summary at the end (as the other jobs over a folder do)."""
   summary["failed"].append(dict(case=name, error=error))
   removed = remove_outputs(out_dir, name)
   if removed:
