@@ -68,6 +68,9 @@ def get_base_config():
   # edm: the data's standard deviation of the preconditioning; 0 = measured from the training
   # targets (in the loss's voxels) before the first step and saved with the run's config.
   c.diffusion.sigma_data = 0.5
+  # How training draws the noise level: uniform (t ~ U{0..T-1}) | lognormal (EDM's log-normal
+  # over sigma around sigma_data: most examples where the data's detail meets the noise).
+  c.diffusion.noise_levels = "uniform"
 
   # How every job samples (and a training job's evaluation): see
   # sciimg_jax/core/diffusion/sampling_config.py.

@@ -146,6 +146,32 @@ def test_karras_spacing_follows_the_rho_law(num_steps):
     assert (t < 400).sum() >= 10
 
 
+@pytest.mark.parametrize("sigma_data", [0.1, 0.5])
+def test_lognormal_noise_levels_follow_edm_training_distribution(sigma_data):
+  """t of `training_timesteps(..., 'lognormal')` has log sigma ~ N(log sigma_data - 0.5, 1.2^2)
+  up to the index grid; 'uniform' is U{0..K-1}; another name is refused."""
+  s = schedules.make_schedule("linear", 1000, sigma_data=sigma_data)
+  n = 200_000
+  t = np.asarray(schedules.training_timesteps(s, KEY, n, "lognormal"))
+  assert t.dtype == np.int32 and t.min() >= 0 and t.max() <= 999
+  abar = np.asarray(s.alphas_cumprod, np.float64)
+  log_sigma = 0.5 * (np.log1p(-abar) - np.log(abar))
+  mean = np.log(sigma_data) + schedules.LOGNORMAL_OFFSET
+  # quantiles inside the grid's range: the nearest index moves log sigma by at most half a
+  # step of the grid there (<= 0.5 at the low end), and 2e5 draws place a quantile within
+  # 0.02 of its value (not rounding: binomial error of the empirical quantile)
+  for q, z in ((0.25, -0.6745), (0.5, 0.0), (0.75, 0.6745)):
+    wanted = mean + schedules.LOGNORMAL_STD * z
+    got = np.quantile(log_sigma[t], q)
+    step = np.abs(np.diff(log_sigma))[max(np.searchsorted(log_sigma, wanted) - 1, 0)]
+    assert abs(got - wanted) <= step / 2 + 0.02, (q, got, wanted)
+  u = np.asarray(schedules.training_timesteps(s, KEY, n, "uniform"))
+  # a uniform draw: mean (K - 1) / 2 within 5 standard errors (288.7 / sqrt(n))
+  assert abs(u.mean() - 499.5) < 5 * 288.7 / np.sqrt(n)
+  with pytest.raises(InputError, match="diffusion.noise_levels"):
+    schedules.training_timesteps(s, KEY, 4, "loguniform")
+
+
 def test_q_sample_mean_and_variance():
   s = schedules.make_schedule("linear", 1000)
   t = jnp.array([10, 300, 900], jnp.int32)

@@ -76,7 +76,8 @@ def _no_time(cond):
 def _diffusion_loss(task, model, batch, key):
   return schedules.conditional_denoising_loss(
       task.schedule, task.config.diffusion.parameterization, model, batch["target"],
-      batch["cond"], key, task.inputs.loss_weights(task.config, batch))
+      batch["cond"], key, task.inputs.loss_weights(task.config, batch),
+      task.config.diffusion.get("noise_levels", "uniform"))
 
 
 def _regression_loss(task, model, batch, key):
@@ -157,6 +158,9 @@ def check_config(config, inputs):
   trainer.check_steps(config.train)  # before the inputs are prepared
   objective = objective_of(config)
   schedules.check_parameterization(config.diffusion.parameterization)
+  if config.diffusion.get("noise_levels", "uniform") not in schedules.NOISE_LEVELS:
+    raise InputError("diffusion.noise_levels", f"unknown noise levels "
+                     f"{config.diffusion.noise_levels!r}; known: {', '.join(schedules.NOISE_LEVELS)}")
   if not config.diffusion.get("sigma_data", 0.5) >= 0:
     raise InputError("diffusion.sigma_data", f"must be > 0, or 0 to measure it from the "
                      f"training targets; got {config.diffusion.sigma_data!r}")
