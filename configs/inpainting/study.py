@@ -81,8 +81,9 @@ LEVERS = {
             for k, v in (("parameterization", "edm"), ("sigma_data", 0.0))},
     "lognormal": {f"{name}.diffusion.noise_levels": "lognormal" for name in ("axial", "coronal")},
     "karras": {"sampling.spacing": "karras"},
-    "families": {f"{name}.data.random_masks.families": ("lesion", "ellipsoid", "blob")
-                 for name in ("axial", "coronal")},
+    "families": {**slice_levers(),  # 3D holes: slices of whole volumes
+                 **{f"{name}.data.random_masks.families": ("lesion", "ellipsoid", "blob")
+                    for name in ("axial", "coronal")}},
     "realism": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/none/mean4")},
     "short": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/none/mean4",
                           "hierarchical/fixed")},
