@@ -17,10 +17,8 @@ hole); `remask_cases` gives held-out cases new healthy masks from one family, so
 score a model on mask shapes it never saw (`compare_families` of the inpainting study).
 """
 
-import os
 import pathlib
 import shutil
-import tempfile
 import zlib
 
 import numpy as np
@@ -134,23 +132,13 @@ def remask_case(case_dir, out_dir, family, seed=0):
   union = healthy | unhealthy
   new = {"mask-healthy": healthy.astype(np.uint8), "mask": union.astype(np.uint8),
          "t1n-voided": np.where(union, 0, t1n).astype(np.float32)}
-  out_dir.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{case.name}-", dir=out_dir))
-  try:
-    os.chmod(tmp, atomic_files.plain_mode(folder=True))
+  with atomic_files.atomic_folder(out_dir / case.name, f".tmp-{case.name}-") as tmp:
     replaced = tuple(f"{case.name}-{key}.nii" for key in new)  # .nii or .nii.gz
     for path in sorted(case_dir.iterdir()):
       if path.is_file() and not path.name.startswith(replaced):
         shutil.copy2(path, tmp / path.name)
     for key, volume in new.items():
       nifti.save_volume(tmp / f"{case.name}-{key}.nii.gz", volume, case.affine, case.header)
-    final = out_dir / case.name
-    if final.exists():
-      shutil.rmtree(final)
-    os.rename(tmp, final)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out_dir / case.name
 
 

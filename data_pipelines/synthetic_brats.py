@@ -39,11 +39,9 @@ Usage: python -m data_pipelines.synthetic_brats --out_dir D --num_train N --num_
 import argparse
 import functools
 import json
-import os
 import pathlib
 import shutil
 import sys
-import tempfile
 
 import nibabel as nib
 import numpy as np
@@ -379,19 +377,10 @@ def write_case(split_dir, subject, *, resolution_mm=4, seed=0):
   volumes, affine = synthesize_subject(subject, resolution_mm=resolution_mm, seed=seed)
   header = nib.Nifti1Header()
   header.set_xyzt_units("mm", "sec")
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-", dir=split_dir))
-  try:
-    os.chmod(tmp, atomic_files.plain_mode(folder=True))  # not mkdtemp's private 0700
+  with atomic_files.atomic_folder(split_dir / name, f"{_TMP_PREFIX}{name}-") as tmp:
     for key in CASE_KEYS:
       nifti.save_volume(tmp / f"{name}-{key}.nii.gz", volumes[key], affine, header)
-    final = split_dir / name
-    if final.exists():
-      shutil.rmtree(final)
-    os.rename(tmp, final)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return final
+  return split_dir / name
 
 
 # ----------------------------------------------------------------------------- dataset

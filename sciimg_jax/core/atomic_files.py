@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -92,6 +93,25 @@ def write_text(path, text):
 
 def write_json(path, obj, **dump_kwargs):
   return write_text(path, json.dumps(obj, indent=2, **dump_kwargs) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_folder(final, prefix):
+  """Yields a new temporary folder beside `final` (named `prefix`..., plain modes, not
+  mkdtemp's private 0700) to fill; on success it replaces `final` by a rename, on any
+  failure it is removed, so `final` is never half-written."""
+  final = pathlib.Path(final)
+  final.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+  try:
+    os.chmod(tmp, plain_mode(folder=True))
+    yield tmp
+    if final.exists():
+      shutil.rmtree(final)
+    os.rename(tmp, final)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
 
 
 @contextlib.contextmanager

@@ -44,7 +44,6 @@ import grain
 import numpy as np
 
 from data_pipelines import brats_layout
-from data_pipelines import input_pipeline
 from data_pipelines import mask_families
 from data_pipelines import volume_cases
 from sciimg_jax.core import intensity
