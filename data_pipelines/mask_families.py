@@ -70,6 +70,12 @@ def lesion(shape, region, centre, rng, *, radius_range, max_blobs=3):
 
 
 FAMILIES = {"lesion": lesion, "ellipsoid": ellipsoid, "box": box, "blob": blob}
+DEFAULT = ("lesion",)  # the training holes of runs saved before `families` existed
+
+
+def of(random_masks):
+  """The families of a `data.random_masks` block (`DEFAULT` where it names none)."""
+  return tuple(random_masks.get("families", DEFAULT))
 
 
 def check_families(families, key="data.random_masks.families"):

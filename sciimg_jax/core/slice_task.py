@@ -158,9 +158,7 @@ def check_config(config, inputs):
   trainer.check_steps(config.train)  # before the inputs are prepared
   objective = objective_of(config)
   schedules.check_parameterization(config.diffusion.parameterization)
-  if config.diffusion.get("noise_levels", "uniform") not in schedules.NOISE_LEVELS:
-    raise InputError("diffusion.noise_levels", f"unknown noise levels "
-                     f"{config.diffusion.noise_levels!r}; known: {', '.join(schedules.NOISE_LEVELS)}")
+  schedules.check_noise_levels(config.diffusion.get("noise_levels", "uniform"))
   if not config.diffusion.get("sigma_data", 0.5) >= 0:
     raise InputError("diffusion.sigma_data", f"must be > 0, or 0 to measure it from the "
                      f"training targets; got {config.diffusion.sigma_data!r}")

@@ -63,6 +63,11 @@ AXES = ("x", "y", "z")
 
 def normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where="scores"):
   """Steps 1-2 of the challenge: returns (prediction, ground truth, bool mask) on [0, 1]."""
+  return _normalized(prediction, ground_truth, voided, healthy_mask, where)[:3]
+
+
+def _normalized(prediction, ground_truth, voided, healthy_mask, where):
+  """`normalized_in_mask`, and the width hi - lo of the intensity range it maps to [0, 1]."""
   check_volumes(where, prediction=prediction, ground_truth=ground_truth, voided=voided,
                 healthy_mask=healthy_mask)
   mask = np.asarray(healthy_mask) != 0
@@ -75,7 +80,7 @@ def normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where="sc
     x = np.asarray(x, np.float64) * mask
     return (np.clip(x, lo, hi) - lo) / (hi - lo)
 
-  return norm(prediction), norm(ground_truth), mask
+  return norm(prediction), norm(ground_truth), mask, hi - lo
 
 
 def official_scores(prediction, ground_truth, voided, healthy_mask, where="scores"):
@@ -123,11 +128,10 @@ def sample_spread(std, prediction, ground_truth, voided, healthy_mask, num_sampl
   """
   if int(num_samples) < 2:
     raise InputError(where, f"the spread of samples needs N >= 2 samples, got {num_samples}")
-  pred, gt, mask = normalized_in_mask(prediction, ground_truth, voided, healthy_mask, where)
+  pred, gt, mask, width = _normalized(prediction, ground_truth, voided, healthy_mask, where)
   check_volumes(where, std=std, prediction=prediction)
-  lo, hi = intensity.percentile_range(voided, *PERCENTILES, where=where, nonzero_fallback=False)
   n = int(num_samples)
-  variance = np.mean((np.asarray(std, np.float64)[mask] / (hi - lo))**2) * n / (n - 1)
+  variance = np.mean((np.asarray(std, np.float64)[mask] / width)**2) * n / (n - 1)
   mse = np.mean((pred[mask] - gt[mask])**2)
   calibration = np.sqrt(variance * (1.0 + 1.0 / n) / mse) if mse > 0 else float("nan")
   return dict(spread=float(np.sqrt(variance)), calibration=float(calibration))

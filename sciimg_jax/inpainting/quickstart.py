@@ -65,15 +65,16 @@ def format_table(rows):
                                  TABLE)
 
 
-def compare(config, workdir, models, mesh, entries, eval_dir, suffix=""):
+def compare(config, workdir, models, mesh, entries, eval_dir, family=None):
   """{row: metrics} of every `compare` entry inpainted and scored on the cases of `eval_dir`
-  (row names end in `suffix`; files under `workdir/inpaint/<entry><suffix>`)."""
+  (with a mask `family`: rows '<row> [family]', files under `workdir/inpaint/<entry>-family`)."""
+  suffix = f" [{family}]" if family else ""
   rows = {}
   for entry, method, mode, num in entries:
     c = ml_collections.ConfigDict(config.to_dict())
     c.pipeline.method, c.pipeline.resampling.mode = method, mode
     c.sampling.num_samples, c.inpaint.write_sample = num, num > 1
-    run_dir = workdir / "inpaint" / (entry.replace("/", "-") + suffix.replace(" ", "-"))
+    run_dir = workdir / "inpaint" / "-".join(filter(None, (entry.replace("/", "-"), family)))
     c.inpaint.input_dir = str(eval_dir)
     c.inpaint.output_dir = str(run_dir / "predictions")
     inpaint_job.inpaint_cases(c, run_dir, inpaint_job.build_inpainter(c, models, mesh))
@@ -110,7 +111,7 @@ def run_quickstart(config, workdir):
   for family in families:  # the same cases with healthy masks of another shape family
     remasked = mask_families.remask_cases(eval_dir, workdir / f"eval-{family}", family,
                                           seed=config.seed)
-    rows.update(compare(config, workdir, models, mesh, entries, remasked, f" [{family}]"))
+    rows.update(compare(config, workdir, models, mesh, entries, remasked, family))
 
   print("\nHeld-out embedded subjects, inpainted and scored as in BraTS "
         "(mean ± std over subjects):\n" + format_table(rows))

@@ -131,11 +131,11 @@ def check_data_config(data):
     raise InputError("data.residual", "a residual target (target - prior) / s needs data.prior")
   if not training_volumes.residual_scale(data) > 0:
     raise InputError("data.residual_scale", f"must be > 0, got {data.residual_scale!r}")
-  families = mask_families.check_families(data.random_masks.get("families", ("lesion",)))
+  families = mask_families.check_families(mask_families.of(data.random_masks))
   if source == "slices":
     for key, on in (("context", data.get("context", 0)), ("prior", prior),
                     ("loss_exclude", data.get("loss_exclude", "")),
-                    ("random_masks.families", families != ("lesion",))):
+                    ("random_masks.families", families != mask_families.DEFAULT)):
       if on:
         raise InputError(f"data.{key}", "needs data.source = 'volumes' (the TFDS slice "
                          "dataset holds one slice and no prior)")

@@ -188,7 +188,8 @@ class SlabSource(grain.sources.RandomAccessDataSource):
     lo = np.maximum(centre - half, 0)
     box = tuple(slice(a, min(a + 2 * half + 1, n)) for a, n in zip(lo, moved.shape[:3]))
     region = (moved[box + (TARGET,)] > -1.0) & (moved[box + (MASK,)] == 0)
-    families = tuple(r.get("families", ("lesion",)))
+    families = mask_families.of(r)
+    # one family draws nothing: the random stream (and the holes) of earlier runs stay
     family = families[rng.integers(len(families))] if len(families) > 1 else families[0]
     hole = np.zeros(moved.shape[:3], bool)
     hole[box] = mask_families.FAMILIES[family](region.shape, region, centre - lo, rng,

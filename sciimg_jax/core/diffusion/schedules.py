@@ -199,6 +199,12 @@ def check_parameterization(parameterization):
         f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
 
 
+def check_noise_levels(noise_levels):
+  if noise_levels not in NOISE_LEVELS:
+    raise InputError("diffusion.noise_levels", f"unknown noise levels {noise_levels!r}; "
+                     f"expected one of {NOISE_LEVELS}")
+
+
 def q_sample(schedule, x0, t, noise):
   """Draws x_t ~ q(x_t | x_0) = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
   abar = _at(schedule.alphas_cumprod, t, x0.ndim)
@@ -271,12 +277,10 @@ def training_timesteps(schedule, key, num, noise_levels="uniform"):
                sigma_data = 0.5) on this chain, so most examples lie where the data's own
                detail meets the noise (sigma from sigma_data / 10 to 3 sigma_data)
   """
+  check_noise_levels(noise_levels)
   size = schedule.betas.shape[0]
   if noise_levels == "uniform":
     return jax.random.randint(key, (num,), 0, size)
-  if noise_levels != "lognormal":
-    raise InputError("diffusion.noise_levels", f"unknown noise levels {noise_levels!r}; "
-                     f"expected one of {NOISE_LEVELS}")
   abar = schedule.alphas_cumprod.astype(jnp.float32)
   log_sigma = 0.5 * (jnp.log1p(-abar) - jnp.log(abar))  # increases with the index
   wanted = (math.log(schedule.sigma_data) + LOGNORMAL_OFFSET
