@@ -1,28 +1,32 @@
 """Seconds per volume at equal quality: the fewest sampling steps, ours against a MONAI loop.
 
-  python bench/inpaint_steps.py --workdir=runs/study-best --cases=4 \
-      --peer-python=/tmp/peer/bin/python
+  python bench/inpaint_steps.py --workdir=runs/study-edm-ln --cases=4 \
+      --steppers=ddim,ddim@karras,dpm++2m@karras --peer-python=/tmp/peer/bin/python
 
 For the trained axial and coronal models in `<workdir>/axial` and `<workdir>/coronal`
 (the study's, `configs/inpainting/study.py`), on the first `--cases` held-out subjects of
 their data, the hierarchical sampler without resampling loops (`resampling.mode = none`,
 the same walk for every stepper) is run at each of `--steps` with each of `--steppers`
-(DDIM, DPM-Solver++ 2M). It prints the mean BraTS PSNR and SSIM in the healthy mask and
-the seconds per volume (after one warm-up call per case and setting, so without
-compilation, which recurs for every new number of mask slices, padded to a multiple of 8;
-the classical prior, when the models take one, is included). The reference is DDIM at
-the largest step count; a setting keeps the quality when its PSNR is within 0.1 dB of it.
-At the fastest setting that keeps it, it prints where a volume's seconds go (`time_split`):
-host preparation, the jitted walk, and the network evaluations within it.
+(`stepper` or `stepper@spacing`: DDIM, DPM-Solver++ 2M; uniform or karras steps). One
+sample a case, from the case's own key: with a deterministic stepper (eta 0) every
+setting follows the same probability-flow ODE from the same noise, so the settings differ
+only by their solver error. It prints the mean BraTS PSNR and SSIM in the healthy mask,
+the texture ratio of the sample, and seconds per volume: `s/volume` after one warm-up
+call per case, `cold` the first call of each case on a fresh sampler (a folder run:
+compilation included). The reference is DDIM on uniform steps (what MONAI's
+`DDIMScheduler` walks) at the largest step count; a setting keeps the quality when its
+PSNR is within 0.1 dB of it and its texture within 0.05. At the fastest setting that
+keeps it, it prints where a volume's seconds go (`time_split`): host preparation, the
+jitted walk, and the network evaluations within it.
 
 The peer (`--peer-python`, a Python with torch and MONAI) runs the same workload the way
 a PyTorch user writes it (`inpaint_volume.PEER_MONAI`): MONAI's `DiffusionModelUNet` of
 the same size and inputs (random weights: time does not depend on them), its
 `DDIMScheduler`, a Python loop over steps and chunks of mask slices, known-region
 replacement after every step, with as many torch threads as cores, at DDIM's own fewest
-steps that keep the quality (the trained models' DDIM, measured here: the peer would
-sample the same network with the same scheduler). The last line is the ratio of seconds
-per volume at equal quality.
+uniform steps that keep the quality (the trained models' DDIM, measured here: the peer
+would sample the same network with the same scheduler). The last line is the ratio of
+seconds per volume at equal quality.
 """
 
 import argparse
@@ -45,6 +49,7 @@ import peer
 from configs.inpainting import inpaint
 from data_pipelines import brats_layout
 from data_pipelines import sources
+from sciimg_jax.core import image_metrics
 from sciimg_jax.core import intensity
 from sciimg_jax.core import reports
 from sciimg_jax.core import sharding
@@ -70,13 +75,17 @@ def load_cases(data, workdir, num, shape):
 
 
 def run_setting(inpainter, cases):
-  """(mean PSNR, mean SSIM, seconds per volume) of `inpainter` on the cases."""
-  for name, x, m, _, _ in cases:  # warm-up: one compilation per case's slice counts
-    inpainter(x, m, jax.random.key(0))
-  psnr, ssim, seconds = [], [], []
+  """dict(psnr, ssim, texture, seconds, cold) of a fresh `inpainter` on the cases: means
+  over the cases; `cold` is the first call's seconds (compilation included), `seconds`
+  the second's."""
+  psnr, ssim, texture, seconds, cold = [], [], [], [], []
   for name, x, m, (lo, hi), case in cases:
+    key = reports.case_key(jax.random.key(0), name)
     t0 = time.perf_counter()
-    out = np.asarray(inpainter(x, m, reports.case_key(jax.random.key(0), name)))
+    np.asarray(inpainter(x, m, key))
+    cold.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    out = np.asarray(inpainter(x, m, key))
     seconds.append(time.perf_counter() - t0)
     raw = intensity.denormalize(volumes.center_pad_crop(np.clip(out, -1, 1), case.shape, -1.0),
                                 lo, hi)
@@ -85,7 +94,9 @@ def run_setting(inpainter, cases):
     s = brats_metrics.official_scores(pred, v["t1n"], v["t1n-voided"], v["mask-healthy"])
     psnr.append(s["psnr"])
     ssim.append(s["ssim"])
-  return float(np.mean(psnr)), float(np.mean(ssim)), float(np.mean(seconds))
+    texture.append(image_metrics.texture_ratio(pred, v["t1n"], v["mask-healthy"]))
+  return {k: float(np.mean(v)) for k, v in dict(psnr=psnr, ssim=ssim, texture=texture,
+                                                   seconds=seconds, cold=cold).items()}
 
 
 def best_of(fn, repeats=3):
@@ -156,7 +167,8 @@ def main():
   parser.add_argument("--workdir", required=True, help="holds axial/ and coronal/ training runs")
   parser.add_argument("--cases", type=int, default=4)
   parser.add_argument("--steps", default="25,10,5,3")
-  parser.add_argument("--steppers", default="ddim,dpm++2m")
+  parser.add_argument("--steppers", default="ddim,dpm++2m",
+                      help="comma list of stepper or stepper@spacing (uniform, karras)")
   parser.add_argument("--chunk_size", type=int, default=16)
   parser.add_argument("--peer-python", default="", help="python with torch and monai")
   args = parser.parse_args()
@@ -165,10 +177,12 @@ def main():
   models = {name: volume_inpainter.load_slice_model(workdir / name, name, mesh)
             for name in volume_inpainter.MODELS}
 
-  def inpainter(stepper, steps):
+  def inpainter(setting, steps):
+    stepper, _, spacing = setting.partition("@")
     c = inpaint.get_config()
     c.pipeline.resampling.mode = "none"
-    c.sampling.update(dict(steps=steps, stepper=stepper, chunk_size=args.chunk_size))
+    c.sampling.update(dict(steps=steps, stepper=stepper, chunk_size=args.chunk_size,
+                           spacing=spacing or "uniform"))
     c.sampling.stage2.update(dict(steps=steps, stepper=stepper))
     return volume_inpainter.VolumeInpainter(c, models=models, mesh=mesh)
 
@@ -176,28 +190,33 @@ def main():
   cases = load_cases(models["axial"].config.data, workdir / "axial", args.cases,
                      probe.volume_shape)
   steps = sorted((int(s) for s in args.steps.split(",")), reverse=True)
+  settings = args.steppers.split(",")
   print(f"JAX {jax.__version__} on {jax.device_count()} {jax.devices()[0].device_kind}; "
-        f"{len(cases)} held-out cases of {workdir}; hierarchical, no resampling loops")
-  print(f"{'stepper':<10}{'steps':>6}{'PSNR':>9}{'SSIM':>9}{'s/volume':>10}")
+        f"{len(cases)} held-out cases of {workdir} ({probe.parameterization} chain); "
+        "hierarchical, no resampling loops, one sample")
+  print(f"{'setting':<18}{'steps':>6}{'PSNR':>9}{'SSIM':>9}{'texture':>9}{'s/volume':>10}"
+        f"{'cold':>8}")
   results = {}
-  for stepper in args.steppers.split(","):
+  for setting in settings:
     for n in steps:
-      results[stepper, n] = run_setting(inpainter(stepper, n), cases)
-      psnr, ssim, sec = results[stepper, n]
-      print(f"{stepper:<10}{n:>6}{psnr:>9.3f}{ssim:>9.4f}{sec:>10.2f}", flush=True)
-  reference = results["ddim", steps[0]][0]
-  keeps = {k: v for k, v in results.items() if v[0] >= reference - 0.1}
-  ours = min(keeps.items(), key=lambda kv: kv[1][2])
-  ddim_steps = min(n for (s, n) in keeps if s == "ddim")
-  print(f"equal quality (PSNR >= {reference - 0.1:.3f} dB): ours {ours[0][0]} {ours[0][1]} "
-        f"steps, {ours[1][2]:.2f} s/volume; DDIM's fewest steps: {ddim_steps}")
+      r = results[setting, n] = run_setting(inpainter(setting, n), cases)
+      print(f"{setting:<18}{n:>6}{r['psnr']:>9.3f}{r['ssim']:>9.4f}{r['texture']:>9.3f}"
+            f"{r['seconds']:>10.2f}{r['cold']:>8.2f}", flush=True)
+  ref = results.get(("ddim", steps[0])) or results[settings[0], steps[0]]
+  keeps = {k: v for k, v in results.items() if v["psnr"] >= ref["psnr"] - 0.1
+           and abs(v["texture"] - ref["texture"]) <= 0.05}
+  ours = min(keeps.items(), key=lambda kv: kv[1]["seconds"])
+  ddim_steps = min((n for (s, n) in keeps if s == "ddim"), default=steps[0])
+  print(f"equal quality (PSNR >= {ref['psnr'] - 0.1:.3f} dB, texture {ref['texture']:.3f} "
+        f"± 0.05): ours {ours[0][0]} {ours[0][1]} steps, {ours[1]['seconds']:.2f} s/volume; "
+        f"DDIM's fewest uniform steps: {ddim_steps}")
   print(f"\nwhere the seconds go at {ours[0][1]} steps ({ours[0][0]}), best of 3:")
   time_split(inpainter(*ours[0]), cases)
   if args.peer_python:
     monai = peer_seconds(args, inpainter("ddim", ddim_steps), models, cases, ddim_steps)
     if monai is not None:
       print(f"monai-loop DDIM {ddim_steps} steps: {monai:.2f} s/volume (sampler only); "
-            f"monai / ours = {monai / ours[1][2]:.2f}")
+            f"monai / ours = {monai / ours[1]['seconds']:.2f}")
 
 
 if __name__ == "__main__":

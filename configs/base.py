@@ -39,6 +39,7 @@ def get_base_config():
   c.data.source = "slices"
   c.data.prior = ""              # '' | biharmonic | harmonic
   c.data.prior_margin = 4        # voxels around each hole's box that the fill sees
+  c.data.prior_dropout = 0.0     # probability that a training example shows no prior
   c.data.loss_exclude = ""       # volumes: a mask key whose voxels weigh 0 in the loss
   c.data.image_size = (64, 64)   # slices are centre-padded/cropped to this
   c.data.batch_size = 16

@@ -534,16 +534,13 @@ def test_repaint_harmonises_with_an_oracle():
   _close(out, x0, atol=ORACLE_ATOL)
 
 
-@pytest.mark.parametrize("n,chunk,quantum,multiple,want", [
-    (19, 32, 8, 1, (1, 24)), (19, 8, 8, 1, (3, 8)), (19, 16, 8, 4, (2, 12)), (5, 32, 8, 8, (1, 8)),
-    (64, 16, 4, 4, (4, 16)), (1, 8, 4, 4, (1, 4)), (19, 2, 8, 1, (12, 2))])
-def test_chunk_layout_is_balanced(n, chunk, quantum, multiple, want):
-  k, per = volume_denoisers.chunk_layout(n, chunk, quantum, multiple)
-  assert (k, per) == want and k * per >= n and per <= max(chunk, multiple) and per % multiple == 0
+@pytest.mark.parametrize("n", [0, 1, 5, 19, 70])
+def test_restricted_slices_have_one_shape_for_every_mask(n):
   mask = np.zeros((3, 3, 70))
-  mask[1, 1, :n] = 1
-  idx = volume_denoisers.active_slices(mask, 2, dilation=0, quantum=quantum)
-  assert len(idx) == k * per and list(idx[:n]) == list(range(n)) and set(idx[n:]) <= {n - 1}
+  mask[1, 1, 70 - n:] = 1
+  idx = volume_denoisers.restricted_slices(mask, 2, dilation=0)
+  assert idx.shape == (70,) and list(idx[:n]) == list(range(70 - n, 70))
+  assert set(idx[n:]) <= {70}
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -555,10 +552,20 @@ def test_slicewise_on_balanced_chunks_equals_slice_by_slice(axis):
   mask = np.zeros(x.shape)
   mask[tuple(slice(2, 7) if a == axis else slice(None) for a in range(3))] = 1  # 5 slices
   apply = lambda xs, cs, t: xs * 2.0 + cs[..., :1] - cs[..., 1:] + t[:, None, None, None]
-  idx = volume_denoisers.active_slices(mask, axis, dilation=0, quantum=len(jax.devices()))
-  denoise = volume_denoisers.slicewise(apply, jnp.asarray(cond), axis, idx, chunk_size=4,
-                                       mesh=mesh, multiple=len(jax.devices()))
-  eps = np.asarray(jax.jit(denoise)(jnp.asarray(x), 3))
+  idx = volume_denoisers.restricted_slices(mask, axis, dilation=0)
+  calls = []
+
+  def counted(xs, cs, t):
+    jax.debug.callback(lambda: calls.append(1))
+    return apply(xs, cs, t)
+
+  # the slices are an argument: one compiled function for every mask of this shape
+  run = jax.jit(lambda x, idx: volume_denoisers.slicewise(
+      counted, jnp.asarray(cond), axis, idx, chunk_size=4, mesh=mesh,
+      multiple=len(jax.devices()))(x, 3))
+  eps = np.asarray(run(jnp.asarray(x), idx))
+  per = max(4 // len(jax.devices()), 1) * len(jax.devices())
+  assert len(calls) == -(-5 // per)  # only the chunks that hold one of the 5 slices run
   want = x * 2.0 + cond[..., 0] - cond[..., 1] + 3.0
   inside = mask > 0
   # 3 float32 adds on partial sums <= 2|x| + 2|cond| + 3, in `apply` under jit and in numpy
@@ -566,6 +573,11 @@ def test_slicewise_on_balanced_chunks_equals_slice_by_slice(axis):
   np.testing.assert_allclose(eps[inside], want[inside], rtol=0,
                              atol=float32_tolerance(bound, 2 * 3))
   assert np.all(eps[~inside] == 0)
+  other = np.zeros(x.shape)  # another mask of the same volume shape: no new compilation
+  other[tuple(slice(0, 1) if a == axis else slice(None) for a in range(3))] = 1
+  eps = np.asarray(run(jnp.asarray(x), volume_denoisers.restricted_slices(other, axis,
+                                                                          dilation=0)))
+  assert run._cache_size() == 1 and np.all(eps[other == 0] == 0)
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])

@@ -121,6 +121,28 @@ def test_holes_come_from_the_configured_families(source, data_cache):
     slice_inputs.check_data_config(c.data)
 
 
+def test_prior_dropout_shows_the_voided_image_and_keeps_the_target(source):
+  """`data.prior_dropout`: the dropped examples' prior channel is the voided image; the
+  residual target is still relative to the prior; the other channels are unchanged."""
+  data = ml_collections.ConfigDict(source.data.to_dict())
+  data.random_masks.probability = 0.0
+  data.prior_dropout = 0.5
+  dropping = training_volumes.SlabSource(source.cases, data)
+  names = list(dropping.names)
+  prior, voided = names.index("prior"), names.index("t1n-voided")
+  dropped = 0
+  for record in range(0, len(dropping), max(len(dropping) // 40, 1)):
+    plain, out = dropping.example(record), dropping.example(record, np.random.default_rng(record))
+    np.testing.assert_array_equal(out["target"], plain["target"])
+    others = [c for c in range(len(names)) if c != prior]
+    np.testing.assert_array_equal(out["cond"][..., others], plain["cond"][..., others])
+    if np.array_equal(out["cond"][..., prior], plain["cond"][..., prior]):
+      continue
+    dropped += 1
+    np.testing.assert_array_equal(out["cond"][..., prior], plain["cond"][..., voided])
+  assert 0 < dropped < 40
+
+
 def test_prior_of_a_hole_is_its_fill(source):
   array = np.array(source.cases[0].array)
   k = source.index[len(source) // 2][1]
@@ -215,6 +237,8 @@ def test_prior_without_known_voxels_near_the_mask_is_refused(untrained):
     (dict(prior="bilinear"), "unknown fill 'bilinear'"),
     (dict(context=-1), "must be an integer >= 0"),
     (dict(source="tfds"), "unknown source 'tfds'"),
+    (dict(prior_dropout=1.0), r"prior_dropout.*must be in \[0, 1\)"),
+    (dict(prior="", residual=False, prior_dropout=0.5), "needs data.prior"),
 ])
 def test_bad_data_settings_are_refused(data_cache, data, match):
   c = volume_config(data_cache, **data)

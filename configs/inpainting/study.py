@@ -21,6 +21,8 @@ Variants change one lever of the slice models at a time (docs/inpainting.md, "Le
             (`diffusion.noise_levels`), not uniformly over t (4 % below sigma 0.14)
   karras    realism: sampling steps at the karras noise levels (most where the noise is
             small, down to the chain's first index; `sampling.spacing = 'karras'`)
+  priordrop realism: the prior (biharmonic) dropped (shown as the voided image) in 30 % of the
+            training examples (`data.prior_dropout`), so the models also generate without it
   realism   the compared rows of the realism levers: mean of 4 and one sample of each model
   families  training holes drawn from the lesion, ellipsoid and blob families
             (`data.random_masks.families`); the study's unseen family, box, stays out
@@ -84,6 +86,7 @@ LEVERS = {
     "families": {**slice_levers(),  # 3D holes: slices of whole volumes
                  **{f"{name}.data.random_masks.families": ("lesion", "ellipsoid", "blob")
                     for name in ("axial", "coronal")}},
+    "priordrop": slice_levers(prior="biharmonic", prior_dropout=0.3),
     "realism": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/none/mean4")},
     "short": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/none/mean4",
                           "hierarchical/fixed")},

@@ -149,6 +149,10 @@ def check_data_config(data):
   if exclude and exclude not in brats_layout.MASK_KEYS:
     raise InputError("data.loss_exclude", f"{exclude!r} is not a mask key; known: "
                      f"{', '.join(brats_layout.MASK_KEYS)}")
+  dropout = data.get("prior_dropout", 0.0)
+  if not 0.0 <= dropout < 1.0 or (dropout and not prior):
+    raise InputError("data.prior_dropout", f"must be in [0, 1) and needs data.prior, got "
+                     f"{dropout!r} with data.prior {prior!r}")
   if prior and int(data.get("prior_margin", 0)) < 1:
     raise InputError("data.prior_margin", f"must be >= 1, got {data.get('prior_margin')!r}")
 

@@ -7,6 +7,9 @@ instead of the TFDS slice dataset, which is what these options need:
                       (`core.slice_context`): a 2.5D model;
   data.prior          'biharmonic' or 'harmonic' (`classical.FILLS`): the classical fill of
                       the voided volume, one more condition channel named 'prior';
+  data.prior_dropout  the probability that a training example's prior channel shows the
+                      voided image instead (no prior; the target unchanged): the model must
+                      also generate without the fill (classifier-free style; 0 = off);
   data.residual       the model learns (target - prior) / s, so an untrained model (its
                       output layer starts at zero) with the x0 parameterisation returns the
                       classical fill exactly; s is `data.residual_scale` (2: the residual
@@ -233,6 +236,13 @@ class SlabSource(grain.sources.RandomAccessDataSource):
     if self.data.get("residual"):
       p = len(own)  # the prior channel
       target = to_residual(target, cond[..., p:p + 1], residual_scale(self.data))
+    dropout = float(self.data.get("prior_dropout", 0.0))
+    if rng is not None and dropout and rng.uniform() < dropout:
+      # classifier-free style: the prior channel shows what it shows without a prior (the
+      # voided image, -1 in the hole); the target stays the same, so the model must
+      # generate the hole's tissue from the context alone
+      v = own.index(VOIDED)
+      cond[..., len(own)] = cond[..., v]
     scored = 1.0 - vol.center_pad_crop(here[..., UNSCORED:UNSCORED + 1], size, 0.0)
     return {"target": target.astype(np.float32), "cond": cond.astype(np.float32),
             "scored": scored.astype(np.float32)}

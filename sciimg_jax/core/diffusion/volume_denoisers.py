@@ -22,29 +22,10 @@ def _ceil_div(a, b):
   return -(-a // b)
 
 
-def chunk_layout(num_slices, chunk_size, quantum=1, multiple=1):
-  """(number of chunks, slices per chunk) for `num_slices` slices, at most `chunk_size` a chunk.
-
-  The slices are padded to L = a multiple of `quantum` (so that cases with a few more or
-  fewer slices share one compiled sampler), and L is cut into equal chunks: the largest
-  divisor of L that is at most `chunk_size` and a multiple of `multiple` (the device
-  count, so every chunk splits over the mesh). `quantum` must be a multiple of `multiple`.
-  19 slices with quantum 8: L = 24, one chunk of 24 for chunk_size 32 (not 32 slices),
-  three of 8 for chunk_size 8.
-  """
-  if quantum % multiple:
-    raise ValueError(f"quantum {quantum} is not a multiple of {multiple}")
-  total = max(_ceil_div(num_slices, quantum) * quantum, quantum)
-  per = max(d for d in range(multiple, min(chunk_size, total) + 1, multiple) if total % d == 0)\
-      if chunk_size >= multiple else multiple
-  return total // per, per
-
-
 def active_slices(mask, axis, *, dilation=1, quantum=1):
   """Indices of the slices along `axis` that meet the mask dilated by `dilation` voxels.
 
-  The list is padded (repeating its last entry) to a multiple of `quantum`, so that
-  `slicewise` cuts it into equal chunks (`chunk_layout`).
+  The list is padded (repeating its last entry) to a multiple of `quantum`.
   Returns an int32 array; empty if the mask is empty.
   """
   mask = np.asarray(mask) > 0
@@ -57,6 +38,18 @@ def active_slices(mask, axis, *, dilation=1, quantum=1):
   return idx
 
 
+def restricted_slices(mask, axis, *, dilation=1):
+  """The slices along `axis` that meet the dilated mask, as `slicewise` takes them: their
+  indices first, then the axis length n (no slice) up to n entries.
+
+  Every case of one volume shape gives an array of one shape, so one compiled sampler
+  serves all of them; `slicewise` runs only the chunks that hold a slice.
+  """
+  n = np.shape(mask)[axis]
+  idx = active_slices(mask, axis, dilation=dilation)
+  return np.concatenate([idx, np.full(n - len(idx), n, np.int32)])
+
+
 def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, multiple=1,
               channels=None):
   """A volume denoiser from a 2D network applied to the slices along `axis`.
@@ -65,16 +58,17 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, mu
     apply_2d: (x (B, H, W, 1), cond (B, H, W, C), t (B,)) -> eps (B, H, W, 1).
     cond: (X, Y, Z, C) conditioning volumes, in the network's channel order.
     axis: 0, 1 or 2 (see `sciimg_jax.core.volumes.AXES`).
-    slices: int array of the slice indices to evaluate (from `active_slices`), or
-      None for every slice. The epsilon of
-      the other slices is 0: the caller must fix their content (known-region
-      replacement does, for slices without any unknown voxel).
-    chunk_size: the most slices per network call; the slices are cut into equal
-      chunks (`chunk_layout`), evaluated one after another in `lax.map`, which
-      bounds memory.
+    slices: None for every slice, or the slices to evaluate as `restricted_slices` gives
+      them (n entries, the slice indices first, then n = the axis length for no slice;
+      a traced array: one compiled function serves every mask). The epsilon of the other
+      slices is 0: the caller must fix their content (known-region replacement does, for
+      slices without any unknown voxel).
+    chunk_size: the most slices per network call. Every slice: the slices are cut into
+      equal chunks (`lax.map`); restricted: chunks of `chunk_size` (rounded down to a
+      multiple of `multiple`), and a loop runs only as many as the slices fill. Both
+      bound memory.
     mesh: if given, each chunk is split over the mesh's 'data' axis.
-    multiple: chunk sizes are multiples of this (the mesh's device count); the
-      number of slices must be one too.
+    multiple: chunk sizes are multiples of this (the mesh's device count).
     channels: None for a network with one output channel; K when `apply_2d` gives K
       channels (B, H, W, K) that all come back, (X, Y, Z, K).
 
@@ -86,26 +80,40 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, mu
   if slices is None:  # every slice: ceil(n / chunk_size) chunks, as equal as the devices allow
     k = _ceil_div(n, max(chunk_size, multiple))
     per = _ceil_div(_ceil_div(n, k), multiple) * multiple
-    slices = np.concatenate([np.arange(n, dtype=np.int32), np.full(k * per - n, n - 1, np.int32)])
-  num_chunks, chunk_size = chunk_layout(slices.shape[0], chunk_size, multiple, multiple)
-  cond_slices = jnp.moveaxis(cond, axis, 0)[slices]                 # (A, H, W, C)
-  cond_chunks = cond_slices.reshape((num_chunks, chunk_size) + cond_slices.shape[1:])
+    num_run = k
+  else:
+    per = max(chunk_size // multiple, 1) * multiple
+    k = _ceil_div(n, per)
+    num_run = _ceil_div(jnp.sum(jnp.asarray(slices) < n), per)  # traced: chunks with a slice
+  # padding entries are n: gathered clamped to a real slice, dropped when scattered back
+  index = jnp.full((k * per,), n, jnp.int32)
+  index = index.at[:n].set(jnp.arange(n, dtype=jnp.int32) if slices is None else slices)
+  index = index.reshape(k, per)
+  cond_chunks = jnp.take(jnp.moveaxis(cond, axis, 0), index, axis=0, mode="clip")
   constrain = ((lambda a: jax.lax.with_sharding_constraint(a, sharding.batch_sharded(mesh)))
                if mesh is not None else (lambda a: a))
 
   def denoise(x_t, t):
-    t_batch = jnp.full((chunk_size,), jnp.ravel(t)[0], jnp.int32)
+    t_batch = jnp.full((per,), jnp.ravel(t)[0], jnp.int32)
     moved = jnp.moveaxis(x_t, axis, 0)                                # (S, H, W)
-    x_chunks = moved[slices].reshape((num_chunks, chunk_size) + moved.shape[1:] + (1,))
+    shape = moved.shape + (() if channels is None else (channels,))
 
-    def one_chunk(args):
-      x, c = args
-      out = apply_2d(constrain(x), constrain(c), t_batch)
+    def one_chunk(x, c):
+      out = apply_2d(constrain(x[..., None]), constrain(c), t_batch)
       return out[..., 0] if channels is None else out
 
-    eps = jax.lax.map(one_chunk, (x_chunks, cond_chunks))
-    shape = moved.shape + (() if channels is None else (channels,))
-    eps = jnp.zeros(shape, eps.dtype).at[slices].set(eps.reshape((-1,) + shape[1:]))
+    if slices is None:
+      x_chunks = jnp.take(moved, index, axis=0, mode="clip")
+      eps = jax.lax.map(lambda args: one_chunk(*args), (x_chunks, cond_chunks))
+      eps = eps.reshape((-1,) + shape[1:])
+      return jnp.moveaxis(jnp.zeros(shape, eps.dtype).at[index.ravel()].set(eps, mode="drop"),
+                          0, axis)
+
+    def body(j, eps):
+      x = jnp.take(moved, index[j], axis=0, mode="clip")
+      return eps.at[index[j]].set(one_chunk(x, cond_chunks[j]).astype(eps.dtype), mode="drop")
+
+    eps = jax.lax.fori_loop(0, num_run, body, jnp.zeros(shape, x_t.dtype))
     return jnp.moveaxis(eps, 0, axis)
 
   return denoise

@@ -20,8 +20,8 @@ of it in one jitted call (vmapped over keys `fold_in(key, i)` on the axis
 of the call once per method and case shapes. Slices are cut into chunks of
 `chunk_size // num_samples` slices a network call (bounded memory), each chunk split
 over the mesh's devices; `restricted_slices` lists, per model, only the slices that
-meet a dilated mask, padded to a multiple of `CHUNK_QUANTUM` so that cases with a few
-more or fewer slices share one compiled sampler.
+meet a dilated mask, in an array of the axis' length, so that every case of one volume
+shape shares one compiled sampler, which runs only the chunks those slices fill.
 """
 
 import jax
@@ -34,7 +34,6 @@ from sciimg_jax.core.errors import InputError
 
 INIT_NOISE_STREAM = 1 << 30  # fold_in salt of a walk's starting noise (off the step keys)
 SAMPLES_AXIS = "samples"     # the vmapped axis of `num_samples` samples
-CHUNK_QUANTUM = 8            # restricted slices are padded to a multiple of this
 
 
 def _average(sampler, params, cond, chain, slices):
@@ -71,7 +70,6 @@ class VolumeSampler:
     # A network call takes `chunk_size` slices in all, N samples x chunk_size // N each;
     # chunks are multiples of the device count (each splits over the mesh).
     self.chunk_size = max(chunk_size // num_samples, 1)
-    self.quantum = -(-CHUNK_QUANTUM // self.devices) * self.devices
     self.where = where
     self._compiled = {}
 
@@ -116,14 +114,10 @@ class VolumeSampler:
     return self.combinators[method](self, params, cond, chain, slices)
 
   def restricted_slices(self, mask, dilation):
-    """{model name: indices of the slices along its axis that meet the dilated mask}, padded
-    to a multiple of the quantum (a zero slice repeated when the mask is empty)."""
-    out = {}
-    for name, model in self.models.items():
-      idx = volume_denoisers.active_slices(mask, model.axis, dilation=dilation,
-                                           quantum=self.quantum)
-      out[name] = idx if len(idx) else np.zeros(self.quantum, np.int32)
-    return out
+    """{model name: the slices along its axis that meet the dilated mask}
+    (`volume_denoisers.restricted_slices`: one shape for every mask)."""
+    return {name: volume_denoisers.restricted_slices(mask, model.axis, dilation=dilation)
+            for name, model in self.models.items()}
 
   def keys(self, key):
     """The samples' keys: sample i uses `fold_in(key, i)` (sample 0 is the one-sample run)."""
