@@ -543,8 +543,8 @@ def test_restricted_slices_have_one_shape_for_every_mask(n):
   assert set(idx[n:]) <= {70}
 
 
-@pytest.mark.parametrize("axis", [0, 1, 2])
-def test_slicewise_on_balanced_chunks_equals_slice_by_slice(axis):
+@pytest.mark.parametrize("axis,chunk_size", [(0, 4), (1, 16), (2, 4)])
+def test_slicewise_on_balanced_chunks_equals_slice_by_slice(axis, chunk_size):
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
   rng = np.random.default_rng(axis)
   x = rng.normal(size=(9, 10, 11)).astype(np.float32)
@@ -556,16 +556,19 @@ def test_slicewise_on_balanced_chunks_equals_slice_by_slice(axis):
   calls = []
 
   def counted(xs, cs, t):
-    jax.debug.callback(lambda: calls.append(1))
+    jax.debug.callback(lambda: calls.append(xs.shape[0]))
     return apply(xs, cs, t)
 
   # the slices are an argument: one compiled function for every mask of this shape
+  devices = len(jax.devices())
   run = jax.jit(lambda x, idx: volume_denoisers.slicewise(
-      counted, jnp.asarray(cond), axis, idx, chunk_size=4, mesh=mesh,
-      multiple=len(jax.devices()))(x, 3))
+      counted, jnp.asarray(cond), axis, idx, chunk_size=chunk_size, mesh=mesh,
+      multiple=devices)(x, 3))
   eps = np.asarray(run(jnp.asarray(x), idx))
-  per = max(4 // len(jax.devices()), 1) * len(jax.devices())
-  assert len(calls) == -(-5 // per)  # only the chunks that hold one of the 5 slices run
+  # full chunks, then blocks of SMALL_CHUNK: only chunks that hold one of the 5 slices run
+  per = max(chunk_size // devices, 1) * devices
+  small = min(per, -(-volume_denoisers.SMALL_CHUNK // devices) * devices)
+  assert calls == [per] * (5 // per) + [small] * -(-(5 % per) // small)
   want = x * 2.0 + cond[..., 0] - cond[..., 1] + 3.0
   inside = mask > 0
   # 3 float32 adds on partial sums <= 2|x| + 2|cond| + 3, in `apply` under jit and in numpy

@@ -18,6 +18,9 @@ import scipy.ndimage as ndi
 from sciimg_jax.core import sharding
 
 
+SMALL_CHUNK = 8  # restricted slices: the last chunk is cut into blocks of this many
+
+
 def _ceil_div(a, b):
   return -(-a // b)
 
@@ -64,9 +67,10 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, mu
       slices is 0: the caller must fix their content (known-region replacement does, for
       slices without any unknown voxel).
     chunk_size: the most slices per network call. Every slice: the slices are cut into
-      equal chunks (`lax.map`); restricted: chunks of `chunk_size` (rounded down to a
-      multiple of `multiple`), and a loop runs only as many as the slices fill. Both
-      bound memory.
+      equal chunks (`lax.map`); restricted: loops run chunks of `chunk_size` (rounded
+      down to a multiple of `multiple`) while they are full, then blocks of
+      `SMALL_CHUNK` for the rest, so only the slices listed and at most
+      `SMALL_CHUNK - 1` others are evaluated. Both bound memory.
     mesh: if given, each chunk is split over the mesh's 'data' axis.
     multiple: chunk sizes are multiples of this (the mesh's device count).
     channels: None for a network with one output channel; K when `apply_2d` gives K
@@ -77,43 +81,56 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, mu
     timestep, a scalar or a vector of equal entries.
   """
   n = cond.shape[axis]
+  constrain = ((lambda a: jax.lax.with_sharding_constraint(a, sharding.batch_sharded(mesh)))
+               if mesh is not None else (lambda a: a))
+  moved_cond = jnp.moveaxis(cond, axis, 0)
+
+  def one_chunk(x, c, t):
+    out = apply_2d(constrain(x[..., None]), constrain(c), jnp.full((x.shape[0],), t, jnp.int32))
+    return out[..., 0] if channels is None else out
+
+  def shape_of(moved):
+    return moved.shape + (() if channels is None else (channels,))
+
   if slices is None:  # every slice: ceil(n / chunk_size) chunks, as equal as the devices allow
     k = _ceil_div(n, max(chunk_size, multiple))
     per = _ceil_div(_ceil_div(n, k), multiple) * multiple
-    num_run = k
-  else:
-    per = max(chunk_size // multiple, 1) * multiple
-    k = _ceil_div(n, per)
-    num_run = _ceil_div(jnp.sum(jnp.asarray(slices) < n), per)  # traced: chunks with a slice
-  # padding entries are n: gathered clamped to a real slice, dropped when scattered back
-  index = jnp.full((k * per,), n, jnp.int32)
-  index = index.at[:n].set(jnp.arange(n, dtype=jnp.int32) if slices is None else slices)
-  index = index.reshape(k, per)
-  cond_chunks = jnp.take(jnp.moveaxis(cond, axis, 0), index, axis=0, mode="clip")
-  constrain = ((lambda a: jax.lax.with_sharding_constraint(a, sharding.batch_sharded(mesh)))
-               if mesh is not None else (lambda a: a))
+    # padding entries are n: gathered clamped to a real slice, dropped when scattered back
+    index = jnp.full((k * per,), n, jnp.int32).at[:n].set(jnp.arange(n, dtype=jnp.int32))
+    cond_chunks = jnp.take(moved_cond, index.reshape(k, per), axis=0, mode="clip")
+
+    def denoise(x_t, t):
+      moved = jnp.moveaxis(x_t, axis, 0)                              # (S, H, W)
+      x_chunks = jnp.take(moved, index.reshape(k, per), axis=0, mode="clip")
+      t = jnp.ravel(t)[0]
+      eps = jax.lax.map(lambda args: one_chunk(*args, t), (x_chunks, cond_chunks))
+      eps = eps.reshape((-1,) + shape_of(moved)[1:])
+      return jnp.moveaxis(jnp.zeros(shape_of(moved), eps.dtype).at[index].set(eps, mode="drop"),
+                          0, axis)
+    return denoise
+
+  # Restricted: full chunks of `per` slices, then the rest in blocks of `small` (so that
+  # at most small - 1 padded slices are evaluated); the trip counts are traced.
+  per = max(chunk_size // multiple, 1) * multiple
+  small = min(per, _ceil_div(SMALL_CHUNK, multiple) * multiple)
+  count = jnp.sum(jnp.asarray(slices) < n)
+  full = count // per
+  blocks = _ceil_div(count - full * per, small)
+  index = jnp.full((_ceil_div(n, per) * per + small,), n, jnp.int32).at[:n].set(slices)
 
   def denoise(x_t, t):
-    t_batch = jnp.full((per,), jnp.ravel(t)[0], jnp.int32)
     moved = jnp.moveaxis(x_t, axis, 0)                                # (S, H, W)
-    shape = moved.shape + (() if channels is None else (channels,))
+    t = jnp.ravel(t)[0]
 
-    def one_chunk(x, c):
-      out = apply_2d(constrain(x[..., None]), constrain(c), t_batch)
-      return out[..., 0] if channels is None else out
+    def run(eps, start, size):
+      idx = jax.lax.dynamic_slice(index, (start,), (size,))
+      x = jnp.take(moved, idx, axis=0, mode="clip")
+      c = jnp.take(moved_cond, idx, axis=0, mode="clip")
+      return eps.at[idx].set(one_chunk(x, c, t).astype(eps.dtype), mode="drop")
 
-    if slices is None:
-      x_chunks = jnp.take(moved, index, axis=0, mode="clip")
-      eps = jax.lax.map(lambda args: one_chunk(*args), (x_chunks, cond_chunks))
-      eps = eps.reshape((-1,) + shape[1:])
-      return jnp.moveaxis(jnp.zeros(shape, eps.dtype).at[index.ravel()].set(eps, mode="drop"),
-                          0, axis)
-
-    def body(j, eps):
-      x = jnp.take(moved, index[j], axis=0, mode="clip")
-      return eps.at[index[j]].set(one_chunk(x, cond_chunks[j]).astype(eps.dtype), mode="drop")
-
-    eps = jax.lax.fori_loop(0, num_run, body, jnp.zeros(shape, x_t.dtype))
+    eps = jax.lax.fori_loop(0, full, lambda j, e: run(e, j * per, per),
+                            jnp.zeros(shape_of(moved), x_t.dtype))
+    eps = jax.lax.fori_loop(0, blocks, lambda b, e: run(e, full * per + b * small, small), eps)
     return jnp.moveaxis(eps, 0, axis)
 
   return denoise
