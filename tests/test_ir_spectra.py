@@ -1,7 +1,9 @@
 """Tables of spectra: the readers (CSV, Orange, .npz, inside a wheel), the bad-input lines,
 the folds, and the `ir_spectra` job end to end on tiny synthetic tables."""
 
+import collections
 import json
+import logging
 import pathlib
 import re
 import subprocess
@@ -217,7 +219,13 @@ def test_bad_settings_are_named_before_any_work(tmp_path):
                               ("runs", ("mlp-smooth",), "runs: unknown spectral transform"),
                               ("runs", ("svm",), "runs: 'svm': no model 'svm' in models"),
                               ("baselines", ("svm",), "baselines: unknown"),
-                              ("data.table", "", "data.table: no table of spectra given")):
+                              ("data.table", "", "data.table: no table of spectra given"),
+                              ("train.num_steps", 6, "train.num_steps: 6 steps and "
+                               r"train.num_epochs=4 are both set; set one, the other 0"),
+                              ("train.num_epochs", 0, "train.num_epochs: and train.num_steps "
+                               "are both 0; set one"),
+                              ("train.num_epochs", -1, "train.num_epochs: must be a whole "
+                               "number of epochs >= 0")):
     c = base.set_keys(tiny(table), {key: value})
     with pytest.raises(InputError, match=message):
       spectra_job.run_spectra(c, tmp_path / "w")
@@ -279,6 +287,57 @@ def test_the_spectral_cnn_sees_only_the_centre_spectrum():
   assert logits.shape == (4, 3) and features.shape == (4, c.models.cnn.features)
   np.testing.assert_allclose(logits[2], logits[0], rtol=1e-6)  # a neighbour changed
   assert not np.allclose(logits[3], logits[0])  # a band of the centre pixel changed
+
+
+def test_the_steps_are_epochs_of_the_largest_fold_and_short_runs_warm_up_less():
+  c = spectra_config.get_config("")
+  splits = [("fold0", np.arange(584), None), ("fold1", np.arange(585), None)]
+  assert spectra_job.num_steps(c, splits) == 595  # ceil(65 x 585 / 64): collagen's folds
+  assert spectra_job.schedule(c.optim, 595) == (50, 0.99)  # as the 600 steps of before
+  assert spectra_job.num_steps(c, [("fold0", np.arange(48), None)]) == 49  # ceil(65 x 48 / 64)
+  warmup, decay = spectra_job.schedule(c.optim, 49)
+  assert warmup == 4 and decay == pytest.approx(1 - 5 / 49)
+  c.train.num_epochs, c.train.num_steps = 0, 7
+  assert spectra_job.num_steps(c, splits) == 7
+
+
+def test_each_network_compiles_once_for_every_fold_and_shuffled_reference(tmp_path, caplog,
+                                                                           capsys):
+  # 3 runs x 3 folds x (true, shuffled labels): the MLP on 16 bands (`mlp`, `mlp-snv`) and on
+  # 4 PCA components, so its step and its evaluation compile twice, not 18 times.
+  c = tiny(write_table(tmp_path / "t.csv"), pca_components=4)
+  c.runs, c.shuffled_reference, c.baselines = ("mlp", "mlp-snv", "mlp-pca_whiten"), True, ()
+  c.train.eval_every = 3  # scored at steps 3 and 6: the same compiled evaluation
+  with jax.log_compiles(), caplog.at_level(logging.WARNING, logger="jax"):
+    spectra_job.run_spectra(c, tmp_path / "w")
+  compiled = collections.Counter(re.findall(r"Compiling jit\((\w+)\)", caplog.text))
+  assert {k: compiled[k] for k in ("train_step", "embed", "input_gradients")} == {
+      "train_step": 2, "embed": 2, "input_gradients": 2}, compiled
+  runs = json.loads((tmp_path / "w" / "results.json").read_text())["runs"]
+  for name in ("mlp", "mlp-snv", "mlp-pca_whiten", "mlp-shuffled"):
+    assert [r["step"] for r in runs[name]] == [6] * 3  # 4 epochs of 12 spectra, batches of 8
+    assert all(r["seconds"] > 0 for r in runs[name])
+  assert runs["mlp"][0]["compile_seconds"] > 0 and runs["mlp-pca_whiten"][0]["compile_seconds"] > 0
+  assert sum(r["compile_seconds"] for n in ("mlp-snv", "mlp-shuffled")
+             for r in runs[n]) == 0
+  logged = [json.loads(l) for l in (tmp_path / "w" / "mlp" / "fold1" / "metrics.jsonl")
+            .read_text().splitlines()]
+  assert [r["step"] for r in logged if "accuracy" in r] == [3, 6]
+  assert [r["step"] for r in logged if "loss" in r] == [3, 6]
+  out = capsys.readouterr().out  # the time of every fold, and the first one's compiling
+  assert re.search(r"^mlp fold0: [\d.]+ s \([\d.]+ s of it compiling the step\); accuracy "
+                   r"[\d.]+\.$", out, re.M), out
+  assert re.search(r"^mlp-snv fold0: [\d.]+ s; accuracy [\d.]+\.$", out, re.M)
+  assert re.search(r"^mlp-shuffled: 3 folds in [\d.]+ s\.$", out, re.M)
+
+
+def test_a_non_finite_loss_stops_the_fold_naming_the_step(tmp_path):
+  c = tiny(write_table(tmp_path / "t.csv"))
+  c.runs, c.baselines, c.optim.learning_rate = ("mlp",), (), 1e30
+  with pytest.raises(FloatingPointError,
+                     match=r"^loss is (nan|-?inf) at step 3 of .*mlp/fold0; stopping"):
+    spectra_job.run_spectra(c, tmp_path / "w")
+  assert not (tmp_path / "w" / "mlp" / "fold0" / "final_metrics.json").exists()
 
 
 def test_every_model_and_baseline_is_scored_on_the_same_saved_folds(tmp_path):

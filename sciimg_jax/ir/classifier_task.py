@@ -209,15 +209,22 @@ def batched(fn, params, x, batch=256):
   return tuple(np.concatenate([np.asarray(o[k]) for o in outs]) for k in range(len(outs[0])))
 
 
-def evaluate_classifier(task, net, params, embed, gradient_examples=256):
-  """The metrics and diagnostics of the module docstring on the held-out patches."""
+def evaluate_classifier(task, net, params, embed, gradient_examples=256, gradients=None):
+  """The metrics and diagnostics of the module docstring on the held-out patches.
+
+  `embed(params, x)` gives (logits, features) of a batch of at most 256 patches;
+  `gradients(params, x)` the input gradients (default: `diagnostics.gradient_matrix`).
+  """
   (x, y), (px, py) = task.held_out()
   logits, features = batched(embed, params, x)
   out = diagnostics.classification_scores(y, logits.argmax(-1))
   out.update(diagnostics.summary(features, "features"))
   out.update(diagnostics.logit_summary(logits, y))
   pick = np.linspace(0, len(x) - 1, min(gradient_examples, len(x))).round().astype(int)
-  grads = diagnostics.gradient_matrix(lambda b: net(params, b).astype(jnp.float32), x[pick])
+  if gradients is None:
+    grads = diagnostics.gradient_matrix(lambda b: net(params, b).astype(jnp.float32), x[pick])
+  else:
+    grads = gradients(params, x[pick])
   out["gradient_effective_rank"] = diagnostics.effective_rank(grads)
   _, probe_features = batched(embed, params, px)
   out["probe_accuracy"] = diagnostics.linear_probe_accuracy(probe_features, py, features, y)

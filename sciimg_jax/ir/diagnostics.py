@@ -119,11 +119,21 @@ def gradient_matrix(logits_fn, x):
 
   `logits_fn` maps a batch (N, ..., channels) to (N, classes).
   """
+  return pixel_sum(jax.jit(lambda x: top_logit_gradients(logits_fn, x))(jnp.asarray(x)))
+
+
+def top_logit_gradients(logits_fn, x):
+  """(N, ..., channels): d logit_{argmax} / d input of each sample of `x`; traceable (a caller
+  that scores many parameter sets jits it once with the parameters as an argument)."""
   def top_logit(xi):
     logits = logits_fn(xi[None])[0]
     return logits[jnp.argmax(jax.lax.stop_gradient(logits))]
 
-  grads = jax.jit(jax.vmap(jax.grad(top_logit)))(jnp.asarray(x))
+  return jax.vmap(jax.grad(top_logit))(x)
+
+
+def pixel_sum(grads):
+  """(N, channels): input gradients (N, ..., channels) summed over the pixels of each sample."""
   return np.asarray(grads.reshape(grads.shape[0], -1, grads.shape[-1]).sum(axis=1))
 
 

@@ -7,11 +7,15 @@ and every baseline is trained on the same k-1 folds and scored on the held-out o
 `data.test_table`, there are no folds: everything is trained on `table` and scored on
 `test_table`. Each run of `runs` is a network of `models` (the per-spectrum MLP
 `spectral_pixel`, the 1D CNN `spectral_cnn`), optionally with a spectral transform
-(`mlp-snv`: `data.spectral_transform=snv`), trained by the shared trainer in
+(`mlp-snv`: `data.spectral_transform=snv`), trained with the shared trainer's step in
 `<workdir>/<run>/<fold>` as a classifier of 1x1 patches (`classifier_task.ClassifierTask`:
 per-band standardisation with the training fold's statistics, the `train.robust`
-strategies, the collapse diagnostics); a finished run is reused, not trained again. The
-baselines (`baselines.NAMES`) are fitted on the raw spectra of the same folds.
+strategies, the collapse diagnostics) for `train.num_epochs` epochs of the largest fold's
+training spectra (the same steps for every fold; or `train.num_steps` steps); a finished
+fold of the same steps is reused, not trained again. Each network (model block and input
+width) is compiled once for every fold, run and shuffled reference
+(`spectra_training.SpectraNetwork`), and the seconds of every fold are printed and saved.
+The baselines (`baselines.NAMES`) are fitted on the raw spectra of the same folds.
 
 Every diagnostic is reported beside three references, computed on the same held-out fold:
 (a) the row `labels`, the diagnostics of the one-hot labels themselves; (b) the row
@@ -33,11 +37,14 @@ table, mean ± std over folds, and the counts) and `results.csv`.
 """
 
 import hashlib
+import json
 import logging
 import pathlib
+import time
 
 import ml_collections
 import numpy as np
+import threadpoolctl  # scikit-learn's dependency
 import tqdm
 
 from data_pipelines import ir_spectra
@@ -51,6 +58,7 @@ from sciimg_jax.ir import classifier_task
 from sciimg_jax.ir import classifiers  # noqa: F401  (registers the classifiers)
 from sciimg_jax.ir import diagnostics
 from sciimg_jax.ir import robustness
+from sciimg_jax.ir import spectra_training
 from sciimg_jax.ir import study
 
 
@@ -93,15 +101,54 @@ def check_config(config):
     runs.append((name, config.models[model], transform))
   if not runs and not config.baselines:
     raise InputError("runs", "no run and no baseline: nothing to do")
-  trainer.check_config(config)
+  check_length(config.train)
+  checked = ml_collections.ConfigDict(config.to_dict())  # the trainer's checks, steps aside
+  checked.train.num_steps = 1
+  trainer.check_config(checked)
   return runs
 
 
-def run_config(config, model, transform):
-  """The training config of one run: the shared keys, its model block and transform."""
+def check_length(train):
+  """InputError unless exactly one of `train.num_epochs` and `train.num_steps` is set."""
+  epochs = train.num_epochs
+  if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+    raise InputError("train.num_epochs", f"must be a whole number of epochs >= 0, got {epochs!r}")
+  if train.num_steps != 0:
+    trainer.check_steps(train)
+    if epochs:
+      raise InputError("train.num_steps", f"{train.num_steps} steps and train.num_epochs="
+                       f"{epochs} are both set; set one, the other 0")
+  elif not epochs:
+    raise InputError("train.num_epochs", "and train.num_steps are both 0; set one")
+
+
+def num_steps(config, splits):
+  """The training steps of every fold: `train.num_steps`, or `train.num_epochs` epochs of the
+  largest split's training spectra in batches of `data.batch_size` (rounded up)."""
+  t = config.train
+  if t.num_steps:
+    return int(t.num_steps)
+  return -(-t.num_epochs * max(len(s[1]) for s in splits) // config.data.batch_size)
+
+
+def schedule(optim, steps):
+  """(warmup steps, EMA decay) of a run of `steps`: `optim.warmup_steps` capped at a tenth of
+  the steps and the EMA's horizon 1 / (1 - `optim.ema_decay`) at a fifth, so that a short run
+  (a small table) warms up and averages over the same share of its steps as a long one
+  (collagen's 595 steps keep 50 and 0.99; 49 steps get 4 and 0.898)."""
+  warmup = min(optim.warmup_steps, steps // 10)
+  decay = min(optim.ema_decay, max(0.0, 1.0 - 5.0 / steps))
+  return warmup, decay
+
+
+def run_config(config, model, transform, steps):
+  """The training config of one run: the shared keys, its model block and transform, and its
+  steps, warmup and EMA decay (`schedule`)."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.model = ml_collections.ConfigDict(model.to_dict())
   c.data.spectral_transform = transform
+  c.train.num_steps = steps
+  c.optim.warmup_steps, c.optim.ema_decay = schedule(config.optim, steps)
   return c
 
 
@@ -160,31 +207,52 @@ def shuffled_labels(y, split, seed):
   return y[train][rng.permutation(len(train))]
 
 
-def train_network(c, workdir, x, y, split, num_classes, shuffle=False):
-  """A run's metrics on one split: trained (or a finished run's, checked to be this split's).
+def train_network(networks, c, workdir, x, y, split, num_classes, shuffle=False):
+  """(A run's metrics on one split, whether it was trained now): trained, or a finished run's
+  (checked to be this split's, and reused when it has the same steps).
 
   With `shuffle`, the training labels are `shuffled_labels` (the held-out ones are not).
+  `networks` holds the `SpectraNetwork` of each network and input width, compiled once and
+  trained on every split (and its shuffled labels).
   """
   name, train, held = split
   rows = digest(train, held)
   labels = f"shuffled (seed {c.seed})" if shuffle else "true"
-
-  def make_task():
-    train_y = shuffled_labels(y, split, c.seed) if shuffle else y[train]
-    sources = {"train": ir_spectra.SpectraSource(x[train], train_y),
-               "test": ir_spectra.SpectraSource(x[held], y[held])}
-    return classifier_task.ClassifierTask(c, workdir, sources, num_classes=num_classes,
-                                          patch_size=1)
-
-  result = study.train_or_reuse(c, workdir, make_task, split=name, rows=rows, labels=labels)
-  if result.get("rows") != rows or result.get("labels", "true") != labels:
-    raise InputError(workdir / "final_metrics.json", f"was trained on other rows or labels "
-                     f"than {name} of this table; use a fresh workdir")
-  return result
+  done = workdir / "final_metrics.json"
+  if done.is_file():
+    result = json.loads(done.read_text())
+    if result.get("rows") != rows or result.get("labels", "true") != labels:
+      raise InputError(done, f"was trained on other rows or labels than {name} of this table; "
+                       "use a fresh workdir")
+    if result.get("step") == c.train.num_steps:
+      return result, False
+  start = time.perf_counter()
+  train_y = shuffled_labels(y, split, c.seed) if shuffle else y[train]
+  sources = {"train": ir_spectra.SpectraSource(x[train], train_y),
+             "test": ir_spectra.SpectraSource(x[held], y[held])}
+  task = classifier_task.ClassifierTask(c, workdir, sources, num_classes=num_classes,
+                                        patch_size=1)
+  key = (c.model.to_json(), task.in_channels)  # every run's loss and schedule are the same
+  if key not in networks:
+    networks[key] = spectra_training.SpectraNetwork(c, task, eval_rows=len(held))
+  return networks[key].train(task, workdir, start=start, desc=f"{workdir.parent.name} {name}",
+                             split=name, rows=rows, labels=labels), True
 
 
 def run_spectra(config, workdir):
-  """The `ir_spectra` job (module docstring). Returns {run: {column: (mean, std)}}."""
+  """The `ir_spectra` job (module docstring). Returns {run: {column: (mean, std)}}.
+
+  Numpy's and scikit-learn's linear algebra (PCA whitening, the diagnostics' SVDs, the
+  baselines) runs on one BLAS thread: on a table's small matrices OpenBLAS's threads cost more
+  than they bring, and far more on busy cores (PCA-LDA and logistic regression on collagen's
+  5 folds: 0.1 and 0.2 s on one thread, 1.2-7.4 s and 1.1-5.8 s on two, measured on 2 busy
+  cores). XLA's threads, which train the networks, are not BLAS's.
+  """
+  with threadpoolctl.threadpool_limits(1, user_api="blas"):
+    return _run_spectra(config, workdir)
+
+
+def _run_spectra(config, workdir):
   workdir = pathlib.Path(workdir)
   runs = check_config(config)
   d = config.data
@@ -213,12 +281,27 @@ def run_spectra(config, workdir):
   if fold is not None:
     ir_spectra.write_folds(workdir / "folds.csv", table.labels, fold)
 
-  results = {}
+  results, networks = {}, {}
+  if runs:
+    steps = num_steps(config, splits)
+    warmup, decay = schedule(config.optim, steps)
+    length = (f"{config.train.num_epochs} epochs of up to {max(len(s[1]) for s in splits)} "
+              "training spectra" if config.train.num_epochs else "train.num_steps")
+    say(f"Networks: {steps} steps of {d.batch_size} spectra a fold ({length}), warmup "
+        f"{warmup} steps, EMA decay {decay:.3g}; each compiled once for every fold.")
   for shuffle in (False, True) if config.shuffled_reference else (False,):
     for name, model, transform in runs:
-      c, name = run_config(config, model, transform), name + ("-shuffled" if shuffle else "")
-      results[name] = [train_network(c, workdir / name / s[0], x, y, s, len(classes), shuffle)
-                       for s in splits]
+      c, name = run_config(config, model, transform, steps), name + ("-shuffled" if shuffle else "")
+      start, results[name] = time.perf_counter(), []
+      for s in splits:
+        r, trained = train_network(networks, c, workdir / name / s[0], x, y, s, len(classes),
+                                   shuffle)
+        results[name].append(r)
+        compiling = f" ({r['compile_seconds']:.1f} s of it compiling the step)" if r.get(
+            "compile_seconds") else ""
+        say(f"{name} {s[0]}: " + (f"{r['seconds']:.1f} s{compiling}" if trained else
+                                  "finished before, reused") + f"; accuracy {r['accuracy']:.3f}.")
+      say(f"{name}: {len(splits)} folds in {time.perf_counter() - start:.1f} s.")
   for name in config.baselines:
     results[name] = [dict(split=s, rows=digest(train, held), **baselines.evaluate(
         name, x[train][:, None, None], y[train], x[held][:, None, None], y[held],
