@@ -208,8 +208,8 @@ def main():
       r = results[setting, n] = run_setting(inpainter(setting, n), cases)
       print(f"{setting:<18}{n:>6}{r['psnr']:>9.3f}{r['ssim']:>9.4f}{r['texture']:>9.3f}"
             f"{r['seconds']:>10.2f}{r['cold']:>8.2f}", flush=True)
-  ref_key = ((args.reference.rpartition("@")[0], int(args.reference.rpartition("@")[2]))
-             if args.reference else (settings[0], steps[0]))
+  ref_setting, _, ref_steps = args.reference.rpartition("@")
+  ref_key = (ref_setting, int(ref_steps)) if args.reference else (settings[0], steps[0])
   ref = results[ref_key]
   keeps = {k: v for k, v in results.items() if v["psnr"] >= ref["psnr"] - 0.1
            and abs(v["texture"] - ref["texture"]) <= 0.03}
@@ -219,8 +219,8 @@ def main():
     print("DDIM on uniform steps does not reach the reference's quality at any step count "
           "tried; the peer runs at the most")
   print(f"equal quality with {ref_key[0]} {ref_key[1]} (PSNR >= {ref['psnr'] - 0.1:.3f} dB, "
-        f"texture {ref['texture']:.3f} ± 0.03): ours {ours[0][0]} {ours[0][1]} steps, {ours[1]['seconds']:.2f} s/volume; "
-        f"DDIM's fewest uniform steps: {ddim_steps}")
+        f"texture {ref['texture']:.3f} ± 0.03): ours {ours[0][0]} {ours[0][1]} steps, "
+        f"{ours[1]['seconds']:.2f} s/volume; DDIM's fewest uniform steps: {ddim_steps}")
   print(f"\nwhere the seconds go at {ours[0][1]} steps ({ours[0][0]}), best of 3:")
   time_split(inpainter(*ours[0]), cases)
   if args.peer_python:

@@ -43,6 +43,7 @@ import optax
 import tqdm
 from flax import nnx
 
+from sciimg_jax.core import atomic_files
 from sciimg_jax.core import checkpoint
 from sciimg_jax.core import interrupts
 from sciimg_jax.core import memory
@@ -263,6 +264,13 @@ class _LossCheck:
     return loss
 
 
+def write_config(config, workdir):
+  """Process 0 writes the resolved config to `workdir/config.json` (written, then renamed)."""
+  if jax.process_index() == 0:
+    atomic_files.write_text(pathlib.Path(workdir) / "config.json",
+                            config.to_json_best_effort(indent=2))
+
+
 def train(task, config, workdir, *, stop_at_step=None):
   """Trains `task`, checkpoints and logs in `workdir`; resumes from its latest checkpoint.
 
@@ -274,8 +282,7 @@ def train(task, config, workdir, *, stop_at_step=None):
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
-  if is_main:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  write_config(config, workdir)
   logging.info("Config:\n%s", config)
   tqdm.tqdm.write(f"Training {config.model.name} in {workdir} on {jax.device_count()} "
                   f"{jax.default_backend()} device(s).")

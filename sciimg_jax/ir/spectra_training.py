@@ -105,8 +105,7 @@ class SpectraNetwork:
     c, workdir = self.config, pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-      (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
+    trainer.write_config(c, workdir)
     num_steps, size = c.train.num_steps, c.data.batch_size
     x, y = task.arrays("train")
     order = batch_order(len(y), num_steps * size, c.seed).reshape(num_steps, size)

@@ -25,20 +25,14 @@ def _ceil_div(a, b):
   return -(-a // b)
 
 
-def active_slices(mask, axis, *, dilation=1, quantum=1):
-  """Indices of the slices along `axis` that meet the mask dilated by `dilation` voxels.
-
-  The list is padded (repeating its last entry) to a multiple of `quantum`.
-  Returns an int32 array; empty if the mask is empty.
-  """
+def active_slices(mask, axis, *, dilation=1):
+  """Indices of the slices along `axis` that meet the mask dilated by `dilation` voxels
+  (int32; empty if the mask is empty)."""
   mask = np.asarray(mask) > 0
   if dilation:
     mask = ndi.binary_dilation(mask, iterations=dilation)
   other = tuple(a for a in range(3) if a != axis)
-  idx = np.flatnonzero(mask.any(axis=other)).astype(np.int32)
-  if len(idx) % quantum:
-    idx = np.concatenate([idx, np.full(quantum - len(idx) % quantum, idx[-1], np.int32)])
-  return idx
+  return np.flatnonzero(mask.any(axis=other)).astype(np.int32)
 
 
 def restricted_slices(mask, axis, *, dilation=1):
@@ -97,11 +91,12 @@ def slicewise(apply_2d, cond, axis, slices=None, *, chunk_size=16, mesh=None, mu
     per = _ceil_div(_ceil_div(n, k), multiple) * multiple
     # padding entries are n: gathered clamped to a real slice, dropped when scattered back
     index = jnp.full((k * per,), n, jnp.int32).at[:n].set(jnp.arange(n, dtype=jnp.int32))
-    cond_chunks = jnp.take(moved_cond, index.reshape(k, per), axis=0, mode="clip")
+    chunks = index.reshape(k, per)
+    cond_chunks = jnp.take(moved_cond, chunks, axis=0, mode="clip")
 
     def denoise(x_t, t):
       moved = jnp.moveaxis(x_t, axis, 0)                              # (S, H, W)
-      x_chunks = jnp.take(moved, index.reshape(k, per), axis=0, mode="clip")
+      x_chunks = jnp.take(moved, chunks, axis=0, mode="clip")
       t = jnp.ravel(t)[0]
       eps = jax.lax.map(lambda args: one_chunk(*args, t), (x_chunks, cond_chunks))
       eps = eps.reshape((-1,) + shape_of(moved)[1:])
