@@ -125,6 +125,7 @@ def sampling_block(**overrides):
       steps=50,
       stepper="ddim",            # ddim | ddpm | dpm++2m (DPM-Solver++ 2M; no RePaint loops)
       eta=0.0,                   # DDIM noise scale
+      eta_band=(),               # (lo, hi): eta only where the noise level sigma is in [lo, hi]
       spacing="uniform",         # uniform: 0, T/n, 2T/n, ... | linspace: round(linspace(0, T-1, n))
                                  # | karras: rho-7 noise levels, most steps at low noise
       clip_x0=1.0,               # clip predicted x0 to [-c, c] at every step; 0 = no clipping

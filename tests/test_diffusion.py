@@ -457,6 +457,24 @@ def test_sample_noise_depends_on_key():
   assert not np.allclose(a, c)
 
 
+def test_eta_band_adds_noise_only_at_the_noise_levels_in_the_band():
+  s = schedules.respace(schedules.make_schedule("linear", 1000), 10)
+  abar = np.asarray(s.alphas_cumprod, np.float64)
+  sigma = np.sqrt((1.0 - abar) / abar)  # increasing with the index
+  band = ((sigma[2] + sigma[3]) / 2, (sigma[6] + sigma[7]) / 2)  # midway: no float32 tie
+  etas = [float(sampler.band_eta(s, i, 0.5, band)) for i in range(10)]
+  assert etas == [0, 0, 0, 0.5, 0.5, 0.5, 0.5, 0, 0, 0]
+  x = jax.random.normal(KEY, (1, 4, 4, 1))
+  model_fn = lambda x, t: 0.5 * x
+  walk = lambda **kw: np.asarray(sampler.sample(model_fn, s, x, KEY, stepper="ddim", **kw))
+  deterministic, everywhere = walk(eta=0.0), walk(eta=1.0)
+  above = (2 * sigma[-1], 3 * sigma[-1])
+  np.testing.assert_array_equal(walk(eta=1.0, eta_band=above), deterministic)
+  np.testing.assert_array_equal(walk(eta=1.0, eta_band=(0.0, 2 * sigma[-1])), everywhere)
+  in_band = walk(eta=1.0, eta_band=band)
+  assert not np.allclose(in_band, deterministic) and not np.allclose(in_band, everywhere)
+
+
 def test_unknown_names_raise_input_error():
   s = schedules.make_schedule("linear", 10)
   x = jnp.zeros((1, 2))

@@ -434,6 +434,7 @@ def test_a_failed_rerun_leaves_no_stale_prediction(tmp_path):
     ("sampling.stage2.stepper", "foo", "unknown stepper"),
     ("sampling.stage2.t0", 1.5, "(0, 1]"), ("pipeline.resampling.max_loops", -1, ">= 0"),
     ("sampling.chunk_size", 0, ">= 1"), ("pipeline.method", "cubic", "unknown method"),
+    ("pipeline.refiner", "sagittal", "known: axial, coronal, average, tpdm"),
     ("sampling.num_samples", 0, "whole number >= 1"),
     ("sampling.clip_x0", -1.0, "0 = no clipping"),
     ("sampling.stepper", "dpm++2m", "does not run with RePaint loops")])

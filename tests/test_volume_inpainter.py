@@ -91,6 +91,20 @@ def test_average_baseline_runs(models, case):
   np.testing.assert_array_equal(out[mask == 0], voided[mask == 0])
 
 
+def test_refiner_picks_the_denoiser_of_stage_2(models, case):
+  """`pipeline.refiner=tpdm`: the coronal refinement alternates both models; stage 1 is the
+  same axial walk, so the results share the known region and differ inside the mask (the
+  tiny models differ little: their last steps' outputs differ by ~1e-6, far above rounding)."""
+  voided, mask = case
+  coronal = make(models, **{"resampling.mode": "none"})
+  tpdm = make(models, refiner="tpdm", **{"resampling.mode": "none"})
+  assert [s.denoiser for s in coronal.stages] == ["axial", "coronal"]
+  assert [s.denoiser for s in tpdm.stages] == ["axial", "tpdm"]
+  a, b = (inp(voided, mask, jax.random.key(5)) for inp in (coronal, tpdm))
+  np.testing.assert_array_equal(a[mask == 0], b[mask == 0])
+  assert not np.array_equal(a[mask > 0], b[mask > 0])
+
+
 def test_empty_mask_returns_the_input(models, case):
   voided, _ = case
   out = make(models, method="axial")(voided, np.zeros_like(voided), jax.random.key(3))

@@ -46,7 +46,8 @@ def test_stage_overrides_take_the_blocks_values_when_unset():
     ("steps", 0, "whole number >= 1"), ("stepper", "euler", "unknown stepper"),
     ("eta", -1.0, ">= 0"), ("spacing", "cubic", "unknown spacing"),
     ("clip_x0", -1.0, "0 = no clipping"), ("num_samples", 0, "whole number >= 1"),
-    ("chunk_size", 0, ">= 1")])
+    ("chunk_size", 0, ">= 1"), ("eta_band", (1.0, 0.5), "0 <= lo < hi"),
+    ("eta_band", (0.1,), "two noise levels")])
 def test_bad_sampling_values_name_their_key(key, value, problem):
   s = base.sampling_block()
   s[key] = value

@@ -26,6 +26,8 @@ def get_pipeline_config():
   p = ml_collections.ConfigDict()
   p.method = "hierarchical"         # hierarchical | axial | coronal | tpdm | average
                                     # | biharmonic | harmonic (classical fills, no model)
+  p.refiner = "coronal"             # stage 2 of hierarchical: coronal (the paper) | tpdm
+                                    # (axial and coronal alternating) | average | axial
   p.axial_workdir = "runs/axial"    # training runs whose latest checkpoints (EMA) are used
   p.coronal_workdir = "runs/coronal"
   p.resampling = ml_collections.ConfigDict(dict(

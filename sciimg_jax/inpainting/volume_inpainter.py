@@ -3,7 +3,9 @@
 The method (`pipeline.method = 'hierarchical'`):
   stage 1  the axial model inpaints the masked region from pure noise;
   stage 2  the stage-1 volume is noised to level `sampling.stage2.t0` (SDEdit) and the coronal model
-           denoises it, the known region fixed at every step.
+           denoises it, the known region fixed at every step (`pipeline.refiner = 'coronal'`;
+           'tpdm' alternates the axial and coronal models from step to step instead, so
+           that neither leaves its slice seams in the last steps).
 Baselines are other configurations of the same sampler (`METHODS`): one model
 alone ('axial', 'coronal') or any combinator of the core volume sampler in one stage:
 TPDM-style alternation of the two from step to step ('tpdm') and their average
@@ -68,13 +70,14 @@ class Stage:
   reference: bool  # adaptive resampling compares with the previous stage's result
 
 
-def hierarchical(s):
-  return [Stage("axial", sampling_config.stage(s), 1.0, False),
-          Stage("coronal", sampling_config.stage(s, "stage2"), s.stage2.t0, True)]
+def hierarchical(c):
+  return [Stage("axial", sampling_config.stage(c.sampling), 1.0, False),
+          Stage(c.pipeline.refiner, sampling_config.stage(c.sampling, "stage2"),
+                c.sampling.stage2.t0, True)]
 
 
 def single(name):
-  return lambda s: [Stage(name, sampling_config.stage(s), 1.0, False)]
+  return lambda c: [Stage(name, sampling_config.stage(c.sampling), 1.0, False)]
 
 
 # One stage with one model or one of the core sampler's combinators, or the two stages.
@@ -95,6 +98,9 @@ def check_config(config):
   known = tuple(METHODS) + tuple(classical.FILLS)
   check("pipeline.method", p.method in known,
         f"unknown method {p.method!r}; known: {', '.join(known)}")
+  refiners = MODELS + tuple(volume_sampler.COMBINATORS)
+  check("pipeline.refiner", p.refiner in refiners,
+        f"unknown refiner {p.refiner!r}; known: {', '.join(refiners)}")
   check("pipeline.resampling.mode", p.resampling.mode in RESAMPLING_MODES,
         f"unknown mode {p.resampling.mode!r}; known: {', '.join(RESAMPLING_MODES)}")
   sampling_config.check(config.sampling, stages=("stage2",))
@@ -212,7 +218,7 @@ class VolumeInpainter:
         num_samples=s.num_samples, where="pipeline.method")
     self.models = self.sampler.models
     self.train_schedule = schedules.schedule_from_config(d)
-    self.stages = METHODS[p.method](s)
+    self.stages = METHODS[p.method](config)
     self.schedules, self.starts = [], []
     for stage in self.stages:  # respaced chains and SDEdit start indices, on the host
       schedule = schedules.respace(self.train_schedule, stage.walk.steps, stage.walk.spacing)
@@ -255,7 +261,7 @@ class VolumeInpainter:
                                        case.get("slices"))
       x = sampler.sample(
           denoiser, schedule, x_init, stage_key, parameterization=self.parameterization,
-          stepper=stage.walk.stepper, eta=stage.walk.eta, start_index=start,
+          stepper=stage.walk.stepper, eta=stage.walk.eta, eta_band=stage.walk.eta_band, start_index=start,
           clip_x0=self.chain_clip(stage.walk.clip), resampling=resampling,
           post_step_fn=known_region.known_region_replacement(schedule, known, mask))
     image = (training_volumes.from_residual(x, prior, training_volumes.residual_scale(self.residual))

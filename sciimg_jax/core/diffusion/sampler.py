@@ -63,6 +63,16 @@ def resampling_ops(start_index, resampling):
   return np.asarray(rows, np.int32)
 
 
+def band_eta(schedule, i, eta, eta_band):
+  """The noise scale of the step at index i: `eta` inside the band of noise levels
+  `eta_band` = (lo, hi) (every step for None), else 0."""
+  if not eta_band:
+    return eta
+  abar = schedule.alphas_cumprod[i]
+  sigma = jnp.sqrt((1.0 - abar) / abar)
+  return jnp.where((sigma >= eta_band[0]) & (sigma <= eta_band[1]), eta, 0.0)
+
+
 def check_stepper_loops(stepper, key="sampling.stepper"):
   """Stops unless `stepper` can run with RePaint loops (a multistep stepper cannot: a loop
   goes back up the chain, and its previous x0 estimate would belong to another level)."""
@@ -72,7 +82,7 @@ def check_stepper_loops(stepper, key="sampling.stepper"):
 
 
 def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
-           stepper="ddim", eta=0.0, start_index=None, post_step_fn=None,
+           stepper="ddim", eta=0.0, eta_band=None, start_index=None, post_step_fn=None,
            clip_x0=None, resampling=None):
   """Runs the reverse chain from index `start_index` (default K-1) down to 0.
 
@@ -87,6 +97,9 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
     stepper: a key of STEPPERS (a multistep one, `MULTISTEP`, carries its previous x0
       estimate and runs without RePaint loops).
     eta: DDIM noise scale.
+    eta_band: None (eta at every step), or (lo, hi): eta only at the steps whose noise
+      level sigma = sqrt((1 - abar) / abar) (the chain's units) lies in [lo, hi], 0 at the
+      others (EDM's S_tmin / S_tmax: fresh noise where the detail is made).
     start_index: the first index to denoise; may be traced unless `resampling`.
     post_step_fn: optional (x_prev, i, key_i) -> x_prev applied after each
       step to index i - 1 (e.g. known-region replacement). Its key is
@@ -113,7 +126,7 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
     t_model = jnp.full((x.shape[0],), schedule.timesteps[i], jnp.int32)
     model_out = model_fn(x, t_model)
     x_prev = step_fn(schedule, parameterization, x, i, model_out, key_i,
-                     eta=eta, clip_x0=clip_x0)
+                     eta=band_eta(schedule, i, eta, eta_band), clip_x0=clip_x0)
     if post_step_fn is not None:
       x_prev = post_step_fn(x_prev, i, jax.random.fold_in(key_i, POST_STEP_STREAM))
     return x_prev, model_out

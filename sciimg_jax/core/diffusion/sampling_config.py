@@ -3,6 +3,8 @@
   sampling.steps        respaced chain length
   sampling.stepper      a key of `steppers.STEPPERS` (ddim | ddpm | dpm++2m)
   sampling.eta          DDIM noise scale (>= 0)
+  sampling.eta_band     () for eta at every step, or (lo, hi): eta only at the steps whose
+                        noise level sigma = sqrt((1 - abar) / abar) lies in [lo, hi]
   sampling.spacing      a key of `schedules.SPACINGS` (uniform | linspace | karras)
   sampling.clip_x0      clip the predicted x0 to [-c, c] at every step; 0 = no clipping
   sampling.num_samples  N > 1: N samples in one jitted call (their mean is the result)
@@ -32,6 +34,7 @@ class Walk:
   eta: float
   spacing: str
   clip_x0: float
+  eta_band: tuple = ()
 
   @property
   def clip(self):
@@ -63,6 +66,11 @@ def check(s, where="sampling", stages=()):
   _check_walk(s, where)
   check_key("spacing", s.spacing in schedules.SPACINGS,
             f"unknown spacing {s.spacing!r}; known: {', '.join(schedules.SPACINGS)}")
+  band = tuple(s.get("eta_band") or ())
+  check_key("eta_band", band == () or (
+      len(band) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                             for v in band) and 0 <= band[0] < band[1]),
+            f"must be () or two noise levels (lo, hi) with 0 <= lo < hi, got {s.eta_band!r}")
   check_key("clip_x0", s.clip_x0 >= 0, f"must be >= 0 (0 = no clipping), got {s.clip_x0!r}")
   check_key("num_samples", isinstance(s.num_samples, int) and s.num_samples >= 1,
             f"must be a whole number >= 1, got {s.num_samples!r}")
@@ -78,4 +86,5 @@ def stage(s, name=None):
   over = s[name] if name is not None else {}
   pick = lambda key: over[key] if over.get(key) is not None else s[key]
   return Walk(steps=pick("steps"), stepper=pick("stepper"), eta=pick("eta"),
-              spacing=s.spacing, clip_x0=s.clip_x0)
+              spacing=s.spacing, clip_x0=s.clip_x0,
+              eta_band=tuple(s.get("eta_band") or ()))
