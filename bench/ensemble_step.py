@@ -52,6 +52,7 @@ from flax import nnx  # noqa: E402
 from configs.ensembler import super_resolution  # noqa: E402
 from sciimg_jax.core import memory  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402
+from sciimg_jax.core import slice_task  # noqa: E402
 from sciimg_jax.core import trained_models  # noqa: E402
 from sciimg_jax.core import volumes  # noqa: E402
 from sciimg_jax.core.diffusion import sampler  # noqa: E402
@@ -61,6 +62,7 @@ from sciimg_jax.ensembler import consistency  # noqa: E402
 from sciimg_jax.ensembler import fusion as fusion_lib  # noqa: E402
 from sciimg_jax.ensembler import fusion_task  # noqa: E402
 from sciimg_jax.ensembler import members as members_lib  # noqa: E402
+from sciimg_jax.ensembler import slice_inputs  # noqa: E402
 from sciimg_jax.ensembler import study  # noqa: E402
 from sciimg_jax.ensembler import translator as translator_lib  # noqa: E402
 
@@ -75,8 +77,11 @@ def build(shape, steps, context=0):
   c.data.context = context
   c.sampling.steps = steps
   mesh = sharding.make_mesh()
-  members = [members_lib.make_member(trained_models.restore(study.direction_config(c, a), mesh),
-                                     c.data, c.diffusion) for a in c.study.directions]
+  directions = [slice_task.with_in_channels(study.direction_config(c, a),
+                                            slice_inputs.VolumeSlices())
+                for a in c.study.directions]
+  members = [members_lib.make_member(trained_models.restore(d, mesh), c.data, c.diffusion)
+             for d in directions]
   fc = study.fusion_config(c, c.study.directions)
   fusion = trained_models.restore(
       fc, mesh, create=lambda rngs, dtype: fusion_lib.create_model(fc, rngs, dtype, members))

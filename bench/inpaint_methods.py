@@ -27,8 +27,10 @@ from configs import quickstart  # noqa: E402
 from data_pipelines import synthetic_brats  # noqa: E402
 from sciimg_jax.core import intensity  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402
+from sciimg_jax.core import slice_task  # noqa: E402
 from sciimg_jax.core import volumes  # noqa: E402
 from sciimg_jax.inpainting import inpaint_job  # noqa: E402
+from sciimg_jax.inpainting import slice_inputs  # noqa: E402
 from sciimg_jax.inpainting import volume_inpainter  # noqa: E402
 
 METHODS = ("biharmonic/none", "harmonic/none", "axial/none", "coronal/none", "tpdm/none",
@@ -51,6 +53,7 @@ def models_for(shape, mesh):
   for name, size in (("axial", shape[:2]), ("coronal", (shape[0], shape[2]))):
     c = quickstart.slice_model(name)
     c.data.image_size = size
+    slice_task.with_in_channels(c, slice_inputs.InpaintingSlices())
     out[name] = volume_inpainter.fresh_slice_model(c, name, mesh)
   return out
 

@@ -45,21 +45,23 @@ import jax.numpy as jnp
 import numpy as np
 
 import peer  # bench/peer.py, beside this script
-from configs import base
+from configs.inpainting import common
 from configs.inpainting import inpaint
 from sciimg_jax.core import sharding
+from sciimg_jax.core import slice_task
 from sciimg_jax.core.diffusion import schedules
 from sciimg_jax.core.diffusion import steppers
 from sciimg_jax.core.diffusion import volume_denoisers
 from sciimg_jax.inpainting import known_region
+from sciimg_jax.inpainting import slice_inputs
 from sciimg_jax.inpainting import volume_inpainter
 
 
 def reference_model(axis, image_size):
-  c = base.get_base_config()
+  c = common.get_base_config()
   c.data.axis = axis
   c.data.image_size = image_size
-  return c
+  return slice_task.with_in_channels(c, slice_inputs.InpaintingSlices())
 
 
 def make_case(shape, scale):

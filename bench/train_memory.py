@@ -46,8 +46,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sciimg_jax.core import memory  # noqa: E402
+from sciimg_jax.core import precision  # noqa: E402
 from sciimg_jax.core import sharding  # noqa: E402
+from sciimg_jax.core import slice_task  # noqa: E402
 from sciimg_jax.core import trainer  # noqa: E402
+from sciimg_jax.inpainting import slice_inputs  # noqa: E402
 from unet_train_step import ReferenceTask  # bench/unet_train_step.py  # noqa: E402
 
 
@@ -70,7 +73,7 @@ def load_config(path, args):
   if args.size:
     c.data.image_size = (args.size, args.size)
   c.train.compute_dtype = args.dtype
-  return c
+  return slice_task.with_in_channels(c, slice_inputs.InpaintingSlices())
 
 
 def peak_bytes():
@@ -144,7 +147,7 @@ def main():
     shown = "" if peak is None else f"{peak / memory.GIB:.2f}"
     print(f"| {name} | {gib:.2f} | {timed} | {shown} |", flush=True)
     results.append(dict(
-        row=name, dtype=trainer.compute_dtype(config).name, xla_gib=gib,
+        row=name, dtype=precision.compute_dtype(config).name, xla_gib=gib,
         seconds_per_step=seconds, steps=args.steps, batch=config.data.batch_size,
         image_size=list(config.data.image_size), channels=list(config.model.channels),
         peak_gib=None if peak is None else peak / memory.GIB,

@@ -158,7 +158,10 @@ def network(args):
   spec = importlib.util.spec_from_file_location("bench_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  m = (module.get_config(variant) if variant else module.get_config()).model
+  from sciimg_jax.core import slice_task  # pylint: disable=g-import-not-at-top
+  from sciimg_jax.inpainting import slice_inputs  # pylint: disable=g-import-not-at-top
+  c = module.get_config(variant) if variant else module.get_config()
+  m = slice_task.with_in_channels(c, slice_inputs.InpaintingSlices()).model
   return {k: tuple(m[k]) if isinstance(m[k], (list, tuple)) else m[k] for k in REFERENCE}
 
 
@@ -206,10 +209,13 @@ class ReferenceTask:
 
 
 def bench_config(args):
-  """The base config with the reference network, the bench's batch and dtype."""
+  """The inpainting base config with the reference network, the bench's batch and dtype."""
   from configs import base  # pylint: disable=g-import-not-at-top
-  c = base.get_base_config()
-  base.set_keys(c, network(args), prefix="model.")
+  from configs.inpainting import common  # pylint: disable=g-import-not-at-top
+  c = common.get_base_config()
+  net = network(args)
+  base.set_keys(c, {k: v for k, v in net.items() if k != "in_channels"}, prefix="model.")
+  c.model.in_channels = net["in_channels"]  # the slice task's to derive; here the reference's
   base.set_keys(c, {"data.batch_size": args.batch, "data.image_size": (args.size, args.size),
                     "train.compute_dtype": args.dtype})
   return c
@@ -244,6 +250,7 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  from sciimg_jax.core import precision  # pylint: disable=g-import-not-at-top
   from sciimg_jax.core import sharding  # pylint: disable=g-import-not-at-top
   from sciimg_jax.core import trainer  # pylint: disable=g-import-not-at-top
 
@@ -290,7 +297,7 @@ def main():
   print(f"device: {device.platform} {device.device_kind} ({threads} CPUs); jax {jax.__version__}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"config: 2D U-Net channels {tuple(config.model.channels)}, {s}x{s}, batch {b}, "
-        f"dtype {trainer.compute_dtype(config).name}; step: trainer.make_train_step "
+        f"dtype {precision.compute_dtype(config).name}; step: trainer.make_train_step "
         f"({config.diffusion.parameterization} loss, clip {o.grad_clip_norm}, AdamW, "
         f"EMA {o.ema_decay}); compiled in {compile_s:.1f} s")
   print(f"parameters:      {num_params:,}")

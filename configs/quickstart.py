@@ -17,13 +17,13 @@ into its folder.
 import ml_collections
 
 from configs import base
-from configs.inpainting import axial
+from configs.inpainting import common
 from configs.inpainting import evaluate as inpaint_evaluate
 from configs.inpainting import inpaint
 
 
 def slice_model(axis):
-  c = base.get_base_config()
+  c = common.get_base_config()
   c.job = "inpaint_train"
   c.data.synthetic.update(dict(num_train=24, num_eval=4, resolution_mm=4))
   c.data.axis = axis
@@ -42,7 +42,6 @@ def slice_model(axis):
   c.data.prior = "biharmonic"
   c.data.residual = True
   c.data.loss_exclude = "mask-unhealthy"
-  c.model.in_channels = axial.in_channels(c.data)
   # x0 parameterisation: the held-out in-mask error after 200 steps is 0.017 against eps's
   # 0.053 (0.031 at 400 steps).
   c.diffusion.parameterization = "x0"
@@ -68,7 +67,7 @@ def slice_model(axis):
 
 # The tiny slice models: 64 px so that whole 4 mm volumes fit; attention at 16x16, not
 # 32x32 (256 tokens a slice instead of 1024: 16x less work).
-TINY_SLICE_MODEL = {**base.TINY, "data.image_size": (64, 64), "model.channels": (8, 16, 16),
+TINY_SLICE_MODEL = {**common.TINY, "data.image_size": (64, 64), "model.channels": (8, 16, 16),
                     "model.attention_levels": (False, False, True), "train.eval_every": 0}
 
 

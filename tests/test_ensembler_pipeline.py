@@ -217,7 +217,6 @@ def context_member(data_cache, tmp_path_factory):
   """A 2.5D axial member (data.context = 1)."""
   c = slice_model.get_config("sr+axial+tiny")
   c.data.cache_dir, c.train.eval_every, c.data.context = str(data_cache), 0, 1
-  c.model.in_channels += 2  # the condition on the slice above and below
   workdir = tmp_path_factory.mktemp("sr_axial_context")
   slice_inputs.train_slice_model(c, workdir)
   return workdir

@@ -7,6 +7,10 @@ The allowed directions, stated once (a module may always import its own package)
   a method            -> the core and data_pipelines; never another method
   sciimg_jax.jobs     -> anything (it registers every method's jobs for main.py)
   configs             -> configs only
+
+and what inference must not run (`NOT_REACHED`, followed through every import on the way):
+the sampling code and `trained_models` never the trainer; the inpainting inference never
+the slice task or its training examples.
 """
 
 import ast
@@ -91,3 +95,54 @@ def test_the_rule_catches_a_wrong_arrow(tmp_path):
   ok = allowed("sciimg_jax.core.probe")
   found = [name for _, name in project_imports(probe) if not within(name, ok)]
   assert found == ["sciimg_jax.inpainting.volume_inpainter", "data_pipelines.brats_layout"]
+
+
+MODULES = {module_name(p): p for p in SOURCES}
+
+
+def imported_modules(module):
+  """The project modules `module` imports (a name `pkg.mod.attr` counts as `pkg.mod`), with
+  the packages above each (importing `a.b.c` runs `a` and `a.b` first)."""
+  found = set()
+  for _, name in project_imports(MODULES[module]):
+    while name not in MODULES and "." in name:
+      name = name.rsplit(".", 1)[0]
+    while name:
+      if name in MODULES:
+        found.add(name)
+      name = name.rpartition(".")[0]
+  return found - {module}
+
+
+def reachable(start):
+  """Every project module that importing `start` runs (its imports, transitively)."""
+  seen, todo = set(), [start]
+  while todo:
+    for name in imported_modules(todo.pop()) - seen:
+      seen.add(name)
+      todo.append(name)
+  return seen
+
+
+# Inference stands without training: rebuilding and sampling trained networks never runs the
+# training loop, and inpainting inference never the code that cuts training examples (what a
+# model's channels, prior and residual mean is `inpainting.chain_space`, which both import).
+SAMPLING = [name for name in MODULES if within(name, ("sciimg_jax.core.diffusion",))]
+SAMPLING.append("sciimg_jax.core.trained_models")
+NOT_REACHED = {
+    **{name: ("sciimg_jax.core.trainer",) for name in SAMPLING},
+    **{name: ("sciimg_jax.core.trainer", "sciimg_jax.core.slice_task",
+              "sciimg_jax.inpainting.slice_inputs", "sciimg_jax.inpainting.training_volumes")
+       for name in ("sciimg_jax.inpainting.volume_inpainter", "sciimg_jax.inpainting.inpaint_job")},
+}
+
+
+def test_reachable_follows_imports_through_modules():
+  assert {"sciimg_jax.core.trainer", "sciimg_jax.inpainting.training_volumes",
+          "sciimg_jax.core.errors", "sciimg_jax"} <= reachable("sciimg_jax.inpainting.slice_inputs")
+
+
+@pytest.mark.parametrize("module", sorted(NOT_REACHED))
+def test_inference_does_not_import_training(module):
+  wrong = [name for name in NOT_REACHED[module] if name in reachable(module)]
+  assert not wrong, f"importing {module} runs {wrong}"

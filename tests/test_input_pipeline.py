@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import base
+from configs.inpainting import common
 from data_pipelines import brats_slices
 from data_pipelines import input_pipeline
 from data_pipelines import sources as data_sources
@@ -64,7 +64,7 @@ def dirs(tmp_path_factory):
 
 
 def _data_config(**overrides):
-  c = base.get_base_config().data
+  c = common.get_base_config().data
   c.image_size = (32, 24)
   for k, v in overrides.items():
     c[k] = v

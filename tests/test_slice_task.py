@@ -20,9 +20,14 @@ from sciimg_jax.ensembler import translator
 from tolerances import float32_tolerance
 
 
+def derived(config):
+  """`config` with the input channels the slice task derives for the ensembler's inputs."""
+  return slice_task.with_in_channels(config, slice_inputs.VolumeSlices())
+
+
 def fresh(config):
   """A fresh (zero-output) network of `config` and a task stand-in for its loss."""
-  module = models.create_model(config.model, rngs=nnx.Rngs(0))
+  module = models.create_model(derived(config).model, rngs=nnx.Rngs(0))
   return module, types.SimpleNamespace(config=config, schedule=None)
 
 
@@ -74,11 +79,11 @@ def test_bad_settings_name_their_key(change, key):
 def test_deterministic_networks_run_slice_by_slice_over_a_volume():
   mesh = sharding.make_mesh()
   c = slice_model.get_config("sr+segmenter+tiny")
-  seg = trained_models.restore(c, mesh)
+  seg = trained_models.restore(derived(c), mesh)
   cond = np.random.default_rng(1).uniform(-1, 1, (8, 8, 8, 5)).astype(np.float32)
   np.testing.assert_array_equal(translator.slicewise_network(seg, c.data, cond, 8, mesh), 0.5)
   r = slice_model.get_config("sr+regressor+tiny")  # residual: the image is 2 * 0 + condition
-  reg = trained_models.restore(r, mesh)
+  reg = trained_models.restore(derived(r), mesh)
   np.testing.assert_allclose(translator.slicewise_network(reg, r.data, cond, 8, mesh),
                              cond[..., 0], atol=1e-6)
 
@@ -95,7 +100,7 @@ def test_sigma_data_is_the_rms_of_the_generated_targets():
     def __init__(self, weighted):
       self.weighted = weighted
 
-    def train_iterator(self, config, source, batch_size):
+    def train_batches(self, config, source, batch_size):
       return iter(batches)
 
     def generated(self, config, batch):

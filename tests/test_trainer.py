@@ -135,7 +135,6 @@ def test_in_mask_loss_weight_is_checked(tiny_config):
     slice_task.check_config(tiny_config, slice_inputs.InpaintingSlices())
   tiny_config.train.loss_weight_in_mask = 5.0
   tiny_config.data.conditions = ("t1n-voided",)
-  tiny_config.model.in_channels = 2
   tiny_config.train.eval_every = 0
   with pytest.raises(InputError, match="needs 'mask' among data.conditions"):
     slice_task.check_config(tiny_config, slice_inputs.InpaintingSlices())

@@ -15,6 +15,7 @@ from data_pipelines import sources
 from sciimg_jax.core import slice_context
 from sciimg_jax.core import slice_task
 from sciimg_jax.core.errors import InputError
+from sciimg_jax.inpainting import chain_space
 from sciimg_jax.inpainting import classical
 from sciimg_jax.inpainting import slice_inputs
 from sciimg_jax.inpainting import training_volumes
@@ -29,7 +30,6 @@ def volume_config(data_cache, axis="axial", **data):
   c.data.cache_dir = str(data_cache)
   c.data.update({**dict(source="volumes", context=CONTEXT, prior="biharmonic", residual=True),
                  **data})
-  c.model.in_channels = 1 + len(training_volumes.channel_names(c.data))
   return c
 
 
@@ -159,8 +159,10 @@ def test_prior_of_a_hole_is_its_fill(source):
 @pytest.fixture(scope="module")
 def untrained(data_cache):
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-  return {name: volume_inpainter.fresh_slice_model(volume_config(data_cache, name), name, mesh)
-          for name in volume_inpainter.MODELS}
+  configs = {name: slice_task.with_in_channels(volume_config(data_cache, name),
+                                              slice_inputs.InpaintingSlices())
+             for name in volume_inpainter.MODELS}
+  return {name: volume_inpainter.fresh_slice_model(c, name, mesh) for name, c in configs.items()}
 
 
 def test_untrained_residual_model_returns_the_classical_fill(untrained):
@@ -213,13 +215,13 @@ def test_residual_round_trip_and_its_clip_bound(scale):
   image, prior = rng.uniform(-1, 1, (2, 1000)).astype(np.float32)
   image[:2], prior[:2] = (1.0, -1.0), (-1.0, 1.0)  # the extremes
   data = ml_collections.ConfigDict(dict(residual=True, residual_scale=scale))
-  r = training_volumes.to_residual(image, prior, training_volumes.residual_scale(data))
-  np.testing.assert_allclose(training_volumes.from_residual(r, prior, scale), image, rtol=0,
+  r = chain_space.to_residual(image, prior, chain_space.residual_scale(data))
+  np.testing.assert_allclose(chain_space.from_residual(r, prior, scale), image, rtol=0,
                              atol=float32_tolerance(2.0, 3))
-  bound = training_volumes.chain_clip(data, 1.0)
+  bound = chain_space.chain_clip(data, 1.0)
   assert bound == pytest.approx(2.0 / scale)
   assert np.abs(r).max() <= bound * (1 + 1e-6) and np.abs(r).max() > 0.99 * bound
-  assert training_volumes.chain_clip(ml_collections.ConfigDict(dict(residual=False)), 1.0) == 1.0
+  assert chain_space.chain_clip(ml_collections.ConfigDict(dict(residual=False)), 1.0) == 1.0
 
 
 def test_prior_without_known_voxels_near_the_mask_is_refused(untrained):
@@ -283,7 +285,12 @@ def test_the_tumour_is_left_out_of_the_loss(data_cache):
                                 1 + (c.train.loss_weight_in_mask - 1) * mask[~unscored])
 
 
-def test_the_study_config_counts_the_channels_of_the_data():
+def test_the_slice_task_counts_the_channels_of_the_data():
+  """x_t, the conditions, the prior and the voided image and mask of 2k context slices: the
+  slice task derives the count, no config states it."""
   for variant in ("", "context", "prior+context", "best"):
     c = study.get_config(variant).axial
-    assert c.model.in_channels == 1 + len(training_volumes.channel_names(c.data))
+    assert "in_channels" not in c.model
+    d = c.data
+    assert slice_task.in_channels(c, slice_inputs.InpaintingSlices()) == (
+        1 + len(d.conditions) + bool(d.prior) + 2 * 2 * d.context)

@@ -8,10 +8,12 @@ import optax
 import pytest
 from flax import nnx
 
-from configs import base
+from configs.inpainting import common
 from sciimg_jax.core import models
+from sciimg_jax.core import slice_task
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.core.models import unet
+from sciimg_jax.inpainting import slice_inputs
 from tolerances import float32_tolerance, max_abs
 
 TINY = dict(channels=(8, 16), num_res_blocks=1, attention_levels=(False, True),
@@ -31,7 +33,8 @@ def test_reference_config_has_monais_parameter_count():
   # DiffusionModelUNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64, 128),
   #   attention_levels=(False, False, True), num_res_blocks=2, num_head_channels=32,
   #   norm_num_groups=8) has 3,939,969 parameters.
-  cfg = base.get_base_config().model
+  inputs = slice_inputs.InpaintingSlices()  # x_t, the voided slice and the mask
+  cfg = slice_task.with_in_channels(common.get_base_config(), inputs).model
   model = nnx.eval_shape(lambda: models.create_model(cfg, rngs=nnx.Rngs(0)))
   assert count_params(model) == 3_939_969
 

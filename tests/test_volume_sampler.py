@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import base
+from configs import diffusion
 from sciimg_jax.core import sharding
 from sciimg_jax.core import trained_models
 from sciimg_jax.core.diffusion import sampling_config
@@ -21,7 +21,7 @@ CHANNELS = ("image", "mask")
 
 def fake_model(axis_name, scale, parameterization="eps"):
   """A slice model whose 'network' returns scale * (x_t + its first channel)."""
-  c = base.get_base_config()
+  c = diffusion.get_base_config()
   c.data.axis = axis_name
   c.data.conditions = ("mask", "image")  # another order than the chain's: picked by name
   c.diffusion.parameterization = parameterization
@@ -33,13 +33,13 @@ def fake_model(axis_name, scale, parameterization="eps"):
 
 
 def test_stage_overrides_take_the_blocks_values_when_unset():
-  s = base.sampling_block(steps=10, eta=0.5)
+  s = diffusion.sampling_block(steps=10, eta=0.5)
   s.stage2 = ml_collections.ConfigDict(dict(steps=None, stepper="ddpm", eta=None))
   sampling_config.check(s, stages=("stage2",))
   assert sampling_config.stage(s) == sampling_config.Walk(10, "ddim", 0.5, "uniform", 1.0)
   assert sampling_config.stage(s, "stage2") == sampling_config.Walk(10, "ddpm", 0.5, "uniform",
                                                                     1.0)
-  assert sampling_config.stage(base.sampling_block(clip_x0=0.0)).clip is None
+  assert sampling_config.stage(diffusion.sampling_block(clip_x0=0.0)).clip is None
 
 
 @pytest.mark.parametrize("key,value,problem", [
@@ -49,14 +49,14 @@ def test_stage_overrides_take_the_blocks_values_when_unset():
     ("chunk_size", 0, ">= 1"), ("eta_band", (1.0, 0.5), "0 <= lo < hi"),
     ("eta_band", (0.1,), "two noise levels")])
 def test_bad_sampling_values_name_their_key(key, value, problem):
-  s = base.sampling_block()
+  s = diffusion.sampling_block()
   s[key] = value
   with pytest.raises(InputError, match=rf"sampling\.{key}: .*{problem}"):
     sampling_config.check(s)
 
 
 def test_a_stage_override_is_checked_under_its_own_key():
-  s = base.sampling_block()
+  s = diffusion.sampling_block()
   s.stage2 = ml_collections.ConfigDict(dict(steps=0))
   with pytest.raises(InputError, match=r"sampling\.stage2\.steps: must be a whole number"):
     sampling_config.check(s, stages=("stage2",))

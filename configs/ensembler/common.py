@@ -13,6 +13,7 @@ BraTS volumes (240x240x155) take `data.volume_shape=(192,192,152)`, the paper's 
 import ml_collections
 
 from configs import base
+from configs import diffusion
 
 TASKS = {
     "sr": dict(target="t2f", conditions=("t2f:pool4",), residual=True),
@@ -21,7 +22,7 @@ TASKS = {
 }
 
 # Seconds-scale settings for tests: 3 training and 2 held-out subjects, a 24x32x24 grid.
-TINY = dict({k: v for k, v in base.TINY.items() if k != "data.image_size"}, **{
+TINY = dict(diffusion.TINY, **{
     "data.volume_shape": (24, 32, 24), "data.batch_size": 4,
     "fusion.crop_size": (16, 16, 16), "sampling.steps": 3, "sampling.chunk_size": 8,
     "model.attention_levels": (False, False),  # less to compile
@@ -31,23 +32,21 @@ TINY = dict({k: v for k, v in base.TINY.items() if k != "data.image_size"}, **{
 
 
 def get_base_config(task="sr"):
-  """The base config with the ensembler's data, sampling and fusion blocks for `task`."""
-  c = base.get_base_config()
+  """`configs/diffusion.py`'s config with the ensembler's data, sampling and fusion blocks
+  for `task`."""
+  c = diffusion.get_base_config()
   t = TASKS[task]
   c.data.target = t["target"]
   c.data.conditions = t["conditions"]
-  c.data.residual = t["residual"]
+  c.data.residual = t["residual"]  # learn (target - the first condition) / 2
   c.data.volume_shape = (48, 56, 48)
   # A brain voxel outside the centre crop to volume_shape stops the job (False), or is
   # cropped away with a warning per case (True; the tiny test variant).
   c.data.crop_brain = False
   c.data.synthetic.num_train = 24
   c.data.synthetic.num_eval = 8
-  del c.data["image_size"], c.data["slices"], c.data["random_masks"]
   c.data.batch_size = 16
-  c.model.in_channels = 1 + num_channels(c)  # x_t and the condition channels
   c.train.objective = "diffusion"
-  del c.train["loss_weight_in_mask"]
 
   c.fusion = ml_collections.ConfigDict(dict(
       members=(),                # workdirs of the trained 2D models
@@ -59,7 +58,7 @@ def get_base_config(task="sr"):
       loss_on="eps",             # eps (as released) | x0: the loss on the fused x0
   ))
   # SR: avgpool(sample) equals the low-resolution input
-  c.sampling = base.sampling_block(data_consistency=True)
+  c.sampling = diffusion.sampling_block(data_consistency=True)
   return c
 
 
@@ -76,12 +75,6 @@ def evaluate_block():
       num_cases=0,         # 0 = every case
       progress_bar=True,
   ))
-
-
-def num_channels(c):
-  """Condition channels of `c.data`: the conditions, position (3) and mask
-  (`volume_cases.channel_names`)."""
-  return len(c.data.conditions) + 4
 
 
 def variants():
@@ -127,7 +120,7 @@ def study_config(task, variant, *, regressor):
   c.study = ml_collections.ConfigDict(dict(
       directions=("axial", "coronal", "sagittal"), regressor=regressor, segmenter=True,
       fusion_model=ml_collections.ConfigDict(dict(
-          name="unet", spatial_dims=3, in_channels=0, out_channels=0, channels=(8, 16, 32),
+          name="unet", spatial_dims=3, out_channels=0, channels=(8, 16, 32),
           num_res_blocks=1, attention_levels=(False, False, False), num_head_channels=16,
           num_groups=8, dropout=0.0)),
       fusion_steps=300, fusion_batch_size=2, segmenter_steps=600,

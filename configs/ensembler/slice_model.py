@@ -26,9 +26,7 @@ def get_config(variant=""):
   c.train.eval_every = 2_000
   variants = common.variants()
   variants.update({a: {"data.axis": a} for a in AXES})
-  variants["regressor"] = {"train.objective": "regression",
-                           "model.in_channels": common.num_channels(c)}
+  variants["regressor"] = {"train.objective": "regression"}
   variants["segmenter"] = {"train.objective": "segmentation", "data.target": "mask-unhealthy",
-                           "data.conditions": ("t2f",), "data.residual": False,
-                           "model.in_channels": 5}
+                           "data.conditions": ("t2f",), "data.residual": False}
   return base.apply_variant(c, variant, variants)

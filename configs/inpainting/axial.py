@@ -11,19 +11,13 @@ the mask (`sciimg_jax/inpainting/slice_inputs.py`). Defaults suit real BraTS vol
 """
 
 from configs import base
+from configs.inpainting import common
 
-VARIANTS = {"tiny": base.TINY}
-
-
-def in_channels(data):
-  """The network's inputs for `data`: x_t, the conditions, the prior and the context (the
-  voided image and mask of 2k slices): `sciimg_jax/inpainting/training_volumes.py`'s
-  `channel_names` plus x_t."""
-  return 1 + len(data.conditions) + bool(data.prior) + 2 * 2 * data.context
+VARIANTS = {"tiny": common.TINY}
 
 
 def get_config(variant=""):
-  c = base.get_base_config()
+  c = common.get_base_config()
   c.job = "inpaint_train"
   c.data.axis = "axial"
   c.data.slices = "mask"

@@ -8,13 +8,14 @@
 import ml_collections
 
 from configs import base
+from configs.inpainting import common
 
 
-VARIANTS = {"tiny": {**base.TINY, "evaluate.progress_bar": False}}
+VARIANTS = {"tiny": {**common.TINY, "evaluate.progress_bar": False}}
 
 
 def get_config(variant=""):
-  c = base.get_base_config()
+  c = common.get_base_config()
   c.job = "inpaint_evaluate"
   c.evaluate = ml_collections.ConfigDict()
   c.evaluate.predictions = ""          # folder of <case>-t1n-inference.nii.gz (flat or per case)

@@ -20,6 +20,8 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from configs import base
+from configs import diffusion
+from configs.inpainting import common
 
 
 def get_pipeline_config():
@@ -43,7 +45,7 @@ def get_sampling_config():
   """The `sampling` block of the volume inpainter: stage 1 walks it as it is; stage 2
   (the coronal refinement) starts at t0 * T from the stage-1 volume (SDEdit) and may
   override `steps`, `stepper` and `eta` (unset: the block's)."""
-  s = base.sampling_block()
+  s = diffusion.sampling_block()
   s.stage2 = ml_collections.ConfigDict(dict(
       t0=0.5, steps=placeholder(int), stepper=placeholder(str), eta=placeholder(float)))
   return s
@@ -53,11 +55,11 @@ TINY = {
     "sampling.chunk_size": 8, "sampling.steps": 4,
     "pipeline.resampling.max_loops": 1, "inpaint.progress_bar": False,
 }
-VARIANTS = {"tiny": {**base.TINY, **TINY}}
+VARIANTS = {"tiny": {**common.TINY, **TINY}}
 
 
 def get_config(variant=""):
-  c = base.get_base_config()
+  c = common.get_base_config()
   c.job = "inpaint"
   c.input = ""                      # one voided T1 volume (instead of inpaint.input_dir)
   c.mask = ""                       # and its mask

@@ -37,7 +37,6 @@ Every comparison is repeated on the held-out subjects with new healthy masks of 
 
 from configs import base
 from configs import quickstart
-from configs.inpainting import axial
 
 # The study starts from the recipe before the levers (x0 on the TFDS slices, 2D holes):
 # every lever is one change against it.
@@ -62,7 +61,7 @@ STUDY = {
 
 def slice_levers(**data):
   """Slices of whole volumes (`data.source = 'volumes'`) and the given `data` keys, for
-  both views (`get_config` sets the input channels)."""
+  both views."""
   keys = {"source": "volumes", **data}
   return {f"{name}.data.{k}": v for name in ("axial", "coronal") for k, v in keys.items()}
 
@@ -100,7 +99,4 @@ def get_config(variant=""):
   quickstart's test size ('tiny+residual' both)."""
   c = base.set_keys(quickstart.get_config(), STUDY)
   c.job = "inpaint_study"
-  c = base.apply_variant(c, variant, VARIANTS)
-  for name in ("axial", "coronal"):
-    c[name].model.in_channels = axial.in_channels(c[name].data)
-  return c
+  return base.apply_variant(c, variant, VARIANTS)

@@ -33,7 +33,6 @@ PRIORS = {
 def get_config(variant=""):
   c = base.get_base_config()
   c.job = "ir_train"
-  c.data = ml_collections.ConfigDict()
   c.data.train_dir = ""           # '' = the embedded paired data
   c.data.test_dir = ""            # '' with train_dir: a spatial block split of train_dir
   c.data.synthetic = ml_collections.ConfigDict(dict(num_train=8, num_test=4, size=96, seed=0))

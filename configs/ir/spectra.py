@@ -25,7 +25,6 @@ COLLAGEN = ".whl/orange_spectroscopy-*.whl/orangecontrib/spectroscopy/datasets/c
 def get_config(variant=""):
   c = base.get_base_config()
   c.job = "ir_spectra"
-  c.data = ml_collections.ConfigDict()
   c.data.table = ""               # the table of spectra; a path may run through a .whl or .zip
   c.data.test_table = ""          # '' = cross-validation of `table`; else train on it, score this
   c.data.label_column = ""        # '' = Orange's `class` column, else `label` (CSV) or `y` (.npz)
@@ -38,7 +37,6 @@ def get_config(variant=""):
   c.data.pca_components = 30
 
   # The networks a run names (registry names of sciimg_jax/ir/classifiers.py and arguments).
-  del c.model
   c.models = ml_collections.ConfigDict(dict(
       mlp=ml_collections.ConfigDict(dict(name="spectral_pixel", spectral_widths=(128, 64))),
       cnn=ml_collections.ConfigDict(dict(name="spectral_cnn", widths=(16, 32, 64),

@@ -13,6 +13,9 @@ slice's condition channels (and, for diffusion, x_t first) and learns what
 What the network sees is the method's: a `SliceInputs` object supplies the channel
 names, the data sources and batches, per-pixel loss weights, the constraint a diffusion
 prediction obeys (inpainting's known region) and the evaluation's figure and metrics.
+The network's input channels follow from them (`in_channels`: x_t for diffusion, then the
+named channels); the task records `model.in_channels` in the run's config, which
+rebuilds the network for inference (`trained_models`).
 Evaluation predicts a fixed held-out batch with the EMA parameters (diffusion: the
 `sampling` block's walk, key `fold_in(key, 0)` for the starting noise and
 `fold_in(key, 1)` for the walk) and hands the prediction to the method.
@@ -52,7 +55,7 @@ def measure_sigma_data(config, inputs, source, num_batches=SIGMA_DATA_BATCHES):
   training targets over the pixels the model generates (`inputs.generated`, weighted; all
   pixels where it gives None) of the first `num_batches` global training batches, summed
   over every process (float64), so every process gets the same value."""
-  iterator = inputs.train_iterator(config, source, config.data.batch_size // jax.process_count())
+  iterator = inputs.train_batches(config, source, config.data.batch_size // jax.process_count())
   sums = np.zeros(2, np.float64)
   for _ in range(num_batches):
     batch = next(iterator)
@@ -144,13 +147,29 @@ class SliceInputs(Protocol):
   def check_config(self, config): ...
   def channel_names(self, config) -> tuple: ...          # the cond channels, in order
   def sources(self, config, workdir) -> dict: ...        # {'train': source, 'eval': source}
-  def train_iterator(self, config, source, batch_size): ...
+  def train_batches(self, config, source, batch_size): ...  # this process's training batches
   def loss_weights(self, config, batch): ...             # None or per-pixel weights
   def generated(self, config, batch): ...                # None or the pixels it generates
   def eval_batch(self, config, source) -> dict: ...      # {'cond': ..., 'target': ...}
   def constraint(self, config, cond, schedule): ...      # (post_step_fn, finish)
   def chain_clip(self, config, clip): ...                # sampling.clip_x0 in the chain's units
-  def evaluate(self, config, batch, prediction, step, workdir) -> dict: ...
+  # The evaluation's figures and scalars of the prediction of `eval_batch`.
+  def eval_scores(self, config, batch, prediction, step, workdir) -> dict: ...
+
+
+def in_channels(config, inputs):
+  """The network's input channels: x_t first (an objective with a noisy input), then the
+  condition channels the inputs name."""
+  return int(objective_of(config).noisy_input) + len(tuple(inputs.channel_names(config)))
+
+
+def with_in_channels(config, inputs):
+  """`config` with `model.in_channels` set to `in_channels` (in place): what the run's stored
+  config rebuilds the network from (`trained_models`); also for a fresh network of a config
+  outside training (benchmarks, tests)."""
+  with config.model.unlocked():
+    config.model.in_channels = in_channels(config, inputs)
+  return config
 
 
 def check_config(config, inputs):
@@ -165,11 +184,12 @@ def check_config(config, inputs):
   slice_context.check(config.data.get("context", 0), None)
   inputs.check_config(config)
   names = tuple(inputs.channel_names(config))
-  expected = int(objective.noisy_input) + len(names)
-  if config.model.in_channels != expected:
-    raise InputError("model.in_channels", f"is {config.model.in_channels}, but "
+  expected = in_channels(config, inputs)
+  given = config.model.get("in_channels")
+  if given is not None and given != expected:  # a stored config of an earlier run holds it
+    raise InputError("model.in_channels", f"is {given}, but "
                      f"{'x_t plus ' if objective.noisy_input else ''}the channels {names} "
-                     f"make {expected}")
+                     f"make {expected} (leave it out: the task derives it)")
   sampling_config.check(config.sampling)
   if config.train.eval_every and config.train.num_sample_images % jax.device_count():
     raise InputError("train.num_sample_images", f"{config.train.num_sample_images} is not "
@@ -188,7 +208,7 @@ class SliceTask:
 
   def __init__(self, config, workdir, inputs):
     check_config(config, inputs)
-    self.config, self.inputs = config, inputs
+    self.config, self.inputs = with_in_channels(config, inputs), inputs
     self.objective = objective_of(config)
     self.sources = inputs.sources(config, workdir)
     d = config.diffusion
@@ -207,7 +227,7 @@ class SliceTask:
     return None
 
   def train_iterator(self, batch_size_per_process):
-    return self.inputs.train_iterator(self.config, self.sources["train"], batch_size_per_process)
+    return self.inputs.train_batches(self.config, self.sources["train"], batch_size_per_process)
 
   def loss(self, model, batch, key, frozen):
     return self.objective.loss(self, model, batch, key), {}
@@ -222,7 +242,7 @@ class SliceTask:
     prediction = multihost_utils.process_allgather(self._predict(params, cond, key), tiled=True)
     if jax.process_index():
       return {}
-    return self.inputs.evaluate(self.config, batch, prediction, step, workdir)
+    return self.inputs.eval_scores(self.config, batch, prediction, step, workdir)
 
 
 def train(config, workdir, inputs, *, stop_at_step=None):

@@ -15,8 +15,8 @@ from flax import nnx
 
 from sciimg_jax.core import checkpoint
 from sciimg_jax.core import models
+from sciimg_jax.core import precision
 from sciimg_jax.core import sharding
-from sciimg_jax.core import trainer
 from sciimg_jax.core.errors import InputError
 
 
@@ -33,7 +33,7 @@ def restore(config, mesh, checkpointer=None, step=None, create=None):
   """The network of `config.model` (built by `create(rngs, dtype)` if given) with the EMA
   parameters of `checkpointer`'s latest checkpoint (or `step`), or fresh ones."""
   rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
-  dtype = trainer.compute_dtype(config)
+  dtype = precision.compute_dtype(config)
   module = (create(rngs, dtype) if create is not None
             else models.create_model(config.model, dtype=dtype, rngs=rngs))
   net, params = models.Network.split(module)

@@ -48,6 +48,7 @@ from sciimg_jax.core import checkpoint
 from sciimg_jax.core import interrupts
 from sciimg_jax.core import memory
 from sciimg_jax.core import metric_writers
+from sciimg_jax.core import precision
 from sciimg_jax.core import sharding
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.core.models import Network
@@ -104,16 +105,6 @@ def make_optimizer(optim, num_steps):
   return tx, lr
 
 
-def compute_dtype(config):
-  """The network's compute dtype; 'auto' is bfloat16 on GPU/TPU and float32 on CPU."""
-  name = config.train.compute_dtype
-  if name == "auto":
-    name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  if name not in ("float32", "bfloat16", "float16"):
-    raise InputError("train.compute_dtype", f"unknown dtype {name!r}")
-  return jnp.dtype(name)
-
-
 def check_steps(train):
   """Stops on a step count that is not a positive whole number, or a negative interval, before
   any work (`train.num_steps=-5` used to end with rc 0, an empty metrics.jsonl and no
@@ -140,13 +131,13 @@ def check_config(config):
     raise InputError("optim.accumulate_steps", f"{k} micro-batches of data.batch_size="
                      f"{config.data.batch_size} do not split evenly over the "
                      f"{jax.device_count()} devices (each device needs a multiple of {k})")
-  compute_dtype(config)
+  precision.compute_dtype(config)
 
 
 def create_train_state(task, config, mesh):
   """Builds the task's network and a replicated TrainState. Returns (net, state, tx, lr)."""
   module = task.create_model(nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-                             compute_dtype(config))
+                             precision.compute_dtype(config))
   net, params = Network.split(module)
   tx, lr = make_optimizer(config.optim, config.train.num_steps)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,

@@ -67,7 +67,7 @@ class VolumeSlices:
     return {name: volume_cases.SliceSource(cases, config.data, config.data.axis)
             for name, cases in prepared_splits(config, workdir).items()}
 
-  def train_iterator(self, config, source, batch_size):
+  def train_batches(self, config, source, batch_size):
     return volume_cases.train_iterator(source, seed=config.seed, batch_size=batch_size,
                                        num_workers=config.data.num_workers)
 
@@ -88,7 +88,7 @@ class VolumeSlices:
   def chain_clip(self, config, clip):
     return clip
 
-  def evaluate(self, config, batch, prediction, step, workdir):
+  def eval_scores(self, config, batch, prediction, step, workdir):
     cond, target = batch["cond"], batch["target"]
     path = pathlib.Path(workdir) / "samples" / f"step_{step:07d}.png"
     image, truth = to_image(config, prediction, cond), to_image(config, target, cond)

@@ -27,7 +27,6 @@ import pathlib
 import tqdm
 
 from data_pipelines import sources as data_sources
-from data_pipelines import volume_cases
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import reports
 from sciimg_jax.core.errors import InputError
@@ -46,7 +45,6 @@ def _copy(config):
 def direction_config(config, axis):
   c = _copy(config)
   c.data.axis = axis
-  c.model.in_channels = 1 + len(volume_cases.slice_channel_names(c.data))  # x_t, conditions
   return c
 
 
@@ -66,7 +64,6 @@ def volume_config(config):
   s = config.study
   c = _copy(config)
   c.model = _copy(s.fusion_model)
-  c.model.in_channels = 1 + len(volume_cases.channel_names(c.data))
   c.model.out_channels = 1
   c.data.context = 0
   c.train.num_steps = s.volume_steps
@@ -77,7 +74,6 @@ def volume_config(config):
 def regressor_config(config):
   c = _copy(config)
   c.train.objective = "regression"
-  c.model.in_channels = len(volume_cases.slice_channel_names(c.data))  # 2.5D as the members
   return c
 
 
@@ -86,7 +82,6 @@ def segmenter_config(config):
   c.train.objective = "segmentation"
   c.data.target, c.data.conditions, c.data.residual = "mask-unhealthy", ("t2f",), False
   c.data.context = 0  # one segmenter for every study, whatever its members see
-  c.model.in_channels = len(volume_cases.channel_names(c.data))
   c.train.num_steps = config.study.segmenter_steps
   return c
 

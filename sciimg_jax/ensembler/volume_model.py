@@ -47,7 +47,7 @@ class VolumeCrops(slice_inputs.VolumeSlices):
     return {name: volume_cases.CropSource(cases, config.data)
             for name, cases in slice_inputs.prepared_splits(config, workdir).items()}
 
-  def train_iterator(self, config, source, batch_size):
+  def train_batches(self, config, source, batch_size):
     crop = volume_cases.RandomCrop(source, config.fusion.crop_size)
     return volume_cases.train_iterator(source, seed=config.seed, batch_size=batch_size,
                                        operations=[crop], num_workers=config.data.num_workers)
@@ -57,7 +57,7 @@ class VolumeCrops(slice_inputs.VolumeSlices):
                                         config.train.num_sample_images, config.seed)
     return {k: np.stack([e[k] for e in items]) for k in items[0]}
 
-  def evaluate(self, config, batch, prediction, step, workdir):
+  def eval_scores(self, config, batch, prediction, step, workdir):
     cond, target = batch["cond"], batch["target"]
     image = slice_inputs.to_image(config, prediction, cond)
     truth = slice_inputs.to_image(config, target, cond)

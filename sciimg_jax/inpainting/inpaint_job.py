@@ -44,7 +44,6 @@ import time
 import jax
 import numpy as np
 import scipy.ndimage as ndi
-import tqdm
 from absl import logging
 
 from data_pipelines import brats_layout
@@ -237,16 +236,6 @@ def inpaint_one(config, inpainter, name, voided_path, mask_path, truth_path, out
   return status, seconds
 
 
-def interrupted(summary, num_cases):
-  """True (and noted in the summary) once Ctrl-C asked the job to stop."""
-  try:
-    interrupts.check()
-  except interrupts.Interrupted:
-    summary["interrupted"] = f"after {len(summary['done']) + len(summary['failed'])} of {num_cases}"
-    return True
-  return False
-
-
 def record_failure(summary, out_dir, name, error):
   """Lists a failed case and removes its older outputs, which would look current. The
   failure is printed once, in the summary at the end (as the other jobs over a folder do)."""
@@ -312,33 +301,32 @@ def inpaint_cases(config, workdir, inpainter):
   if index == 0:
     for name, problem in incomplete.items():
       record_failure(summary, out_dir, name, problem)
-  base_key = jax.random.key(config.seed)
   mine = distributed.process_share(cases, key=lambda case: case[0])
-  bar = tqdm.tqdm(mine, desc="inpaint", unit="case",
-                  disable=not config.inpaint.get("progress_bar", True))
-  for name, voided, mask, truth in bar:
-    if interrupted(summary, len(mine)):
-      break
-    try:
-      status, seconds = inpaint_one(config, inpainter, name, voided, mask, truth, out_dir,
-                           reports.case_key(base_key, name))
-    except InputError as e:
-      status, error = "failed", str(e)
-    if status == "failed":
-      record_failure(summary, out_dir, name, error)
-    else:
-      summary["done"][name] = seconds
-      if status == "copied":
-        summary["copied_through"].append(name)
-    if count == 1:
-      atomic_files.write_json(out_dir / "timings.json", summary["done"])
-    atomic_files.write_json(record, summary)
-
-  if interrupted(summary, len(mine)):  # Ctrl-C during the loop, the last case included
+  try:
+    for (name, voided, mask, truth), key in reports.each_case(
+        mine, desc="inpaint", progress=config.inpaint.get("progress_bar", True),
+        base_key=jax.random.key(config.seed), name=lambda case: case[0]):
+      try:
+        status, seconds = inpaint_one(config, inpainter, name, voided, mask, truth, out_dir, key)
+      except InputError as e:
+        status, error = "failed", str(e)
+      if status == "failed":
+        record_failure(summary, out_dir, name, error)
+      else:
+        summary["done"][name] = seconds
+        if status == "copied":
+          summary["copied_through"].append(name)
+      if count == 1:
+        atomic_files.write_json(out_dir / "timings.json", summary["done"])
+      atomic_files.write_json(record, summary)
+    interrupts.check()  # a Ctrl-C during the last case
+  except interrupts.Interrupted:
+    summary["interrupted"] = (f"after {len(summary['done']) + len(summary['failed'])} "
+                              f"of {len(mine)}")
     atomic_files.write_json(record, summary)
     raise interrupts.Interrupted(
         f"{len(summary['done'])} finished cases kept in {out_dir}; the others were not started "
-        f"(see {record})")
+        f"(see {record})") from None
   if count > 1:
     summary = merge_summaries(distributed.gather(summary), [case[0] for case in cases])
     record.unlink(missing_ok=True)

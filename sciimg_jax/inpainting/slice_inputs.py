@@ -31,6 +31,7 @@ from sciimg_jax.core import figures
 from sciimg_jax.core import slice_context
 from sciimg_jax.core import slice_task
 from sciimg_jax.core.errors import InputError
+from sciimg_jax.inpainting import chain_space
 from sciimg_jax.inpainting import classical
 from sciimg_jax.inpainting import known_region
 from sciimg_jax.inpainting import training_volumes
@@ -81,8 +82,8 @@ def prior_of(config, cond):
 
 def to_image(config, x, cond):
   """A prediction or target in the image space: s x + prior with `data.residual`, else x."""
-  return (training_volumes.from_residual(x, prior_of(config, cond),
-                                         training_volumes.residual_scale(config.data))
+  return (chain_space.from_residual(x, prior_of(config, cond),
+                                    chain_space.residual_scale(config.data))
           if config.data.get("residual") else x)
 
 
@@ -92,7 +93,7 @@ class _TfdsSlices:
   def sources(self, config, splits, cache):
     return input_pipeline.slice_sources(config.data, splits, cache)
 
-  def train_iterator(self, config, source, batch_size):
+  def train_batches(self, config, source, batch_size):
     return input_pipeline.make_train_iterator(config.data, source, seed=config.seed,
                                               batch_size_per_process=batch_size)
 
@@ -106,7 +107,7 @@ class _VolumeSlabs:
   def sources(self, config, splits, cache):
     return training_volumes.sources(config.data, splits, cache)
 
-  def train_iterator(self, config, source, batch_size):
+  def train_batches(self, config, source, batch_size):
     return training_volumes.train_iterator(config.data, source, seed=config.seed,
                                            batch_size=batch_size)
 
@@ -129,7 +130,7 @@ def check_data_config(data):
     raise InputError("data.prior", f"unknown fill {prior!r}; known: {', '.join(classical.FILLS)}")
   if residual and not prior:
     raise InputError("data.residual", "a residual target (target - prior) / s needs data.prior")
-  if not training_volumes.residual_scale(data) > 0:
+  if not chain_space.residual_scale(data) > 0:
     raise InputError("data.residual_scale", f"must be > 0, got {data.residual_scale!r}")
   families = mask_families.check_families(mask_families.of(data.random_masks))
   if source == "slices":
@@ -176,7 +177,7 @@ class InpaintingSlices:
                          f"{tuple(config.data.conditions)}")
 
   def channel_names(self, config):
-    return training_volumes.channel_names(config.data)
+    return chain_space.channel_names(config.data)
 
   def source(self, config):
     return SOURCES[config.data.get("source", "slices")]
@@ -187,8 +188,8 @@ class InpaintingSlices:
     return self.source(config).sources(config, splits,
                                        data_sources.cache_dir(config.data, workdir))
 
-  def train_iterator(self, config, source, batch_size):
-    return self.source(config).train_iterator(config, source, batch_size)
+  def train_batches(self, config, source, batch_size):
+    return self.source(config).train_batches(config, source, batch_size)
 
   def loss_weights(self, config, batch):
     """Unknown (mask) pixels weigh `train.loss_weight_in_mask` x the others, and the
@@ -214,15 +215,15 @@ class InpaintingSlices:
     known, mask = known_and_mask(config.data.conditions, cond)
     chain_known = known
     if config.data.get("residual"):
-      chain_known = training_volumes.to_residual(  # 0 outside the mask
-          known, prior_of(config, cond), training_volumes.residual_scale(config.data))
+      chain_known = chain_space.to_residual(  # 0 outside the mask
+          known, prior_of(config, cond), chain_space.residual_scale(config.data))
     finish = lambda x0: mask * to_image(config, x0, cond) + (1.0 - mask) * known
     return known_region.known_region_replacement(schedule, chain_known, mask), finish
 
   def chain_clip(self, config, clip):
-    return training_volumes.chain_clip(config.data, clip)
+    return chain_space.chain_clip(config.data, clip)
 
-  def evaluate(self, config, batch, prediction, step, workdir):
+  def eval_scores(self, config, batch, prediction, step, workdir):
     """Saves the figure and returns the error inside the mask."""
     voided, mask = known_and_mask(config.data.conditions, batch["cond"])
     target = to_image(config, batch["target"], batch["cond"])

@@ -16,6 +16,9 @@ instead of the TFDS slice dataset, which is what these options need:
                       lies in [-1, 1]; smaller s puts its fine detail above more of the
                       chain's noise levels, `chain_clip` widens the x0 clip to match).
 
+What these channels and the residual mean (their names, the prior's fill, the residual
+space) is `chain_space`'s, which inference reads too.
+
 Each case is prepared once,
 
     <cache_dir>/inpainting-volumes-<fingerprint>/<split>/<case>.npy   (X, Y, Z, 5) float32
@@ -53,6 +56,7 @@ from sciimg_jax.core import intensity
 from sciimg_jax.core import slice_context
 from sciimg_jax.core import volumes as vol
 from sciimg_jax.core.errors import InputError
+from sciimg_jax.inpainting import chain_space
 from sciimg_jax.inpainting import classical
 
 _FORMAT_VERSION = 2
@@ -60,54 +64,6 @@ KEYS = ("t1n", "t1n-voided", "mask")
 TARGET, VOIDED, MASK, PRIOR, UNSCORED = range(5)
 FILLS = (-1.0, -1.0, 0.0, -1.0)        # background of each prepared image channel
 CONDITION_CHANNELS = {"t1n-voided": VOIDED, "mask": MASK}
-CONTEXT_FILLS = {"t1n-voided": -1.0, "mask": 0.0}  # the channels a 2.5D model sees around it
-PRIOR_CHANNEL = "prior"
-
-
-def residual_scale(data):
-  """s of the residual target (image - prior) / s: `data.residual_scale`, 2 if unset."""
-  return float(data.get("residual_scale", 2.0))
-
-
-def to_residual(image, prior, scale=2.0):
-  """The residual target of `data.residual`: (image - prior) / scale."""
-  return (image - prior) / scale
-
-
-def from_residual(x, prior, scale=2.0):
-  """The image of a residual `x`: scale x + prior (the inverse of `to_residual`)."""
-  return scale * x + prior
-
-
-def chain_clip(data, clip):
-  """The x0 clip of a walk on this model's chain: `clip` (`sampling.clip_x0`, None = none) bounds
-  a chain in [-1, 1]; a residual (image - prior) / s of images in [-1, 1] lies in
-  [-2 / s, 2 / s], so the bound grows by 2 / s (unchanged for s = 2)."""
-  if clip is None or not data.get("residual"):
-    return clip
-  return clip * 2.0 / residual_scale(data)
-
-
-def channel_names(data):
-  """The condition channels of a slice model of `data`: its conditions, the prior, context."""
-  names = tuple(data.conditions)
-  if data.get("prior"):
-    names += (PRIOR_CHANNEL,)
-  return names + slice_context.names(tuple(CONTEXT_FILLS), int(data.get("context", 0)))
-
-
-def prior_volume(voided, mask, data, where="mask"):
-  """The classical prior of a normalised volume: the `data.prior` fill inside the mask (one
-  box per component, grown by `data.prior_margin`), `voided` elsewhere; `voided` without."""
-  voided = np.asarray(voided, np.float32)
-  if not data.get("prior") or not np.any(mask):
-    return voided
-  try:
-    filled = classical.fill_components(voided, mask, classical.FILLS[data.prior],
-                                       int(data.prior_margin))
-  except InputError as e:
-    raise InputError(where, f"the {data.prior} prior cannot be computed: {e.problem}") from e
-  return np.where(mask > 0, filled, voided).astype(np.float32)
 
 
 def prepare_case(case_dir, data):
@@ -119,7 +75,8 @@ def prepare_case(case_dir, data):
   mask = (case.volumes["mask"] > 0).astype(np.float32)
   voided = intensity.normalize(case.volumes["t1n-voided"], lo, hi)
   target = intensity.normalize(case.volumes["t1n"], lo, hi)
-  prior = prior_volume(voided, mask, data, where=brats_layout.case_file(case_dir, "mask"))
+  prior = chain_space.prior_volume(voided, mask, data,
+                                   where=brats_layout.case_file(case_dir, "mask"))
   unscored = (case.volumes[exclude] > 0) if exclude in case.volumes else np.zeros_like(mask)
   array = np.stack([target, voided, mask, prior, unscored], axis=-1).astype(np.float32)
   return array, {"case": case.name, "lo": float(lo), "hi": float(hi)}
@@ -149,7 +106,7 @@ class SlabSource(grain.sources.RandomAccessDataSource):
     self.cases, self.data = cases, data
     self.axis = vol.AXES[data.axis]
     self.context = int(data.get("context", 0))
-    self.names = channel_names(data)
+    self.names = chain_space.channel_names(data)
     other = tuple(a for a in range(3) if a != self.axis)
     self.index = []
     for i, c in enumerate(cases):
@@ -228,14 +185,15 @@ class SlabSource(grain.sources.RandomAccessDataSource):
       fills.append(FILLS[PRIOR])
     if self.context:
       parts.append(slice_context.at_slice(moved, k, self.context, [VOIDED, MASK],
-                                          list(CONTEXT_FILLS.values())))
-      fills += list(CONTEXT_FILLS.values()) * (2 * self.context)
+                                          list(chain_space.CONTEXT_FILLS.values())))
+      fills += list(chain_space.CONTEXT_FILLS.values()) * (2 * self.context)
     size = tuple(self.data.image_size)
     cond = vol.center_pad_crop(np.concatenate(parts, -1), size, np.asarray(fills, np.float32))
     target = vol.center_pad_crop(here[..., TARGET:TARGET + 1], size, -1.0)
     if self.data.get("residual"):
       p = len(own)  # the prior channel
-      target = to_residual(target, cond[..., p:p + 1], residual_scale(self.data))
+      target = chain_space.to_residual(target, cond[..., p:p + 1],
+                                       chain_space.residual_scale(self.data))
     dropout = float(self.data.get("prior_dropout", 0.0))
     if rng is not None and dropout and rng.uniform() < dropout:
       # classifier-free style: the prior channel shows what it shows without a prior (the

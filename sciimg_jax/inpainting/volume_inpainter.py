@@ -53,13 +53,13 @@ from sciimg_jax.core.diffusion import slice_models
 from sciimg_jax.core.diffusion import volume_sampler
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.inpainting import adaptive_resampling
+from sciimg_jax.inpainting import chain_space
 from sciimg_jax.inpainting import classical
 from sciimg_jax.inpainting import known_region
-from sciimg_jax.inpainting import training_volumes
 from sciimg_jax.inpainting.known_region import CONDITIONS
 
 MODELS = ("axial", "coronal")
-CHAIN_CHANNELS = CONDITIONS + (training_volumes.PRIOR_CHANNEL,)  # known, mask, prior
+CHAIN_CHANNELS = CONDITIONS + (chain_space.PRIOR_CHANNEL,)  # known, mask, prior
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +134,8 @@ def as_slice_model(trained, name):
   check_conditions(trained.config, name)
   data = trained.config.data
   return slice_models.from_trained(trained, CHAIN_CHANNELS, name=name,
-                                   own_channels=training_volumes.channel_names(data),
-                                   context_fills=training_volumes.CONTEXT_FILLS)
+                                   own_channels=chain_space.channel_names(data),
+                                   context_fills=chain_space.CONTEXT_FILLS)
 
 
 def prior_settings(models):
@@ -145,7 +145,7 @@ def prior_settings(models):
   Stops when the models disagree on the residual or the fill."""
   datas = [m.config.data for m in models]
   residual = {m.name: (bool(d.get("residual")),
-                      training_volumes.residual_scale(d) if d.get("residual") else None)
+                      chain_space.residual_scale(d) if d.get("residual") else None)
               for m, d in zip(models, datas)}
   if len(set(residual.values())) > 1:
     raise InputError("pipeline", f"the models disagree on (data.residual, data.residual_scale) "
@@ -229,7 +229,7 @@ class VolumeInpainter:
 
   def chain_clip(self, clip):
     """`sampling.clip_x0` in the chain's units (a residual chain's range is wider)."""
-    return training_volumes.chain_clip(self.residual, clip) if self.residual is not None else clip
+    return chain_space.chain_clip(self.residual, clip) if self.residual is not None else clip
 
   @property
   def mesh(self):
@@ -240,8 +240,8 @@ class VolumeInpainter:
     known, mask, prior = case["known"], case["mask"], case["prior"]
     cond = jnp.stack([known, mask, prior], axis=-1)  # the channels of CHAIN_CHANNELS
     if self.residual is not None:
-      known = training_volumes.to_residual(  # 0 outside the mask
-          known, prior, training_volumes.residual_scale(self.residual))
+      known = chain_space.to_residual(  # 0 outside the mask
+          known, prior, chain_space.residual_scale(self.residual))
     x = None
     for n, (stage, schedule, start) in enumerate(zip(self.stages, self.schedules, self.starts)):
       stage_key = jax.random.fold_in(key, n)
@@ -264,7 +264,7 @@ class VolumeInpainter:
           stepper=stage.walk.stepper, eta=stage.walk.eta, eta_band=stage.walk.eta_band, start_index=start,
           clip_x0=self.chain_clip(stage.walk.clip), resampling=resampling,
           post_step_fn=known_region.known_region_replacement(schedule, known, mask))
-    image = (training_volumes.from_residual(x, prior, training_volumes.residual_scale(self.residual))
+    image = (chain_space.from_residual(x, prior, chain_space.residual_scale(self.residual))
              if self.residual is not None else x)
     return mask * image + (1.0 - mask) * case["known"]
 
@@ -272,7 +272,7 @@ class VolumeInpainter:
     """Host-side, per case: slices to evaluate and mask regions."""
     p = self.config.pipeline
     case = {"known": np.asarray(voided, np.float32), "mask": np.asarray(mask > 0, np.float32)}
-    case["prior"] = (training_volumes.prior_volume(case["known"], case["mask"], self.prior)
+    case["prior"] = (chain_space.prior_volume(case["known"], case["mask"], self.prior)
                      if self.prior is not None else case["known"])
     if p.slice_restriction:
       case["slices"] = self.sampler.restricted_slices(mask, p.mask_dilation)

@@ -36,6 +36,7 @@ from data_pipelines import sources as data_sources
 from data_pipelines import synthetic_ir
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import models
+from sciimg_jax.core import precision
 from sciimg_jax.core import trainer
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ir import classifiers  # noqa: F401  (registers the classifiers)
@@ -245,7 +246,7 @@ def train_task(task, config, workdir, *, stop_at_step=None, **extra):
   """Trains `task` with the shared trainer, evaluates the EMA parameters once more and writes
   `final_metrics.json` (with the `extra` entries). Returns those metrics."""
   state = trainer.train(task, config, workdir, stop_at_step=stop_at_step)
-  net, _ = models.Network.split(task.create_model(nnx.Rngs(0), trainer.compute_dtype(config)))
+  net, _ = models.Network.split(task.create_model(nnx.Rngs(0), precision.compute_dtype(config)))
   result = dict(step=int(state.step), **extra, model=config.model.name,
                 **task.evaluate(net, state.ema_params, None, int(state.step), None, workdir))
   atomic_files.write_json(pathlib.Path(workdir) / "final_metrics.json", result)

@@ -25,8 +25,8 @@ from sciimg_jax.core import atomic_files
 from sciimg_jax.core import checkpoint
 from sciimg_jax.core import figures
 from sciimg_jax.core import models
+from sciimg_jax.core import precision
 from sciimg_jax.core import sharding
-from sciimg_jax.core import trainer
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.ir import classifier_task
 from sciimg_jax.ir import diagnostics
@@ -48,7 +48,8 @@ def load_run(run_dir):
     if config.get("job") != "ir_train":
       raise InputError(run_dir, f"holds a {config.get('job')!r} run, not a classifier (ir_train)")
     task = classifier_task.PatchClassifierTask(config, run_dir)
-    net, params = models.Network.split(task.create_model(nnx.Rngs(0), trainer.compute_dtype(config)))
+    net, params = models.Network.split(
+        task.create_model(nnx.Rngs(0), precision.compute_dtype(config)))
     params = ckpt.restore_ema(checkpoint.abstract_like(params,
                                                        sharding.replicated(sharding.make_mesh())))
   finally:
