@@ -26,7 +26,7 @@ Variants change one lever of the slice models at a time (docs/inpainting.md, "Le
   realism   the compared rows of the realism levers: mean of 4 and one sample of each model
   tpdm      sampling: stage 2 alternates the axial and coronal models (`pipeline.refiner`)
   band      sampling: fresh noise (eta 1) at the steps whose noise level lies in
-            [0.02, 1.0] (`sampling.eta_band`), where the residual's detail (sigma_data
+            [0.05, 1.0] (`sampling.eta_band`), where the residual's detail (sigma_data
             0.22) is made; deterministic above and below
   families  training holes drawn from the lesion, ellipsoid and blob families
             (`data.random_masks.families`); the study's unseen family, box, stays out
@@ -91,7 +91,7 @@ LEVERS = {
                     for name in ("axial", "coronal")}},
     "priordrop": slice_levers(prior="biharmonic", prior_dropout=0.3),
     "tpdm": {"pipeline.refiner": "tpdm"},
-    "band": {"sampling.eta": 1.0, "sampling.eta_band": (0.02, 1.0)},
+    "band": {"sampling.eta": 1.0, "sampling.eta_band": (0.05, 1.0)},
     "realism": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/none/mean4")},
     "short": {"compare": ("biharmonic/none", "axial/none/mean4", "hierarchical/none/mean4",
                           "hierarchical/fixed")},
