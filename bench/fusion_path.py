@@ -2,8 +2,8 @@
 
   python bench/fusion_path.py --workdir=runs/ens_sr [--cases=2] [--steps=25 --stepper=ddim --eta=0]
 
-For every held-out subject of the study `--workdir` (its 2D members and `fusion/`, found as
-`study.run_study` finds them, `study.reuse_from` included) the 'average' and the 'fused'
+For every held-out subject of the study `--workdir` (its 2D members and `fusion/`, found by
+`study.run_dir`, `study.reuse_from` included) the 'average' and the 'fused'
 walks run as the evaluation job runs them: the same respaced chain, stepper, eta, clipping,
 data consistency and keys (sample 0 of `fold_in(key(seed), crc32(case))`), here as a Python
 loop of one jitted step. At every visited index i both denoisers give their x0 (clipped as
@@ -37,6 +37,7 @@ from sciimg_jax.ensembler import consistency
 from sciimg_jax.ensembler import evaluate_job
 from sciimg_jax.ensembler import fusion as fusion_lib
 from sciimg_jax.ensembler import members as members_lib
+from sciimg_jax.ensembler import study
 from sciimg_jax.ensembler import translator as translator_lib
 
 METHODS = ("average", "fused")
@@ -49,11 +50,9 @@ def load(workdir, args):
   for key in ("steps", "stepper", "eta"):
     if getattr(args, key) is not None:
       config.sampling[key] = getattr(args, key)
-  s = config.study
-  place = lambda name: str(pathlib.Path(s.reuse_from) / name if s.get("reuse_from")
-                           and name in s.reuse else workdir / name)
+  place = lambda name: str(study.run_dir(config, workdir, name))
   mesh = sharding.local_mesh()
-  members = members_lib.load_members([place(a) for a in s.directions], config.data,
+  members = members_lib.load_members([place(a) for a in config.study.directions], config.data,
                                      config.diffusion, mesh)
   fusion = fusion_lib.load_fusion(place("fusion"), members, config.data, mesh)
   return config, translator_lib.VolumeTranslator(config, members, fusion, mesh)

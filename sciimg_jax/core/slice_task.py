@@ -103,7 +103,7 @@ def _diffusion_predictor(config, net, inputs):
     post_step, finish = inputs.constraint(config, cond, schedule)
     model_fn = lambda x, t: net(params, jnp.concatenate([x, cond], -1), t).astype(jnp.float32)
     x0 = sampler.sample(model_fn, schedule, x_init, jax.random.fold_in(key, 1),
-                        parameterization=d.parameterization, stepper=walk.stepper, eta=walk.eta, eta_band=walk.eta_band,
+                        parameterization=d.parameterization, **walk.step_args,
                         clip_x0=inputs.chain_clip(config, walk.clip), post_step_fn=post_step)
     return finish(x0)
   return predict

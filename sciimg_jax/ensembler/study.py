@@ -113,6 +113,18 @@ def train(train_fn, config, workdir, what, reused=False):
   train_fn(config, workdir)
 
 
+def is_reused(config, name):
+  """True if the study's run `name` is taken from `study.reuse_from` (not trained here)."""
+  s = config.study
+  return bool(s.get("reuse_from")) and name in s.reuse
+
+
+def run_dir(config, workdir, name):
+  """Where the study's run `name` lives: under `study.reuse_from` if reused, else `workdir`."""
+  root = config.study.reuse_from if is_reused(config, name) else workdir
+  return pathlib.Path(root) / name
+
+
 def run_study(config, workdir):
   workdir = pathlib.Path(workdir)
   config = _copy(config)
@@ -120,8 +132,8 @@ def run_study(config, workdir):
   config.data.cache_dir = str(data_sources.cache_dir(config.data, workdir))
   atomic_files.write_json(workdir / "config.json", config.to_dict())
   s = config.study
-  reused = lambda name: bool(s.get("reuse_from")) and name in s.reuse
-  place = lambda name: pathlib.Path(s.reuse_from) / name if reused(name) else workdir / name
+  reused = lambda name: is_reused(config, name)
+  place = lambda name: run_dir(config, workdir, name)
   member_dirs = []
   for axis in s.directions:
     member_dirs.append(place(axis))

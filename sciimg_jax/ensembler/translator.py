@@ -131,7 +131,7 @@ class VolumeTranslator:
         post = consistency.low_pass_replacement(self.chain, self.low_resolution(cond),
                                                 self.pool[1])
       x = sampler.sample(self.denoiser(method, params, cond), self.chain, x_init, key,
-                         parameterization="eps", stepper=self.walk.stepper, eta=self.walk.eta, eta_band=self.walk.eta_band,
+                         parameterization="eps", **self.walk.step_args,
                          clip_x0=self.walk.clip, post_step_fn=post)
       return to_image(self.data, x, cond)
     return sample

@@ -261,7 +261,7 @@ class VolumeInpainter:
                                        case.get("slices"))
       x = sampler.sample(
           denoiser, schedule, x_init, stage_key, parameterization=self.parameterization,
-          stepper=stage.walk.stepper, eta=stage.walk.eta, eta_band=stage.walk.eta_band, start_index=start,
+          **stage.walk.step_args, start_index=start,
           clip_x0=self.chain_clip(stage.walk.clip), resampling=resampling,
           post_step_fn=known_region.known_region_replacement(schedule, known, mask))
     image = (chain_space.from_residual(x, prior, chain_space.residual_scale(self.residual))

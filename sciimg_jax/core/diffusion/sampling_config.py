@@ -41,6 +41,11 @@ class Walk:
     """`sampler.sample`'s clip_x0 argument: None for no clipping."""
     return self.clip_x0 or None
 
+  @property
+  def step_args(self):
+    """`sampler.sample`'s arguments of how each step is taken: stepper, eta, eta_band."""
+    return {"stepper": self.stepper, "eta": self.eta, "eta_band": self.eta_band}
+
 
 def _check_walk(s, where):
   def check(key, ok, problem):
