@@ -334,19 +334,25 @@ class CropSource(grain.sources.RandomAccessDataSource):
 
 class RandomCrop(grain.transforms.RandomMap):
   """A uniformly placed `crop` of the case (grain seeds `rng` per record: resumable); an
-  empty `crop`, (), gives the whole volume."""
+  empty `crop`, (), gives the whole volume. With `align` = f > 1 the crop starts on the
+  grid of f-voxel blocks (its size a multiple of f), so its f^3 blocks are the volume's."""
 
-  def __init__(self, source, crop, key="fusion.crop_size"):
+  def __init__(self, source, crop, key="fusion.crop_size", align=1):
     shape = tuple(source.data.volume_shape)
     self.source, self.crop = source, tuple(int(c) for c in crop) or shape
-    self.position = vol.position_embedding(shape)
+    self.position, self.align = vol.position_embedding(shape), int(align)
     if len(self.crop) != 3 or any(c > n or c < 1 for c, n in zip(self.crop, shape)):
       raise InputError(key, f"{tuple(crop)} does not fit the volumes {shape} (give 3 sizes, "
                        "or () for whole volumes)")
+    if any(c % self.align for c in self.crop):
+      raise InputError(key, f"{self.crop} must be a multiple of {self.align} along every "
+                       "axis (crops on the low-resolution blocks)")
 
   def random_map(self, element, rng):
     array = self.source.cases[element["case"]].array
-    start = [int(rng.integers(0, n - c + 1)) for n, c in zip(array.shape[:3], self.crop)]
+    a = self.align
+    start = [a * int(rng.integers(0, (n - c) // a + 1)) for n, c in zip(array.shape[:3],
+                                                                       self.crop)]
     box = tuple(slice(s, s + c) for s, c in zip(start, self.crop))
     return example(self.source.data, np.asarray(array[box]), self.position[box])
 

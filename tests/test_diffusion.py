@@ -371,6 +371,29 @@ def test_multistep_stepper_refuses_repaint_loops():
                    resampling=sampler.Resampling(jump_length=1, max_loops=1))
 
 
+@pytest.mark.parametrize("stepper,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpm++2m", 0.0)])
+def test_a_walk_stopped_part_way_and_resumed_is_the_whole_walk(stepper, eta):
+  """stop_index=k returns x at index k - 1; walking on from there (start_index=k - 1) gives
+  the whole walk's sample. A multistep stepper restarts first order there, so for it the
+  test asserts only the stopped part: equal for a traced and a static stop_index."""
+  s = schedules.respace(schedules.make_schedule("linear", 1000), 8)
+  x_init = jax.random.normal(jax.random.key(3), (2, 4, 4, 1))
+  model_fn = lambda x, t: 0.5 * x + 0.01 * t[:, None, None, None]
+  walk = lambda x, **kw: sampler.sample(model_fn, s, x, KEY, stepper=stepper, eta=eta, **kw)
+  whole = jax.jit(walk)(x_init)
+  stop = jax.jit(lambda x, k: walk(x, stop_index=k))
+  part = stop(x_init, 3)
+  np.testing.assert_array_equal(part, jax.jit(lambda x: walk(x, stop_index=3))(x_init))
+  assert not np.allclose(part, whole) and not np.allclose(part, x_init)
+  np.testing.assert_array_equal(stop(x_init, 8), x_init)   # no step taken
+  if stepper not in steppers.MULTISTEP:
+    resumed = jax.jit(lambda x: walk(x, start_index=2))(part)
+    np.testing.assert_array_equal(resumed, whole)   # the same keys, steps and order
+  with pytest.raises(ValueError, match="stop_index=0"):
+    sampler.sample(model_fn, s, x_init, KEY, stop_index=2,
+                   resampling=sampler.Resampling(jump_length=1, max_loops=1))
+
+
 def test_ddim_recovers_x0_from_partial_start():
   full = schedules.make_schedule("cosine", 1000)
   s = schedules.respace(full, 25)

@@ -114,6 +114,7 @@ def _loss_task(loss_on, min_snr_gamma=0.0):
       schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02)))
   eps = [jax.random.normal(jax.random.key(i), (3, 8, 8, 8)) for i in range(2)]
   task.member_eps = lambda frozen, x_t, cond, t: (eps, None)
+  task.rollout_fraction = 0.0
   return task, eps
 
 
@@ -156,4 +157,88 @@ def test_fusion_loss_settings_are_checked():
     fusion_task.check_config(c)
   c.fusion.loss_on, c.fusion.min_snr_gamma = "x0", 1.0
   with pytest.raises(InputError, match="fusion.min_snr_gamma: weights an epsilon loss"):
+    fusion_task.check_config(c)
+
+
+def _rollout_task(steps=6, clip=1.0):
+  """A loss task whose members' average is a fixed affine map of x_t (no data, no members)."""
+  from sciimg_jax.core.diffusion import sampling_config
+  from sciimg_jax.core.diffusion import schedules
+  task, eps = _loss_task("x0")
+  task.config.sampling = ml_collections.ConfigDict(dict(
+      steps=steps, spacing="uniform", stepper="ddim", eta=0.0, eta_band=(), clip_x0=clip,
+      data_consistency=False))
+  task.walk = sampling_config.stage(task.config.sampling)
+  task.walk_chain = schedules.respace(task.chain, steps, "uniform")
+  task.pool, task.rollout_fraction = None, 1.0
+  task.average_eps = lambda frozen, x, cond, t: 0.3 * x + 0.001 * t.reshape(-1, 1, 1, 1, 1)
+  return task
+
+
+def test_a_rollout_is_the_average_walk_stopped_at_a_visited_step():
+  """`FusionTask.rollout`: DDIM steps of the members' average from noise at index K-1 down to
+  index k + 1 (k drawn from its key), checked against the steps taken one by one."""
+  from sciimg_jax.core.diffusion import steppers
+  task = _rollout_task()
+  x0 = jnp.zeros((2, 4, 4, 4, 1))
+  chain = task.walk_chain
+  seen = set()
+  for seed in range(6):
+    key = jax.random.key(seed)
+    x_k, t = jax.jit(lambda k: task.rollout(None, x0, None, k))(key)
+    k_key, noise_key, walk_key = jax.random.split(key, 3)
+    k = int(jax.random.randint(k_key, (), 0, 6))
+    x = jax.random.normal(noise_key, x0.shape)
+    for i in range(5, k, -1):
+      ti = jnp.full((2,), chain.timesteps[i], jnp.int32)
+      x = steppers.ddim_step(chain, "eps", x, i, task.average_eps(None, x, None, ti),
+                             jax.random.fold_in(walk_key, i), clip_x0=1.0)
+    # 5 steps of ~10 elementwise operations on values up to |x| / sqrt(abar) <= 1 / 0.01
+    np.testing.assert_allclose(x_k, x, rtol=0, atol=float32_tolerance(100 * 4, 5 * 10))
+    np.testing.assert_array_equal(t, np.full(2, chain.timesteps[k]))
+    seen.add(k)
+  assert len(seen) > 2  # the seeds reach several steps
+
+
+def test_a_rollout_batch_trains_on_the_epsilon_its_x_t_implies():
+  """With rollout_fraction=1 the x0 loss scores the fused x0 at the rollout's x_k against
+  the true x0; with 0 the batch is the q(x_t | x0) one, as before the key existed."""
+  from sciimg_jax.ensembler import fusion_task
+  task = _rollout_task()
+  net = fusion.create_fusion_model(TINY_NET, num_cond_channels=2, num_models=2, rngs=nnx.Rngs(0))
+  x0 = jax.random.uniform(jax.random.key(7), (3, 8, 8, 8, 1), minval=-1, maxval=1)
+  batch = {"target": x0, "cond": jnp.zeros((3, 8, 8, 8, 2))}
+  key = jax.random.key(11)
+  loss, aux = nnx.jit(task.loss)(net, batch, key, None)
+  assert float(aux["rollout"]) == 1.0
+  _, roll_key = jax.random.split(jax.random.fold_in(key, fusion_task.ROLLOUT_STREAM))
+  x_k, t = task.rollout(None, x0, None, roll_key)
+  abar = task.chain.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+  eps = task.member_eps(None, None, None, None)[0]  # the fixed members' epsilons
+  x0_hat = (x_k[..., 0] - jnp.sqrt(1 - abar) * (eps[0] + eps[1]) / 2) / jnp.sqrt(abar)
+  expected = jnp.mean(jnp.square(x0_hat - x0[..., 0]))
+  err = float(jnp.max(jnp.abs(x0_hat - x0[..., 0])))
+  scale = float(jnp.max(1 / jnp.sqrt(abar)) * (jnp.max(jnp.abs(x_k)) + 4))
+  # the x0 error by two routes (via the implied epsilon, and directly): 2 x 16 operations
+  # of values up to `scale`, squared and averaged over 3 x 8^3 terms
+  tol = 2 * err * float32_tolerance(scale, 2 * 16) + float32_tolerance(err ** 2, 2 * 3 * 8 ** 3)
+  np.testing.assert_allclose(float(aux["l2"]), float(expected), rtol=0, atol=tol)
+  task.rollout_fraction = 0.0
+  plain, _ = _loss_task("x0")
+  np.testing.assert_array_equal(nnx.jit(task.loss)(net, batch, key, None)[1]["l2"],
+                                nnx.jit(plain.loss)(net, batch, key, None)[1]["l2"])
+
+
+@pytest.mark.parametrize("ratio,members,message", [
+    (1.5, ("a", "b"), "fusion.rollout_fraction: is 1.5; the share"),
+    (-0.1, ("a", "b"), "fusion.rollout_fraction: is -0.1; the share"),
+    (0.5, (), "fusion.rollout_fraction: rolls out the trained 2D models' own walk"),
+])
+def test_rollout_settings_are_checked(ratio, members, message):
+  from configs.ensembler import fusion as fusion_configs
+  from sciimg_jax.core.errors import InputError
+  from sciimg_jax.ensembler import fusion_task
+  c = fusion_configs.get_config("sr+tiny")
+  c.fusion.members, c.fusion.rollout_fraction = members, ratio
+  with pytest.raises(InputError, match=message):
     fusion_task.check_config(c)

@@ -85,6 +85,22 @@ def test_a_fusion_with_other_2d_models_is_refused(data_cache, member_dirs, fusio
     fusion_lib.load_fusion(workdir, swapped, c.data, mesh)
 
 
+def test_a_fusion_trains_on_its_members_rollouts(data_cache, member_dirs, tmp_path):
+  """fusion.rollout_fraction=1: every batch is the members' own walk (with SR data
+  consistency on block-aligned crops); the loss is finite and the log says so."""
+  c = fusion_config(data_cache, member_dirs)
+  c.fusion.rollout_fraction, c.fusion.loss_on = 1.0, "x0"
+  c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 1, 0, 2
+  fusion_task.train_fusion(c, tmp_path / "fusion")
+  logged = [json.loads(l) for l in (tmp_path / "fusion" / "metrics.jsonl").read_text().splitlines()]
+  steps = [r for r in logged if "rollout" in r]
+  assert [r["rollout"] for r in steps] == [1.0, 1.0]
+  assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in steps)
+  c.fusion.members = (str(tmp_path / "none_a"), str(tmp_path / "none_b"))
+  with pytest.raises(InputError, match="none_a"):  # a rollout without trained members
+    fusion_task.train_fusion(c, tmp_path / "fusion2")
+
+
 @pytest.fixture(scope="module")
 def translation(data_cache, member_dirs, fusion_run):
   c = evaluate_configs.get_config("sr+tiny")

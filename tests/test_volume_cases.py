@@ -70,6 +70,16 @@ def test_slices_and_crops_carry_position_mask_and_residual(sr_config, eval_dir, 
   box = tuple(slice(c, c + 16) for c in corner)
   np.testing.assert_array_equal(out["cond"][..., 1:4], position[box])
   np.testing.assert_allclose(out["target"][..., 0], (array[box][..., 0] - array[box][..., 1]) / 2)
+  # align=4: every crop starts on the 4-voxel block grid (the low-resolution input's blocks)
+  aligned = volume_cases.RandomCrop(crops, (8, 8, 8), align=4)
+  rng = np.random.default_rng(5)
+  corners = []
+  for _ in range(12):
+    cond = aligned.random_map(crops[0], rng)["cond"]
+    corners.append(np.argwhere(np.all(position == cond[0, 0, 0, 1:4], axis=-1))[0])
+  assert not np.any(np.asarray(corners) % 4) and len({tuple(c) for c in corners}) > 3
+  with pytest.raises(InputError, match=r"fusion.crop_size: \(6, 8, 8\) must be a multiple of 4"):
+    volume_cases.RandomCrop(crops, (6, 8, 8), align=4)
 
 
 def test_missing_modality_names_the_case(sr_config, eval_dir, tmp_path):

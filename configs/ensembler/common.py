@@ -56,6 +56,7 @@ def get_base_config(task="sr"):
       variant="eps",             # eps | features (2D decoder features into the 3D encoder)
       min_snr_gamma=0.0,         # > 0: min-SNR weighting of the epsilon loss (0: as released)
       loss_on="eps",             # eps (as released) | x0: the loss on the fused x0
+      rollout_fraction=0.0,      # share of batches drawn from the members' own walk
   ))
   # SR: avgpool(sample) equals the low-resolution input
   c.sampling = diffusion.sampling_block(data_consistency=True)

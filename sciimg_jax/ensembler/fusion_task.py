@@ -15,6 +15,16 @@ the x0 error it causes, which keeps x0-parameterised 2D models, whose epsilon is
 `fusion.loss_on = 'x0'` scores the fused x0 instead at every noise level (the epsilon
 error divided by sqrt(SNR_t)): what a sample is made of.
 
+`fusion.rollout_fraction` = r > 0 trains on what the fused sampler will see: each batch is,
+with probability r, drawn from the members' own walk instead of q(x_t | x0). The plain
+average of the 2D models walks the sampler's chain (`sampling`: steps, spacing, stepper,
+eta, clipping, and SR data consistency, the crops then placed on the low-resolution
+blocks) from noise down to a random visited index k (a rollout, no gradient), and the
+fusion is trained at that x_k, timestep `timesteps[k]`, against the epsilon it implies for
+the crop's true x0, (x_k - sqrt(abar) x0) / sqrt(1 - abar) (the x0 loss then scores the
+fused x0 against x0 itself). A rollout batch costs up to `sampling.steps` more member
+evaluations; the logged `rollout` is 1 where the logged step's batch was one.
+
 Evaluation scores fixed held-out crops, one at each timestep the sampler visits
 (`sampling.steps`, `sampling.spacing`), for the fused denoiser against the plain average
 of the same 2D models: the epsilon MSE (`eval_eps_mse_fused`, `eval_eps_mse_average`) and
@@ -42,17 +52,30 @@ from data_pipelines import volume_cases
 from sciimg_jax.core import atomic_files
 from sciimg_jax.core import sharding
 from sciimg_jax.core import trainer
+from sciimg_jax.core.diffusion import sampler
+from sciimg_jax.core.diffusion import sampling_config
 from sciimg_jax.core.diffusion import schedules
 from sciimg_jax.core.diffusion import slice_models
 from sciimg_jax.core.errors import InputError
+from sciimg_jax.ensembler import consistency
 from sciimg_jax.ensembler import fusion
 from sciimg_jax.ensembler import members as members_lib
 from sciimg_jax.ensembler import slice_inputs
+from sciimg_jax.ensembler import translator
+
+ROLLOUT_STREAM = 3  # fold_in salt of a batch's rollout keys (its other keys are unchanged)
 
 
 def check_config(config):
   trainer.check_steps(config.train)
   f = config.fusion
+  r = f.get("rollout_fraction", 0.0)
+  if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1:
+    raise InputError("fusion.rollout_fraction", f"is {r!r}; the share of batches drawn from "
+                     "the members' own walk must lie in [0, 1]")
+  if r and not f.members:
+    raise InputError("fusion.rollout_fraction", "rolls out the trained 2D models' own walk; "
+                     "name their workdirs in fusion.members")
   if len(f.members) < 2:
     raise InputError("fusion.members", f"needs at least 2 trained 2D models, got {len(f.members)}")
   if f.get("variant", "eps") not in fusion.VARIANTS:
@@ -66,6 +89,8 @@ def check_config(config):
   if f.l1_weight < 0 or f.l2_weight < 0 or f.l1_weight + f.l2_weight == 0:
     raise InputError("fusion.l1_weight", "the L1 and L2 weights must be >= 0, not both 0")
   volume_cases.check_data_config(config.data)
+  if r:
+    sampling_config.check(config.sampling)
 
 
 class FusionTask:
@@ -83,9 +108,16 @@ class FusionTask:
     else:
       atomic_files.write_json(record, [fusion.signature(m) for m in self.members])
     self.chain = schedules.schedule_from_config(config.diffusion)
+    s = config.sampling
+    self.rollout_fraction = float(config.fusion.get("rollout_fraction", 0.0))
+    self.walk = sampling_config.stage(s)
+    self.walk_chain = schedules.respace(self.chain, s.steps, s.spacing)
+    self.pool = translator.pooled_condition(config.data) if s.get("data_consistency") else None
     splits = slice_inputs.prepared_splits(config, workdir)
     self.sources = {k: volume_cases.CropSource(v, config.data) for k, v in splits.items()}
-    self.crop = volume_cases.RandomCrop(self.sources["train"], config.fusion.crop_size)
+    align = self.pool[1] if self.pool and self.rollout_fraction else 1
+    self.crop = volume_cases.RandomCrop(self.sources["train"], config.fusion.crop_size,
+                                        align=align)
     self._eval = None
 
   def create_model(self, rngs, dtype):
@@ -108,6 +140,42 @@ class FusionTask:
     features = jnp.concatenate([o[..., 1:] for o in outs], -1) if with_features else None
     return [o[..., 0] for o in outs], features
 
+  def average_eps(self, frozen, x_t, cond, t):
+    """The plain average of the members' epsilons (B, X, Y, Z, 1): the rollout's denoiser."""
+    outs = [slice_models.along_axis(m, p, x_t, cond, t, to="eps")
+            for m, p in zip(self.members, frozen)]
+    return sum(outs) / len(outs)
+
+  def rollout(self, frozen, x0, cond, key):
+    """(x_k, t): the average walk on crops (B, X, Y, Z, 1) from noise down to a random
+    visited index k of the sampler's chain, and the training timestep of index k (B,)."""
+    chain, walk = self.walk_chain, self.walk
+    k_key, noise_key, walk_key = jax.random.split(key, 3)
+    num = chain.betas.shape[0]
+    k = jax.random.randint(k_key, (), 0, num)
+    post = None
+    if self.pool is not None:
+      low = jax.vmap(lambda c: translator.low_resolution(self.config.data, self.pool, c))(cond)
+
+      def post(x_prev, i, key_i):
+        keys = jax.random.split(key_i, x_prev.shape[0])
+        one = lambda x, y, kk: consistency.low_pass_replacement(chain, y, self.pool[1])(
+            x[..., 0], i, kk)[..., None]
+        return jax.vmap(one)(x_prev, low, keys)
+
+    x_init = jax.random.normal(noise_key, x0.shape, x0.dtype)
+    x_k = sampler.sample(lambda x, t: self.average_eps(frozen, x, cond, t), chain, x_init,
+                         walk_key, parameterization="eps", **walk.step_args,
+                         clip_x0=walk.clip, start_index=num - 1, stop_index=k + 1,
+                         post_step_fn=post)
+    return x_k, jnp.full((x0.shape[0],), chain.timesteps[k], jnp.int32)
+
+  def rolled_out(self, frozen, x0, cond, key):
+    """(x_k, t, eps): a rollout and the epsilon it implies for the true x0."""
+    x_k, t = self.rollout(frozen, x0, cond, key)
+    abar = self.chain.alphas_cumprod[t].reshape((-1,) + (1,) * (x0.ndim - 1))
+    return x_k, t, (x_k - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
+
   def loss(self, model, batch, key, frozen):
     f = self.config.fusion
     x0, cond = batch["target"], batch["cond"]
@@ -115,6 +183,13 @@ class FusionTask:
     t = jax.random.randint(t_key, (x0.shape[0],), 0, self.chain.betas.shape[0])
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = schedules.q_sample(self.chain, x0, t, noise)
+    aux = {}
+    if self.rollout_fraction:  # with probability r, x_t from the members' own walk instead
+      use_key, roll_key = jax.random.split(jax.random.fold_in(key, ROLLOUT_STREAM))
+      use = jax.random.bernoulli(use_key, self.rollout_fraction)
+      x_t, t, noise = jax.lax.stop_gradient(jax.lax.cond(
+          use, lambda: self.rolled_out(frozen, x0, cond, roll_key), lambda: (x_t, t, noise)))
+      aux["rollout"] = use.astype(jnp.float32)
     eps, features = jax.lax.stop_gradient(self.member_eps(frozen, x_t, cond, t))
     fused = fusion.fused_eps(model, None, x_t[..., 0], cond, eps, t, f.residual_scale, features)
     err = fused - noise[..., 0]
@@ -126,7 +201,7 @@ class FusionTask:
     if gamma:  # min-SNR weighting: the error of x0 where the noise is low, of eps where high
       err = err * jnp.sqrt(jnp.minimum(snr, gamma) / snr)
     l1, l2 = jnp.mean(jnp.abs(err)), jnp.mean(jnp.square(err))
-    return f.l1_weight * l1 + f.l2_weight * l2, {"l1": l1, "l2": l2}
+    return f.l1_weight * l1 + f.l2_weight * l2, {"l1": l1, "l2": l2, **aux}
 
   def evaluate(self, net, params, frozen, step, key, workdir):
     if self._eval is None:

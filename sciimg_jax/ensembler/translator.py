@@ -59,6 +59,16 @@ def pooled_condition(data):
   return None
 
 
+def low_resolution(data, pool, cond):
+  """The data-consistency target in the chain's space, (X/f, Y/f, Z/f), of a volume's
+  condition channels cond (X, Y, Z, C); `pool` is `pooled_condition(data)`."""
+  i, f = pool
+  low = consistency.avg_pool(cond[..., i], f)
+  if data.get("residual"):
+    low = (low - consistency.avg_pool(cond[..., 0], f)) / 2.0
+  return low
+
+
 def to_image(data, x, cond):
   """A sample in the chain's space -> the target image in [-1, 1] (undoing the residual)."""
   return volume_cases.image_of(data, x, cond[..., 0])
@@ -117,11 +127,7 @@ class VolumeTranslator:
 
   def low_resolution(self, cond):
     """The data-consistency target in the chain's space, (X/f, Y/f, Z/f)."""
-    i, f = self.pool
-    low = consistency.avg_pool(cond[..., i], f)
-    if self.data.get("residual"):
-      low = (low - consistency.avg_pool(cond[..., 0], f)) / 2.0
-    return low
+    return low_resolution(self.data, self.pool, cond)
 
   def _walk(self, method):
     def sample(params, cond, key):

@@ -82,9 +82,10 @@ def check_stepper_loops(stepper, key="sampling.stepper"):
 
 
 def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
-           stepper="ddim", eta=0.0, eta_band=None, start_index=None, post_step_fn=None,
-           clip_x0=None, resampling=None):
-  """Runs the reverse chain from index `start_index` (default K-1) down to 0.
+           stepper="ddim", eta=0.0, eta_band=None, start_index=None, stop_index=0,
+           post_step_fn=None, clip_x0=None, resampling=None):
+  """Runs the reverse chain from index `start_index` (default K-1) down to `stop_index`
+  (default 0).
 
   Args:
     model_fn: (x_t, t_model) -> model_out, with t_model the int32 (batch,)
@@ -101,6 +102,9 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
       level sigma = sqrt((1 - abar) / abar) (the chain's units) lies in [lo, hi], 0 at the
       others (EDM's S_tmin / S_tmax: fresh noise where the detail is made).
     start_index: the first index to denoise; may be traced unless `resampling`.
+    stop_index: the last index to denoise; may be traced. Above 0 the walk stops part way
+      (a rollout: x at index stop_index - 1, the input of the step at that index); with
+      `resampling` it must be 0.
     post_step_fn: optional (x_prev, i, key_i) -> x_prev applied after each
       step to index i - 1 (e.g. known-region replacement). Its key is
       `fold_in(fold_in(key, i), POST_STEP_STREAM)`, independent of the noise the
@@ -111,7 +115,7 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
       a folds (a, r) into the keys.
 
   Returns:
-    x at index -1, i.e. the sample.
+    x at index stop_index - 1: the sample for the default 0.
   """
   if stepper not in STEPPERS:
     raise InputError("sampling.stepper",
@@ -134,19 +138,22 @@ def sample(model_fn, schedule, x_init, key, *, parameterization="eps",
   looping = resampling is not None and resampling.max_loops
   if looping:
     check_stepper_loops(stepper)
+    if not isinstance(stop_index, int) or stop_index != 0:
+      raise ValueError("a walk with RePaint loops runs down to index 0 (stop_index=0)")
+  num = start_index - stop_index + 1
   if stepper in MULTISTEP:
     return _multistep_walk(model_fn, schedule, parameterization, x_init, key, step_fn,
-                           start_index, post_step_fn, clip_x0)
+                           start_index, num, post_step_fn, clip_x0)
   if not looping:
     def body(n, x):
       i = start_index - n
       return down(x, i, jax.random.fold_in(key, i))[0]
-    return jax.lax.fori_loop(0, start_index + 1, body, x_init)
+    return jax.lax.fori_loop(0, num, body, x_init)
   return _repaint_walk(down, schedule, parameterization, x_init, key, int(start_index), resampling)
 
 
 def _multistep_walk(model_fn, schedule, parameterization, x_init, key, step_fn, start_index,
-                    post_step_fn, clip_x0):
+                    num, post_step_fn, clip_x0):
   """The plain walk of a multistep stepper: the loop carries the previous x0 estimate."""
   def body(n, carry):
     x, prev_x0 = carry
@@ -159,7 +166,7 @@ def _multistep_walk(model_fn, schedule, parameterization, x_init, key, step_fn, 
       x_prev = post_step_fn(x_prev, i, jax.random.fold_in(key_i, POST_STEP_STREAM))
     return x_prev, x0
 
-  return jax.lax.fori_loop(0, start_index + 1, body, (x_init, jnp.zeros_like(x_init)))[0]
+  return jax.lax.fori_loop(0, num, body, (x_init, jnp.zeros_like(x_init)))[0]
 
 
 def _repaint_walk(down, schedule, parameterization, x_init, key, start_index, resampling):
