@@ -31,6 +31,8 @@ def get_base_config():
   c.optim.b2 = 0.999
   c.optim.grad_clip_norm = 1.0
   c.optim.ema_decay = 0.999
+  c.optim.ema_start = 0          # the EMA is the parameters before this step
+  c.optim.ema_every = 1          # and moves (by ema_decay) after every this many steps
   # Gradient accumulation: each step splits its batch into this many micro-batches, takes
   # their gradients one after another (a lax.scan in trainer.make_train_step) and makes one
   # update with their mean; less activation memory, the same update as the whole batch.

@@ -347,3 +347,34 @@ def test_compiled_bytes_counts_arguments_outputs_and_temporaries():
   assert memory.check_fits(plain, "f", "knobs", available=10 * x.nbytes)[0] >= 3 * x.nbytes
   with pytest.raises(InputError, match="f: the compiled step needs .* lower it with knobs"):
     memory.check_fits(plain, "f", "knobs", available=x.nbytes)
+
+
+def test_the_ema_schedule_of_the_released_code():
+  """ema_start=3, ema_every=2: the EMA is the parameters after steps 0 and 2, moves by the
+  decay after step 4 only, and stays put after the odd steps (plain SGD, 6 steps)."""
+  task, config = ClassifierTask(), classifier_config()
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  net, state, _, _ = trainer.create_train_state(task, config, mesh)
+  tx, decay = optax.sgd(0.1), 0.5
+  state = state.replace(opt_state=jax.device_put(tx.init(state.params), sharding.replicated(mesh)))
+  step = trainer.make_train_step(task, net, tx, lambda s: 0.1, decay, mesh, ema_start=3,
+                                 ema_every=2)
+  batch = sharding.shard_batch({"x": task.train_source.x[:8],
+                                "label": task.train_source.y[:8]}, mesh)
+  frozen = jax.device_put(task.frozen_params(mesh), sharding.replicated(mesh))
+  expected = _params(state)
+  for s in range(6):
+    state, _ = step(state, batch, jax.random.key(0), frozen)
+    params = _params(state)
+    if s % 2 == 0:
+      expected = params if s < 3 else [decay * e + (1 - decay) * p
+                                       for e, p in zip(expected, params)]
+    for e, got, p in zip(expected, [np.asarray(x) for x in jax.tree.leaves(state.ema_params)],
+                         params):
+      # one multiply-add per entry on values of the parameters' size
+      np.testing.assert_allclose(got, e, rtol=0, atol=float32_tolerance(np.abs(p).max() + 1, 4))
+  assert max(float(np.abs(e - p).max()) for e, p in zip(expected, params)) > 1e-4
+  c = classifier_config()
+  c.optim.ema_every = 0
+  with pytest.raises(InputError, match="optim.ema_every: must be a whole number >= 1, got 0"):
+    trainer.check_config(c)

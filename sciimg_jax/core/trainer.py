@@ -131,6 +131,10 @@ def check_config(config):
     raise InputError("optim.accumulate_steps", f"{k} micro-batches of data.batch_size="
                      f"{config.data.batch_size} do not split evenly over the "
                      f"{jax.device_count()} devices (each device needs a multiple of {k})")
+  for key, low in (("ema_start", 0), ("ema_every", 1)):
+    value = config.optim.get(key, low)
+    if isinstance(value, bool) or int(value) != value or value < low:
+      raise InputError(f"optim.{key}", f"must be a whole number >= {low}, got {value!r}")
   precision.compute_dtype(config)
 
 
@@ -145,8 +149,13 @@ def create_train_state(task, config, mesh):
   return net, jax.device_put(state, sharding.replicated(mesh)), tx, lr
 
 
-def make_train_step(task, net, tx, lr, ema_decay, mesh, accumulate_steps=1):
+def make_train_step(task, net, tx, lr, ema_decay, mesh, accumulate_steps=1, ema_start=0,
+                    ema_every=1):
   """The jitted, data-parallel step `(state, batch, key, frozen) -> (state, metrics)`.
+
+  The EMA of the parameters moves by `ema_decay` after every step (the defaults), or, as the
+  released Diff-Ensembler code does, only after the steps s (0-based) with
+  s % `ema_every` == 0, and is the parameters themselves at those before `ema_start`.
 
   With `accumulate_steps` k > 1 the step splits its batch into k micro-batches (example j
   goes to micro-batch j mod k, so that each stays spread over the devices), takes their
@@ -191,6 +200,11 @@ def make_train_step(task, net, tx, lr, ema_decay, mesh, accumulate_steps=1):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
+    if ema_start or ema_every != 1:
+      s = state.step
+      ema = jax.tree.map(lambda e, p: jnp.where(s < ema_start, p, e), ema, params)
+      ema = jax.tree.map(lambda e, old: jnp.where(s % ema_every == 0, e, old), ema,
+                         state.ema_params)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=lr(state.step))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                       ema_params=ema), metrics
@@ -287,7 +301,8 @@ def train(task, config, workdir, *, stop_at_step=None):
     state = restore(ckpt, state, mesh, train_iter)
     tqdm.tqdm.write(f"Resumed from the checkpoint of step {int(state.step)}.")
   train_step = make_train_step(task, net, tx, lr, config.optim.ema_decay, mesh,
-                               config.optim.get("accumulate_steps", 1))
+                               config.optim.get("accumulate_steps", 1),
+                               config.optim.get("ema_start", 0), config.optim.get("ema_every", 1))
 
   writer = metric_writers.MetricWriter(workdir, enabled=is_main,
                                        resume_step=int(state.step))
