@@ -101,6 +101,27 @@ def test_a_fusion_trains_on_its_members_rollouts(data_cache, member_dirs, tmp_pa
     fusion_task.train_fusion(c, tmp_path / "fusion2")
 
 
+def test_a_feature_fusion_starts_from_a_trained_eps_fusion(data_cache, member_dirs,
+                                                           fusion_run, tmp_path):
+  """fusion.init_from: the U-Net takes the trained fusion's EMA parameters, the feature
+  adapters stay zero, so the started network gives the trained one's output exactly."""
+  from flax import nnx
+  c = fusion_config(data_cache, member_dirs)
+  c.fusion.variant, c.fusion.init_from = "features", str(fusion_run[0])
+  task = fusion_task.FusionTask(c, tmp_path)
+  module = task.create_model(nnx.Rngs(0), jax.numpy.float32)
+  mesh = sharding.make_mesh()
+  trained = fusion_lib.load_fusion(fusion_run[0], task.members, c.data, mesh)
+  for a, b in zip(jax.tree.leaves(nnx.state(module.unet, nnx.Param)),
+                  jax.tree.leaves(trained.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert all(not np.any(np.asarray(k)) for k in jax.tree.leaves(nnx.state(module.adapters)))
+  assert any(np.any(np.asarray(k)) for k in jax.tree.leaves(trained.params) if np.ndim(k) == 5)
+  c.model.channels = (4, 8)
+  with pytest.raises(InputError, match="fusion.init_from: .* of another shape"):
+    fusion_task.FusionTask(c, tmp_path / "other").create_model(nnx.Rngs(0), jax.numpy.float32)
+
+
 @pytest.fixture(scope="module")
 def translation(data_cache, member_dirs, fusion_run):
   c = evaluate_configs.get_config("sr+tiny")

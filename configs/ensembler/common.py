@@ -57,6 +57,7 @@ def get_base_config(task="sr"):
       min_snr_gamma=0.0,         # > 0: min-SNR weighting of the epsilon loss (0: as released)
       loss_on="eps",             # eps (as released) | x0: the loss on the fused x0
       rollout_fraction=0.0,      # share of batches drawn from the members' own walk
+      init_from="",              # a trained fusion workdir whose parameters start training
   ))
   # SR: avgpool(sample) equals the low-resolution input
   c.sampling = diffusion.sampling_block(data_consistency=True)

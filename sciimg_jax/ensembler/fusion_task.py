@@ -15,6 +15,10 @@ the x0 error it causes, which keeps x0-parameterised 2D models, whose epsilon is
 `fusion.loss_on = 'x0'` scores the fused x0 instead at every noise level (the epsilon
 error divided by sqrt(SNR_t)): what a sample is made of.
 
+`fusion.init_from` names a trained fusion workdir (over the same members) whose parameters
+start the training: the released schedule trains the eps variant on crops, then goes on
+with whole volumes and the feature variant, its adapters zero-initialised (`start_from`).
+
 `fusion.rollout_fraction` = r > 0 trains on what the fused sampler will see: each batch is,
 with probability r, drawn from the members' own walk instead of q(x_t | x0). The plain
 average of the 2D models walks the sampler's chain (`sampling`: steps, spacing, stepper,
@@ -47,6 +51,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from data_pipelines import volume_cases
 from sciimg_jax.core import atomic_files
@@ -121,7 +126,11 @@ class FusionTask:
     self._eval = None
 
   def create_model(self, rngs, dtype):
-    return fusion.create_model(self.config, rngs, dtype, self.members)
+    module = fusion.create_model(self.config, rngs, dtype, self.members)
+    if self.config.fusion.get("init_from"):
+      start_from(module, self.config.fusion.init_from, self.members, self.config.data,
+                 self.mesh)
+    return module
 
   def frozen_params(self, mesh):
     return [m.params for m in self.members]
@@ -242,6 +251,25 @@ class FusionTask:
       return errors
 
     return jax.jit(evaluate)
+
+
+def start_from(module, workdir, members, data, mesh):
+  """Sets `module`'s parameters to the EMA parameters of the trained fusion in `workdir`
+  (over the same members). An eps-variant fusion may start a feature-variant one: its
+  U-Net takes them and the feature adapters keep their zero initialisation, so the
+  started network is the trained one exactly (the released code's crops-then-whole-volumes
+  schedule)."""
+  source = fusion.load_fusion(workdir, members, data, mesh)
+  source = source.net.module(source.params)
+  into = module
+  if isinstance(module, fusion.FeatureFusion) and not isinstance(source, fusion.FeatureFusion):
+    into = module.unet
+  have, want = nnx.state(source, nnx.Param), nnx.state(into, nnx.Param)
+  shapes = lambda state: jax.tree.map(lambda v: tuple(v.shape), nnx.to_pure_dict(state))
+  if shapes(have) != shapes(want):
+    raise InputError("fusion.init_from", f"{workdir} holds a fusion network of another shape "
+                     "(model, data channels or variant) than this config's")
+  nnx.update(into, have)
 
 
 def train_fusion(config, workdir, *, stop_at_step=None):
