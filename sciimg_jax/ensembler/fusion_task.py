@@ -26,8 +26,10 @@ eta, clipping, and SR data consistency, the crops then placed on the low-resolut
 blocks) from noise down to a random visited index k (a rollout, no gradient), and the
 fusion is trained at that x_k, timestep `timesteps[k]`, against the epsilon it implies for
 the crop's true x0, (x_k - sqrt(abar) x0) / sqrt(1 - abar) (the x0 loss then scores the
-fused x0 against x0 itself). A rollout batch costs up to `sampling.steps` more member
-evaluations; the logged `rollout` is 1 where the logged step's batch was one.
+fused x0 against x0 itself; with the eps loss a low-noise rollout implies a large epsilon,
+its x0 error over sqrt(1 - abar), so pair rollouts with the x0 loss or min-SNR weighting).
+A rollout batch costs up to `sampling.steps` more member evaluations; the logged `rollout`
+is 1 where the logged step's batch was one.
 
 Evaluation scores fixed held-out crops, one at each timestep the sampler visits
 (`sampling.steps`, `sampling.spacing`), for the fused denoiser against the plain average
