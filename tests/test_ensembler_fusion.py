@@ -60,6 +60,88 @@ def test_trained_weights_change_the_fused_epsilon():
   assert float(jnp.abs(out - mean).mean()) > 1e-3
 
 
+def _chain():
+  from sciimg_jax.core.diffusion import schedules
+  return schedules.schedule_from_config(ml_collections.ConfigDict(dict(
+      schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02)))
+
+
+@pytest.mark.parametrize("t", [5, 500, 990])
+def test_untrained_x0_space_fusion_is_the_average(t):
+  """fusion.space='x0': the members' epsilons go to x0 and the fused x0 back to epsilon;
+  with a zero output layer that is the average, to the rounding of the two conversions."""
+  n, chain = 3, _chain()
+  rng = np.random.default_rng(t)
+  cond = jnp.asarray(rng.normal(size=SHAPE + (5,)), jnp.float32)
+  module = fusion.create_fusion_model(TINY_NET, num_cond_channels=5, num_models=n,
+                                      rngs=nnx.Rngs(1))
+  net, params = models.Network.split(module)
+  denoisers = affine_denoisers(n)
+  x = jnp.asarray(rng.normal(size=SHAPE), jnp.float32)
+  tt = jnp.full((SHAPE[0],), t, jnp.int32)
+  got = jax.jit(fusion.fused_denoiser(denoisers, net, params, cond, chain=chain))(x, tt)
+  mean = volume_denoisers.average(denoisers)(x, tt)
+  abar = float(chain.alphas_cumprod[t])
+  a, s = np.sqrt(abar), np.sqrt(1 - abar)
+  big = float(jnp.max(jnp.abs(x))) + max(float(jnp.max(jnp.abs(d(x, tt)))) for d in denoisers)
+  # x0_i = (x - s eps_i) / a: 3 roundings of values up to big / a, then their mean (n);
+  # back, (x - a x0) / s turns those errors times a / s and adds 3 roundings of values up to
+  # big / s; the average itself rounds n terms
+  tol = float32_tolerance(big / s, 6 + 2 * n)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(mean), rtol=0, atol=tol)
+
+
+def test_x0_space_fusion_fuses_and_corrects_the_members_x0():
+  """Once trained, fused x0 = mean(x0_i) + sum_i<n w_i (x0_i - x0_n) + lambda r, with the
+  network's weights and residual computed from (x_t, cond, x0_1..x0_n): checked against
+  that formula, and unlike the eps-space fusion of the same network."""
+  from sciimg_jax.core.diffusion import schedules
+  chain, lam = _chain(), 0.7
+  module = fusion.create_fusion_model(TINY_NET, num_cond_channels=5, num_models=2,
+                                      rngs=nnx.Rngs(0))
+  net, params = models.Network.split(module)
+  params = jax.tree.map(lambda p: p + 0.05, params)
+  rng = np.random.default_rng(3)
+  cond = jnp.asarray(rng.normal(size=(1,) + SHAPE + (5,)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(1,) + SHAPE), jnp.float32)
+  eps = [jnp.asarray(rng.normal(size=(1,) + SHAPE), jnp.float32) for _ in range(2)]
+  t = jnp.array([300], jnp.int32)
+  got = np.asarray(fusion.fused_eps(net, params, x, cond, eps, t, lam, chain=chain))
+  abar = float(chain.alphas_cumprod[300])
+  a, s = np.sqrt(abar), np.sqrt(1 - abar)
+  x0s = [schedules.predict_x0_eps(chain, "eps", x, t, e)[0] for e in eps]  # its inputs
+  big = float(jnp.max(jnp.abs(x))) + max(float(jnp.max(jnp.abs(e))) for e in eps)
+  for x0, e in zip(x0s, eps):  # the conversion: 3 roundings of values up to big / a
+    np.testing.assert_allclose(np.asarray(x0), (np.asarray(x) - s * np.asarray(e)) / a,
+                               rtol=0, atol=float32_tolerance(big / a, 3))
+  inputs = jnp.concatenate([x[..., None], cond, jnp.stack(x0s, -1)], -1)
+  out = np.asarray(net(params, inputs, t), np.float64)
+  x0s = [np.asarray(v, np.float64) for v in x0s]
+  fused_x0 = (x0s[0] + x0s[1]) / 2 + out[..., 0] * (x0s[0] - x0s[1]) + lam * out[..., 1]
+  expected = (np.asarray(x, np.float64) - a * fused_x0) / s
+  # the fused x0: ~6 roundings of values up to m; back to epsilon they count a / s times,
+  # with 3 more roundings of values up to (|x| + a m) / s
+  m = float(np.max(np.abs(x0s))) * (1 + 2 * np.max(np.abs(out[..., 0]))) + lam * np.max(
+      np.abs(out[..., 1]))
+  tol = float32_tolerance((float(jnp.max(jnp.abs(x))) + a * m) / s, 9)
+  np.testing.assert_allclose(got, expected, rtol=0, atol=tol)
+  assert float(np.max(np.abs(out[..., 1]))) * lam * a / s > 100 * tol  # the residual acts
+  in_eps = np.asarray(fusion.fused_eps(net, params, x, cond, eps, t, lam))
+  assert float(np.max(np.abs(in_eps - got))) > 100 * tol
+
+
+def test_fusion_space_is_checked():
+  from configs.ensembler import fusion as fusion_configs
+  from sciimg_jax.core.errors import InputError
+  c = fusion_configs.get_config("sr+tiny")
+  assert fusion.space_chain(c) is None  # eps, as released
+  c.fusion.space = "x0"
+  assert fusion.space_chain(c).alphas_cumprod.shape == (c.diffusion.num_timesteps,)
+  c.fusion.space = "v"
+  with pytest.raises(InputError, match="fusion.space: is 'v'; use one of eps, x0"):
+    fusion.space_chain(c)
+
+
 def test_fusion_needs_two_models():
   with pytest.raises(ValueError, match="at least 2 models"):
     fusion.create_fusion_model(TINY_NET, num_cond_channels=5, num_models=1, rngs=nnx.Rngs(0))
@@ -114,7 +196,7 @@ def _loss_task(loss_on, min_snr_gamma=0.0):
       schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02)))
   eps = [jax.random.normal(jax.random.key(i), (3, 8, 8, 8)) for i in range(2)]
   task.member_eps = lambda frozen, x_t, cond, t: (eps, None)
-  task.rollout_fraction = 0.0
+  task.rollout_fraction, task.space_chain = 0.0, None
   return task, eps
 
 

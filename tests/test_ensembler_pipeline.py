@@ -117,6 +117,10 @@ def test_a_feature_fusion_starts_from_a_trained_eps_fusion(data_cache, member_di
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert all(not np.any(np.asarray(k)) for k in jax.tree.leaves(nnx.state(module.adapters)))
   assert any(np.any(np.asarray(k)) for k in jax.tree.leaves(trained.params) if np.ndim(k) == 5)
+  c.fusion.space = "x0"
+  with pytest.raises(InputError, match="fusion.init_from: .* fuses in eps space, this config"):
+    fusion_task.FusionTask(c, tmp_path / "x0").create_model(nnx.Rngs(0), jax.numpy.float32)
+  c.fusion.space = "eps"
   c.model.channels = (4, 8)
   with pytest.raises(InputError, match="fusion.init_from: .* of another shape"):
     fusion_task.FusionTask(c, tmp_path / "other").create_model(nnx.Rngs(0), jax.numpy.float32)

@@ -54,6 +54,7 @@ def get_base_config(task="sr"):
       l1_weight=5.0, l2_weight=150.0,
       residual_scale=1.0,        # lambda of the fusion's residual
       variant="eps",             # eps | features (2D decoder features into the 3D encoder)
+      space="eps",               # eps (as released) | x0: fuse the members' x0 estimates
       min_snr_gamma=0.0,         # > 0: min-SNR weighting of the epsilon loss (0: as released)
       loss_on="eps",             # eps (as released) | x0: the loss on the fused x0
       rollout_fraction=0.0,      # share of batches drawn from the members' own walk

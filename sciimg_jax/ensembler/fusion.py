@@ -17,6 +17,11 @@ model alone.
             2^level, to that level's size and input width), added where it starts.
             Zero-initialised, they change nothing before training either.
 
+`fusion.space` (`SPACES`): `eps` (the released code) fuses the members' epsilons as above;
+`x0` fuses the x0 each epsilon implies and adds the residual there (`fused_eps`), the
+space of x0-parameterised members, where neither the inputs nor the residual are scaled
+by the noise level. Both start as the average.
+
 `load_fusion` restores a trained fusion for inference, checked against the 2D models it
 was trained with (`members.json`, written by the training task, `fusion_task`).
 """
@@ -30,11 +35,13 @@ from flax import nnx
 from data_pipelines import volume_cases
 from sciimg_jax.core import models
 from sciimg_jax.core import trained_models
+from sciimg_jax.core.diffusion import schedules
 from sciimg_jax.core.diffusion import volume_denoisers
 from sciimg_jax.core.errors import InputError
 from sciimg_jax.core.models.unet import Conv
 
 VARIANTS = ("eps", "features")
+SPACES = ("eps", "x0")  # where the network fuses and corrects: epsilons (released) or x0
 MEMBERS_FILE = "members.json"
 
 
@@ -99,20 +106,31 @@ def network_inputs(x_t, cond, eps):
   return jnp.concatenate([x_t[..., None], cond, eps], axis=-1)
 
 
-def fused_eps(net, params, x_t, cond, eps, t, residual_scale=1.0, features=None):
+def fused_eps(net, params, x_t, cond, eps, t, residual_scale=1.0, features=None, chain=None):
   """The fused epsilon of a batch: x_t (B, ...), cond (B, ..., C), eps n arrays (B, ...),
-  and for the feature variant `features` (B, ..., F).
+  t (B,) training timesteps, and for the feature variant `features` (B, ..., F).
+
+  With `chain`, the training schedule (`fusion.space = 'x0'`), the network sees the members'
+  x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) in place of their epsilons, its weights
+  and residual act on those, and the fused x0 is returned as the epsilon it implies. The
+  weights sum to one, so they fuse the same volume in either space; the residual and the
+  network's inputs keep the scale of the image at every noise level instead of growing as
+  sqrt((1 - abar) / abar) (about 60 at the top of the chain) when turned into x0.
 
   `net(params, x, t)` is a `models.Network`; with `params=None`, `net` is the module itself
   (`net(x, t)`, inside the trainer's loss).
   """
+  if chain is not None:
+    eps = [schedules.predict_x0_eps(chain, "eps", x_t, t, e)[0] for e in eps]
   x = network_inputs(x_t, cond, jnp.stack(eps, -1))
   inputs = (x, t) if features is None else (x, t, features)
   out = (net(*inputs) if params is None else net(params, *inputs)).astype(jnp.float32)
-  return volume_denoisers.fuse(eps, out[..., :-1], out[..., -1], residual_scale)
+  fused = volume_denoisers.fuse(eps, out[..., :-1], out[..., -1], residual_scale)
+  return fused if chain is None else schedules.predict_x0_eps(chain, "x0", x_t, t, fused)[1]
 
 
-def fused_denoiser(denoisers, net, params, cond, *, residual_scale=1.0, with_features=False):
+def fused_denoiser(denoisers, net, params, cond, *, residual_scale=1.0, with_features=False,
+                   chain=None):
   """The per-step fused volume denoiser of a whole volume (X, Y, Z).
 
   Args:
@@ -120,20 +138,25 @@ def fused_denoiser(denoisers, net, params, cond, *, residual_scale=1.0, with_fea
       `with_features`, (x_t, t) -> (X, Y, Z, 1 + F_i): epsilon, then features.
     net: a `models.Network` of the fusion U-Net; `params` its parameters.
     cond: (X, Y, Z, C) the ensemble's condition channels (conditions, position, mask).
+    chain: the training schedule for a fusion in x0 space (`fused_eps`), else None.
   """
-  if not with_features:
-    def fusion_fn(x_t, eps, t):
-      x = network_inputs(x_t, cond, eps)[None]
-      return net(params, x, jnp.ravel(jnp.asarray(t))[:1]).astype(jnp.float32)[0]
-    return volume_denoisers.fused(denoisers, fusion_fn, residual_scale=residual_scale)
-
   def denoise(x_t, t):
     outs = [d(x_t, t) for d in denoisers]
-    eps = [o[..., 0][None] for o in outs]
-    features = jnp.concatenate([o[..., 1:] for o in outs], axis=-1)[None]
+    eps = [(o[..., 0] if with_features else o)[None] for o in outs]
+    features = (jnp.concatenate([o[..., 1:] for o in outs], axis=-1)[None] if with_features
+                else None)
     t = jnp.ravel(jnp.asarray(t))[:1]
-    return fused_eps(net, params, x_t[None], cond[None], eps, t, residual_scale, features)[0]
+    return fused_eps(net, params, x_t[None], cond[None], eps, t, residual_scale, features,
+                     chain)[0]
   return denoise
+
+
+def space_chain(config):
+  """The training schedule `fused_eps` needs for `fusion.space = 'x0'`, else None."""
+  space = config.fusion.get("space", "eps")
+  if space not in SPACES:
+    raise InputError("fusion.space", f"is {space!r}; use one of {', '.join(SPACES)}")
+  return schedules.schedule_from_config(config.diffusion) if space == "x0" else None
 
 
 def uses_features(config):

@@ -88,6 +88,7 @@ def check_config(config):
   if f.get("variant", "eps") not in fusion.VARIANTS:
     raise InputError("fusion.variant", f"unknown variant {f.variant!r}; known: "
                      f"{', '.join(fusion.VARIANTS)}")
+  fusion.space_chain(config)  # checks fusion.space
   if f.get("loss_on", "eps") not in ("eps", "x0"):
     raise InputError("fusion.loss_on", f"is {f.loss_on!r}; use 'eps' or 'x0'")
   if f.get("loss_on", "eps") == "x0" and f.get("min_snr_gamma", 0.0):
@@ -115,6 +116,7 @@ class FusionTask:
     else:
       atomic_files.write_json(record, [fusion.signature(m) for m in self.members])
     self.chain = schedules.schedule_from_config(config.diffusion)
+    self.space_chain = fusion.space_chain(config)
     s = config.sampling
     self.rollout_fraction = float(config.fusion.get("rollout_fraction", 0.0))
     self.walk = sampling_config.stage(s)
@@ -130,8 +132,7 @@ class FusionTask:
   def create_model(self, rngs, dtype):
     module = fusion.create_model(self.config, rngs, dtype, self.members)
     if self.config.fusion.get("init_from"):
-      start_from(module, self.config.fusion.init_from, self.members, self.config.data,
-                 self.mesh)
+      start_from(module, self.config.fusion.init_from, self.members, self.config, self.mesh)
     return module
 
   def frozen_params(self, mesh):
@@ -202,7 +203,8 @@ class FusionTask:
           use, lambda: self.rolled_out(frozen, x0, cond, roll_key), lambda: (x_t, t, noise)))
       aux["rollout"] = use.astype(jnp.float32)
     eps, features = jax.lax.stop_gradient(self.member_eps(frozen, x_t, cond, t))
-    fused = fusion.fused_eps(model, None, x_t[..., 0], cond, eps, t, f.residual_scale, features)
+    fused = fusion.fused_eps(model, None, x_t[..., 0], cond, eps, t, f.residual_scale, features,
+                             self.space_chain)
     err = fused - noise[..., 0]
     abar = self.chain.alphas_cumprod[t]
     snr = (abar / (1.0 - abar)).reshape((-1,) + (1,) * (err.ndim - 1))
@@ -241,7 +243,7 @@ class FusionTask:
       x_t = schedules.q_sample(self.chain, x0, t, noise)
       eps, features = self.member_eps(frozen, x_t, cond, t)
       out = {"fused": fusion.fused_eps(net, params, x_t[..., 0], cond, eps, t,
-                                       f.residual_scale, features),
+                                       f.residual_scale, features, self.space_chain),
              "average": sum(eps) / len(eps)}
       errors = {"eps": {}, "x0": {}}
       for name, e in out.items():
@@ -255,13 +257,18 @@ class FusionTask:
     return jax.jit(evaluate)
 
 
-def start_from(module, workdir, members, data, mesh):
+def start_from(module, workdir, members, config, mesh):
   """Sets `module`'s parameters to the EMA parameters of the trained fusion in `workdir`
   (over the same members). An eps-variant fusion may start a feature-variant one: its
   U-Net takes them and the feature adapters keep their zero initialisation, so the
   started network is the trained one exactly (the released code's crops-then-whole-volumes
   schedule)."""
-  source = fusion.load_fusion(workdir, members, data, mesh)
+  source = fusion.load_fusion(workdir, members, config.data, mesh)
+  spaces = [c.fusion.get("space", "eps") for c in (source.config, config)]
+  if spaces[0] != spaces[1]:
+    raise InputError("fusion.init_from", f"{workdir} fuses in {spaces[0]} space, this config "
+                     f"(fusion.space) in {spaces[1]}: the started network would not be the "
+                     "trained one")
   source = source.net.module(source.params)
   into = module
   if isinstance(module, fusion.FeatureFusion) and not isinstance(source, fusion.FeatureFusion):

@@ -101,7 +101,8 @@ class VolumeTranslator:
     features = fusion_lib.uses_features(self.fusion.config)
     parts = sampler_.model_denoisers(params, cond, slices, features=features)
     return fusion_lib.fused_denoiser(parts, self.fusion.net, params["fusion"], cond,
-                                     residual_scale=f.residual_scale, with_features=features)
+                                     residual_scale=f.residual_scale, with_features=features,
+                                     chain=fusion_lib.space_chain(self.fusion.config))
 
   def _volume_only(self, sampler_, params, cond, chain, slices):
     _needs_volume_model(self)

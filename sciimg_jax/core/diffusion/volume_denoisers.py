@@ -2,9 +2,9 @@
 
 They are built by composition, inside the traced function that samples, from 2D
 networks applied slice by slice along an axis, and combined by averaging or by
-alternating from step to step (TPDM), or fused voxel by voxel by a learned 3D network
-(`fused`, Diff-Ensembler). `sampler.sample` runs them; a method's known region or data
-consistency wraps the sampler, not the denoiser.
+alternating from step to step (TPDM), or fused voxel by voxel by the weights and
+residual of a learned 3D network (`fuse`, Diff-Ensembler). `sampler.sample` runs them; a
+method's known region or data consistency wraps the sampler, not the denoiser.
 
 Volumes are (X, Y, Z) arrays in RAS voxel order. A slice along `axis` is
 `np.take(volume, k, axis)` with the axes of `volumes.AXES`.
@@ -163,23 +163,6 @@ def fuse(eps, weights, residual, residual_scale=1.0):
                      f"{eps[0].shape + (n - 1,)}, got {weights.shape}")
   correction = sum(weights[..., i] * (eps[i] - eps[-1]) for i in range(n - 1))
   return mean_of(eps) + correction + residual_scale * residual
-
-
-def fused(denoisers, fusion_fn, *, residual_scale=1.0):
-  """A volume denoiser that fuses `denoisers` with a learned network at every step.
-
-  Args:
-    denoisers: n >= 2 volume denoisers (x_t, t) -> eps, e.g. `slicewise` along each axis.
-    fusion_fn: (x_t (X, Y, Z), eps (X, Y, Z, n), t) -> (X, Y, Z, n): the weights
-      w_1..w_{n-1} and the residual r (last channel), from a 3D network that also sees
-      whatever conditions, position and mask the method binds into it.
-    residual_scale: lambda of `fuse`.
-  """
-  def denoise(x_t, t):
-    eps = [d(x_t, t) for d in denoisers]
-    out = fusion_fn(x_t, jnp.stack(eps, axis=-1), t)
-    return fuse(eps, out[..., :-1], out[..., -1], residual_scale)
-  return denoise
 
 
 def alternate(denoisers, timesteps):
