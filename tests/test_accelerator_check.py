@@ -2,7 +2,6 @@
 the dry run, the time limits, and that a row that times out or fails is reported and the run
 goes on. Nothing here compiles a network: the rows themselves run in `--dry-run`."""
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -10,16 +9,14 @@ import sys
 
 import pytest
 
+import bench_scripts
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def check():
-  spec = importlib.util.spec_from_file_location("accelerator_check",
-                                                ROOT / "bench" / "accelerator_check.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return bench_scripts.load("accelerator_check")
 
 
 def one_line_error(check, capsys, argv):

@@ -1,7 +1,6 @@
 """bench/fusion_ceiling.py: its oracles recover weights that are there, and bad folders stop
 with one line."""
 
-import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -10,16 +9,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import bench_scripts
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ceiling():
-  spec = importlib.util.spec_from_file_location("fusion_ceiling",
-                                                ROOT / "bench" / "fusion_ceiling.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return bench_scripts.load("fusion_ceiling")
 
 
 def test_the_global_oracle_finds_the_weights_that_made_the_truth(ceiling):
