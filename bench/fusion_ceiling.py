@@ -74,20 +74,20 @@ def global_weights(parts, truths):
 
 
 def blocks(v, size):
-  """(num_blocks, size^3) blocks of the largest whole-block corner of v; and that corner."""
+  """(num_blocks, size^3) blocks of the largest whole-block corner of v."""
   shape = [s // size * size for s in v.shape]
   corner = v[tuple(slice(0, s) for s in shape)]
   b = corner.reshape(shape[0] // size, size, shape[1] // size, size, shape[2] // size, size)
-  return b.transpose(0, 2, 4, 1, 3, 5).reshape(-1, size ** 3), corner.size
+  return b.transpose(0, 2, 4, 1, 3, 5).reshape(-1, size ** 3)
 
 
 def block_oracle_psnr(parts, g, size):
   """PSNR of the best weights (summing to one) per block of size^3 voxels; voxels outside
   the whole blocks keep the directions' mean."""
   n = len(parts)
-  last, _ = blocks(parts[-1], size)
-  diffs = [blocks(p, size)[0] - last for p in parts[:-1]]
-  target, covered = blocks(g, size)
+  last = blocks(parts[-1], size)
+  diffs = [blocks(p, size) - last for p in parts[:-1]]
+  target = blocks(g, size)
   r = target - last
   gram = np.stack([np.stack([(diffs[a] * diffs[c]).sum(1) for c in range(n - 1)], -1)
                    for a in range(n - 1)], -2)
@@ -96,7 +96,7 @@ def block_oracle_psnr(parts, g, size):
   fitted = last + sum(w[:, a:a + 1] * diffs[a] for a in range(n - 1))
   inside = np.sum(np.square(fitted - target))
   mean = sum(parts) / n
-  outside = np.sum(np.square(mean - g)) - np.sum(np.square(blocks(mean, size)[0] - target))
+  outside = np.sum(np.square(mean - g)) - np.sum(np.square(blocks(mean, size) - target))
   return float(10.0 * np.log10(g.size / (inside + outside)))
 
 

@@ -81,8 +81,7 @@ def test_untrained_x0_space_fusion_is_the_average(t):
   tt = jnp.full((SHAPE[0],), t, jnp.int32)
   got = jax.jit(fusion.fused_denoiser(denoisers, net, params, cond, chain=chain))(x, tt)
   mean = volume_denoisers.average(denoisers)(x, tt)
-  abar = float(chain.alphas_cumprod[t])
-  a, s = np.sqrt(abar), np.sqrt(1 - abar)
+  s = np.sqrt(1 - float(chain.alphas_cumprod[t]))
   big = float(jnp.max(jnp.abs(x))) + max(float(jnp.max(jnp.abs(d(x, tt)))) for d in denoisers)
   # x0_i = (x - s eps_i) / a: 3 roundings of values up to big / a, then their mean (n);
   # back, (x - a x0) / s turns those errors times a / s and adds 3 roundings of values up to
@@ -186,14 +185,12 @@ def test_features_reach_the_fused_epsilon_once_trained():
 
 def _loss_task(loss_on, min_snr_gamma=0.0):
   """A fusion task without members or data: `member_eps` gives fixed epsilons."""
-  from sciimg_jax.core.diffusion import schedules
   from sciimg_jax.ensembler import fusion_task
   task = fusion_task.FusionTask.__new__(fusion_task.FusionTask)
   task.config = ml_collections.ConfigDict(dict(fusion=dict(
       residual_scale=1.0, l1_weight=0.0, l2_weight=1.0, loss_on=loss_on,
       min_snr_gamma=min_snr_gamma, variant="eps")))
-  task.chain = schedules.schedule_from_config(ml_collections.ConfigDict(dict(
-      schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02)))
+  task.chain = _chain()
   eps = [jax.random.normal(jax.random.key(i), (3, 8, 8, 8)) for i in range(2)]
   task.member_eps = lambda frozen, x_t, cond, t: (eps, None)
   task.rollout_fraction, task.space_chain = 0.0, None
